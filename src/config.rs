@@ -1,0 +1,382 @@
+//! The main config file: raw serde types in, a validated [`Config`] out.
+//! Every rejection names the file, the line and the field, and says what would be valid,
+//! because an operator reading it at 3 a.m. should not need to open the source.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::upstream::UpstreamTable;
+
+/// What went wrong with a config or upstream file, always pointing at a place in it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read: {source}", file.display())]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}:{line}: {message}", file.display())]
+    At {
+        file: PathBuf,
+        line: usize,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// An error at byte offset `offset` of `text`, reported as a 1-based line number.
+    pub fn at(file: &Path, text: &str, offset: usize, message: impl Into<String>) -> Self {
+        ConfigError::At {
+            file: file.to_path_buf(),
+            line: line_of(text, offset),
+            message: message.into(),
+        }
+    }
+
+    /// Wraps a TOML syntax or shape error (unknown field, wrong type, ...).
+    pub fn from_toml(file: &Path, text: &str, err: &toml::de::Error) -> Self {
+        let offset = err.span().map_or(0, |span| span.start);
+        Self::at(file, text, offset, err.message().trim_end().to_string())
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    let offset = offset.min(text.len());
+    text.as_bytes()[..offset]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Reads a file for one of the loaders, mapping the I/O error to a [`ConfigError`].
+pub fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: path.to_path_buf(),
+        source,
+    })
+}
+
+pub const DEFAULT_HANDSHAKE: Duration = Duration::from_secs(10);
+pub const DEFAULT_CONNECT: Duration = Duration::from_secs(5);
+pub const DEFAULT_RESPONSE: Duration = Duration::from_secs(60);
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(3600);
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_REQUEST_HEAD: usize = 16 * 1024;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 9000;
+const MIN_REQUEST_HEAD: usize = 256;
+const MAX_REQUEST_HEAD: usize = 1024 * 1024;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    workers: Option<Spanned<i64>>,
+    upstreams: Spanned<String>,
+    #[serde(default)]
+    timeouts: RawTimeouts,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default, rename = "route")]
+    routes: Vec<RawRoute>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    handshake: Option<Spanned<String>>,
+    connect: Option<Spanned<String>>,
+    response: Option<Spanned<String>>,
+    idle: Option<Spanned<String>>,
+    drain: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_request_head: Option<Spanned<i64>>,
+    max_connections: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    path: Spanned<String>,
+    upstream: Spanned<String>,
+}
+
+/// Timeouts; `None` means the operator disabled it with `"0s"`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timeouts {
+    pub handshake: Option<Duration>,
+    pub connect: Option<Duration>,
+    pub response: Option<Duration>,
+    pub idle: Option<Duration>,
+    pub drain: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub max_request_head: usize,
+    pub max_connections: usize,
+}
+
+/// One `[[route]]`: requests whose path starts with `path` go to group `upstream`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub path: String,
+    pub upstream: String,
+    /// Line of the route in the config file, so upstream-file errors can point back at it.
+    pub line: usize,
+}
+
+/// Routes sorted longest prefix first, so the first match is the longest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Routes {
+    routes: Vec<Route>,
+}
+
+impl Routes {
+    pub fn new(mut routes: Vec<Route>) -> Self {
+        routes.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+        Routes { routes }
+    }
+
+    /// Index of the longest route whose path is a prefix of `path`.
+    pub fn find(&self, path: &[u8]) -> Option<usize> {
+        self.routes
+            .iter()
+            .position(|r| path.starts_with(r.path.as_bytes()))
+    }
+
+    pub fn get(&self, index: usize) -> &Route {
+        &self.routes[index]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+/// The validated main config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub listen: Vec<SocketAddr>,
+    /// 0 = one per CPU this process may run on.
+    pub workers: usize,
+    pub upstreams_path: PathBuf,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub routes: Routes,
+}
+
+impl Config {
+    /// Loads the main config and the upstream file it names, and checks them against each other.
+    /// Start-up and `--check` both come through here.
+    pub fn load(path: &Path) -> Result<(Config, UpstreamTable), ConfigError> {
+        let text = read_file(path)?;
+        let config = Config::parse(path, &text)?;
+        let table = UpstreamTable::load(&config.upstreams_path, &config)?;
+        Ok((config, table))
+    }
+
+    /// Parses and validates the main config's text; `path` names it in errors and anchors
+    /// the relative `upstreams` path.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::from_toml(path, text, &e))?;
+        let err = |offset: usize, msg: String| ConfigError::at(path, text, offset, msg);
+
+        let mut listen = Vec::new();
+        if raw.listen.get_ref().is_empty() {
+            return Err(err(
+                raw.listen.span().start,
+                "listen: needs at least one address, e.g. listen = [\"127.0.0.1:8080\"]".into(),
+            ));
+        }
+        for entry in raw.listen.get_ref() {
+            let addr: SocketAddr = entry.get_ref().parse().map_err(|_| {
+                err(
+                    entry.span().start,
+                    format!(
+                        "listen: {:?} is not an IP:PORT address; write e.g. \"127.0.0.1:8080\" or \"[::1]:8080\"",
+                        entry.get_ref()
+                    ),
+                )
+            })?;
+            if listen.contains(&addr) {
+                return Err(err(
+                    entry.span().start,
+                    format!("listen: {addr} is listed twice"),
+                ));
+            }
+            listen.push(addr);
+        }
+
+        let workers = match &raw.workers {
+            None => 0,
+            Some(w) if (0..=1024).contains(w.get_ref()) => *w.get_ref() as usize,
+            Some(w) => {
+                return Err(err(
+                    w.span().start,
+                    format!(
+                        "workers: {} is out of range; use 0 (one per CPU) up to 1024",
+                        w.get_ref()
+                    ),
+                ));
+            }
+        };
+
+        if raw.upstreams.get_ref().trim().is_empty() {
+            return Err(err(
+                raw.upstreams.span().start,
+                "upstreams: needs the path of the upstream file, e.g. upstreams = \"upstreams.toml\""
+                    .into(),
+            ));
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        let upstreams_path = base.join(raw.upstreams.get_ref());
+
+        let t = &raw.timeouts;
+        let duration = |field: &str, value: &Option<Spanned<String>>, default: Duration| {
+            parse_timeout(field, value, default).map_err(|(offset, msg)| err(offset, msg))
+        };
+        let timeouts = Timeouts {
+            handshake: duration("timeouts.handshake", &t.handshake, DEFAULT_HANDSHAKE)?,
+            connect: duration("timeouts.connect", &t.connect, DEFAULT_CONNECT)?,
+            response: duration("timeouts.response", &t.response, DEFAULT_RESPONSE)?,
+            idle: duration("timeouts.idle", &t.idle, DEFAULT_IDLE)?,
+            drain: duration("timeouts.drain", &t.drain, DEFAULT_DRAIN)?,
+        };
+
+        let limits = Limits {
+            max_request_head: parse_limit(
+                "limits.max_request_head",
+                &raw.limits.max_request_head,
+                DEFAULT_MAX_REQUEST_HEAD,
+                MIN_REQUEST_HEAD..=MAX_REQUEST_HEAD,
+            )
+            .map_err(|(offset, msg)| err(offset, msg))?,
+            max_connections: parse_limit(
+                "limits.max_connections",
+                &raw.limits.max_connections,
+                DEFAULT_MAX_CONNECTIONS,
+                1..=10_000_000,
+            )
+            .map_err(|(offset, msg)| err(offset, msg))?,
+        };
+
+        if raw.routes.is_empty() {
+            return Err(err(
+                text.len(),
+                "no [[route]]: add at least one, e.g.\n[[route]]\npath = \"/websocket\"\nupstream = \"backend\""
+                    .into(),
+            ));
+        }
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        let mut routes = Vec::with_capacity(raw.routes.len());
+        for route in &raw.routes {
+            let p = route.path.get_ref();
+            let line = line_of(text, route.path.span().start);
+            if !p.starts_with('/') {
+                return Err(err(
+                    route.path.span().start,
+                    format!("route.path: {p:?} must start with '/', e.g. \"/websocket\""),
+                ));
+            }
+            if let Some(first) = seen.insert(p, line) {
+                return Err(err(
+                    route.path.span().start,
+                    format!("route.path: {p:?} is already routed at line {first}; each path may appear once"),
+                ));
+            }
+            let group = route.upstream.get_ref();
+            if group.is_empty() {
+                return Err(err(
+                    route.upstream.span().start,
+                    "route.upstream: needs a group name from the upstream file".into(),
+                ));
+            }
+            routes.push(Route {
+                path: p.clone(),
+                upstream: group.clone(),
+                line,
+            });
+        }
+
+        Ok(Config {
+            path: path.to_path_buf(),
+            listen,
+            workers,
+            upstreams_path,
+            timeouts,
+            limits,
+            routes: Routes::new(routes),
+        })
+    }
+}
+
+type FieldError = (usize, String);
+
+fn parse_timeout(
+    field: &str,
+    value: &Option<Spanned<String>>,
+    default: Duration,
+) -> Result<Option<Duration>, FieldError> {
+    let Some(value) = value else {
+        return Ok(Some(default));
+    };
+    match humantime::parse_duration(value.get_ref().trim()) {
+        Ok(d) if d.is_zero() => Ok(None),
+        Ok(d) => Ok(Some(d)),
+        Err(e) => Err((
+            value.span().start,
+            format!(
+                "{field}: {:?} is not a duration ({e}); write e.g. \"10s\", \"500ms\", \"1h\", or \"0s\" to disable",
+                value.get_ref()
+            ),
+        )),
+    }
+}
+
+fn parse_limit(
+    field: &str,
+    value: &Option<Spanned<i64>>,
+    default: usize,
+    range: std::ops::RangeInclusive<usize>,
+) -> Result<usize, FieldError> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    let v = *value.get_ref();
+    match usize::try_from(v) {
+        Ok(v) if range.contains(&v) => Ok(v),
+        _ => Err((
+            value.span().start,
+            format!(
+                "{field}: {v} is out of range; use {} to {}",
+                range.start(),
+                range.end()
+            ),
+        )),
+    }
+}
+
+#[cfg(test)]
+#[path = "config/tests.rs"]
+mod tests;

@@ -1,0 +1,76 @@
+//! Upstream connect with a timeout that really ends the attempt. tokio-uring's own connect
+//! cannot be aborted (a dropped connect keeps its socket until the kernel gives up, minutes
+//! later), so this submits IORING_OP_CONNECT on a socket we own and, on timeout, shuts the
+//! socket down, which aborts a SYN_SENT connect at once.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use io_uring::{cqueue, opcode, types};
+use socket2::{Domain, SockAddr, Socket, Type};
+use tokio_uring::net::TcpStream;
+use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
+
+use crate::deadline::with_deadline;
+
+/// Why one connect attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect timed out")]
+    TimedOut,
+    #[error("{0}")]
+    Failed(#[from] io::Error),
+}
+
+/// Data the kernel uses until the completion arrives. tokio-uring keeps it alive until then,
+/// even if the future is dropped, so the address pointer and the fd stay valid.
+struct ConnectData {
+    socket: Socket,
+    _addr: Box<SockAddr>,
+}
+
+struct ConnectTransform;
+
+impl OneshotOutputTransform for ConnectTransform {
+    type Output = (io::Result<()>, Socket);
+    type StoredData = ConnectData;
+
+    fn transform_oneshot_output(self, data: ConnectData, cqe: cqueue::Entry) -> Self::Output {
+        let res = if cqe.result() >= 0 {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(-cqe.result()))
+        };
+        (res, data.socket)
+    }
+}
+
+/// Connects to `addr` with TCP_NODELAY set, giving up after `timeout` (`None`: no limit).
+pub async fn connect(addr: SocketAddr, timeout: Option<Duration>) -> Result<TcpStream, ConnectError> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    socket.set_tcp_nodelay(true)?;
+    let fd = socket.as_raw_fd();
+    let addr = Box::new(SockAddr::from(addr));
+    // The entry points at `addr`'s heap allocation and at `fd`; both move into the op's stable
+    // data below and outlive the kernel's use of them (see ConnectData).
+    let sqe = opcode::Connect::new(types::Fd(fd), addr.as_ptr().cast(), addr.len()).build();
+    let op = UnsubmittedOneshot::new(ConnectData { socket, _addr: addr }, ConnectTransform, sqe).submit();
+    let ((res, socket), timed_out) = with_deadline(timeout, op, || {
+        // Aborts a connect in SYN_SENT; the pending op then completes with an error.
+        // SAFETY: `fd` is open: ConnectData owns the socket until the op completes, and the op
+        // is still pending here. shutdown(2) touches no memory of ours.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::shutdown(fd, libc::SHUT_RDWR);
+        }
+    })
+    .await;
+    match res {
+        _ if timed_out => Err(ConnectError::TimedOut),
+        Ok(()) => Ok(TcpStream::from_std(socket.into())),
+        Err(e) => Err(ConnectError::Failed(e)),
+    }
+}

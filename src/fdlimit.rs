@@ -1,0 +1,48 @@
+//! The open-files limit. Each proxied connection holds two descriptors (client and upstream),
+//! so `limits.max_connections` is checked against RLIMIT_NOFILE at start-up, where a clear
+//! message beats an obscure EMFILE under load.
+
+use std::io;
+
+/// Descriptors kept aside for listeners, the runtime's rings, logs and reloads.
+pub const RESERVE: u64 = 64;
+
+/// Raises the soft open-files limit to the hard one; returns the resulting limit.
+pub fn raise() -> io::Result<u64> {
+    let mut lim = get()?;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: setrlimit reads a fully initialised rlimit we own.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// The soft open-files limit now in force.
+pub fn current() -> io::Result<u64> {
+    Ok(get()?.rlim_cur)
+}
+
+fn get() -> io::Result<libc::rlimit> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we pass.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    if rc == 0 {
+        Ok(lim)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Descriptors needed to hold `max_connections` proxied connections plus `listeners` sockets.
+pub fn needed(max_connections: usize, listeners: usize) -> u64 {
+    2 * max_connections as u64 + listeners as u64 + RESERVE
+}

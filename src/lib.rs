@@ -1,0 +1,27 @@
+//! # wsplice: a thread-per-core io_uring WebSocket reverse proxy
+//!
+//! ## Layout
+//! - [`config`]: the TOML config, raw serde types validated into [`config::Config`].
+//! - [`upstream`]: the upstream file as an immutable [`upstream::UpstreamTable`] with
+//!   round-robin picking; [`reload`] swaps it whole (arc-swap) on SIGHUP.
+//! - [`server`]: start-up and stop; [`listener`] binds SO_REUSEPORT sockets, [`worker`] runs
+//!   one pinned thread per CPU with its own tokio-uring runtime and accept loop.
+//! - [`proxy`]: one connection: request head ([`handshake`], sans-IO) -> route -> upstream
+//!   ([`connect`]) -> response head -> tunnel after a `101` only.
+//! - [`relay`]: the two byte pumps with half-close and idle timeout, over [`buffers`].
+//! - [`deadline`]: timeouts that never drop a pending io_uring read.
+
+pub mod buffers;
+pub mod config;
+pub mod connect;
+pub mod cpus;
+pub mod deadline;
+pub mod fdlimit;
+pub mod handshake;
+pub mod listener;
+pub mod proxy;
+pub mod relay;
+pub mod reload;
+pub mod server;
+pub mod upstream;
+pub mod worker;

@@ -1,0 +1,446 @@
+//! One client connection from accept to close: read and route the request head, connect an
+//! upstream, pass the rewritten head, and then either open the tunnel (only after a real
+//! `101`) or relay one response and close.
+
+use std::net::{Shutdown, SocketAddr};
+use std::rc::Rc;
+use std::time::Instant;
+
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::net::TcpStream;
+use tracing::{debug, info, warn};
+
+use crate::connect::{ConnectError, connect};
+use crate::deadline::with_deadline;
+use crate::handshake::{
+    Body, ClientInfo, HandshakeError, MAX_HEADERS, Parsed, parse_request, parse_response,
+};
+use crate::relay::{self, Activity, Peer, Report, Side};
+use crate::upstream::Group;
+use crate::worker::WorkerContext;
+
+/// What the request head told us.
+struct Request {
+    head_len: usize,
+    upgrade: bool,
+    route: usize,
+    body: Body,
+}
+
+/// How a connection that got past the handshake ended.
+enum Done {
+    /// The client closed before sending a whole head; nothing to answer.
+    ClientLeft,
+    Relayed {
+        upstream: SocketAddr,
+        status: u16,
+        report: Report,
+    },
+}
+
+/// Serves one accepted client connection to its end.
+pub async fn serve(ctx: Rc<WorkerContext>, client: TcpStream, info: ClientInfo) {
+    let started = Instant::now();
+    let _ = client.set_nodelay(true);
+    let mut a = ctx.pool.get();
+    let mut b = ctx.pool.get();
+    match proxy(&ctx, &client, &info, &mut a, &mut b).await {
+        Ok(Done::ClientLeft) => debug!(client = %info.peer, "client closed before a complete request head"),
+        Ok(Done::Relayed {
+            upstream,
+            status,
+            report,
+        }) => debug!(
+            client = %info.peer,
+            %upstream,
+            status,
+            client_to_upstream = report.client_to_upstream,
+            upstream_to_client = report.upstream_to_client,
+            duration_ms = started.elapsed().as_millis() as u64,
+            end = %report.end,
+            "connection closed"
+        ),
+        Err(e) => {
+            if e.status() >= 500 {
+                warn!(client = %info.peer, status = e.status(), "{e}");
+            } else {
+                info!(client = %info.peer, status = e.status(), "{e}");
+            }
+            reject(&client, e, &mut a).await;
+        }
+    }
+    ctx.pool.put(a);
+    ctx.pool.put(b);
+}
+
+/// Answers `err` and closes. Reads what the client still sends for a moment first, so that
+/// closing with unread bytes does not reset the connection before the answer is read.
+pub async fn reject(client: &TcpStream, err: HandshakeError, scratch: &mut Vec<u8>) {
+    let (res, _) = client.write_all(err.response()).await;
+    if res.is_err() {
+        return;
+    }
+    let _ = client.shutdown(Shutdown::Write);
+    let drain = async {
+        let mut drained = 0usize;
+        while drained < 64 * 1024 {
+            let mut buf = std::mem::take(scratch);
+            buf.clear();
+            let (res, b) = client.read(buf).await;
+            *scratch = b;
+            match res {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    };
+    with_deadline(Some(std::time::Duration::from_secs(1)), drain, || {
+        let _ = client.shutdown(Shutdown::Read);
+    })
+    .await;
+}
+
+async fn proxy(
+    ctx: &WorkerContext,
+    client: &TcpStream,
+    info: &ClientInfo,
+    req: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Result<Done, HandshakeError> {
+    let timeouts = &ctx.shared.config.timeouts;
+
+    let (res, timed_out) = with_deadline(
+        timeouts.handshake,
+        read_request(ctx, client, info, req, out),
+        || {
+            let _ = client.shutdown(Shutdown::Read);
+        },
+    )
+    .await;
+    let request = match res? {
+        Some(request) => request,
+        None if timed_out => return Err(HandshakeError::HeadTimeout),
+        None => return Ok(Done::ClientLeft),
+    };
+
+    let table = ctx.shared.table.load_full();
+    let group = table.group_for_route(request.route);
+    let (upstream, addr) = connect_group(group, timeouts.connect).await?;
+    drop(table);
+
+    let (sent, body_left) = match request.body {
+        _ if request.upgrade => (0, 0),
+        Body::None => (0, 0),
+        Body::Length(n) => {
+            let early = (req.len() - request.head_len) as u64;
+            (early.min(n), n - early.min(n))
+        }
+        Body::Chunked => ((req.len() - request.head_len) as u64, u64::MAX),
+    };
+    let (res, b) = upstream.write_all(std::mem::take(out)).await;
+    *out = b;
+    res.map_err(|_| HandshakeError::UpstreamFailed)?;
+    if sent > 0 {
+        let range = request.head_len..request.head_len + sent as usize;
+        let (res, slice) = upstream
+            .write_all(std::mem::take(req).slice(range))
+            .await;
+        *req = slice.into_inner();
+        res.map_err(|_| HandshakeError::UpstreamFailed)?;
+    }
+
+    if request.upgrade {
+        upgrade(ctx, client, &upstream, addr, request.head_len, req, out).await
+    } else {
+        respond(ctx, client, &upstream, addr, body_left, req, out).await
+    }
+}
+
+/// Reads the request head into `req` and writes the rewritten head into `out`.
+/// `Ok(None)`: the client closed (or the handshake deadline shut it) before a whole head.
+async fn read_request(
+    ctx: &WorkerContext,
+    client: &TcpStream,
+    info: &ClientInfo,
+    req: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Result<Option<Request>, HandshakeError> {
+    let config = &ctx.shared.config;
+    let max_head = config.limits.max_request_head;
+    loop {
+        let filled = req.len();
+        if filled >= max_head {
+            return Err(HandshakeError::HeadTooLarge);
+        }
+        let (res, slice) = client.read(std::mem::take(req).slice(filled..)).await;
+        *req = slice.into_inner();
+        match res {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let head = match parse_request(req, &mut headers)? {
+            Parsed::Incomplete => continue,
+            Parsed::Complete(head) => head,
+        };
+        if head.len > max_head {
+            return Err(HandshakeError::HeadTooLarge);
+        }
+        let route = config
+            .routes
+            .find(head.path())
+            .ok_or(HandshakeError::NoRoute)?;
+        out.clear();
+        head.write_upstream(info, out);
+        return Ok(Some(Request {
+            head_len: head.len,
+            upgrade: head.upgrade.is_some(),
+            route,
+            body: head.body,
+        }));
+    }
+}
+
+/// Tries the group's servers, round-robin choice first, until one accepts.
+async fn connect_group(
+    group: &Group,
+    timeout: Option<std::time::Duration>,
+) -> Result<(TcpStream, SocketAddr), HandshakeError> {
+    let mut all_timed_out = true;
+    for addr in group.pick() {
+        match connect(addr, timeout).await {
+            Ok(stream) => return Ok((stream, addr)),
+            Err(e) => {
+                all_timed_out &= matches!(e, ConnectError::TimedOut);
+                warn!(upstream = %addr, group = %group.name, "connect failed: {e}");
+            }
+        }
+    }
+    Err(if all_timed_out {
+        HandshakeError::UpstreamTimeout
+    } else {
+        HandshakeError::UpstreamFailed
+    })
+}
+
+/// Reads the upstream's response head into `buf`; returns its status and length.
+/// `Ok(None)`: the upstream closed (or the response deadline shut it) before a whole head.
+async fn read_response(
+    upstream: &TcpStream,
+    buf: &mut Vec<u8>,
+) -> Result<Option<(u16, usize)>, HandshakeError> {
+    buf.clear();
+    loop {
+        let filled = buf.len();
+        if filled == buf.capacity() {
+            return Err(HandshakeError::BadResponse("response head too large"));
+        }
+        let (res, slice) = upstream.read(std::mem::take(buf).slice(filled..)).await;
+        *buf = slice.into_inner();
+        match res {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        if let Parsed::Complete(head) = parse_response(buf, &mut headers)? {
+            return Ok(Some((head.status, head.len)));
+        }
+    }
+}
+
+/// Waits for the response head within `timeouts.response`.
+async fn await_response(
+    ctx: &WorkerContext,
+    upstream: &TcpStream,
+    buf: &mut Vec<u8>,
+) -> Result<(u16, usize), HandshakeError> {
+    let (res, timed_out) = with_deadline(
+        ctx.shared.config.timeouts.response,
+        read_response(upstream, buf),
+        || {
+            let _ = upstream.shutdown(Shutdown::Read);
+        },
+    )
+    .await;
+    match res? {
+        Some(head) => Ok(head),
+        None if timed_out => Err(HandshakeError::ResponseTimeout),
+        None => Err(HandshakeError::BadResponse(
+            "upstream closed before sending a response head",
+        )),
+    }
+}
+
+/// An upgrade request: tunnel after a `101`, otherwise pass the refusal and close. Client bytes
+/// that came with the head are held until the `101`, and never sent after a refusal.
+async fn upgrade(
+    ctx: &WorkerContext,
+    client: &TcpStream,
+    upstream: &TcpStream,
+    addr: SocketAddr,
+    head_len: usize,
+    req: &mut Vec<u8>,
+    resp: &mut Vec<u8>,
+) -> Result<Done, HandshakeError> {
+    let (status, resp_len) = await_response(ctx, upstream, resp).await?;
+    if status != 101 {
+        req.clear();
+        write_closing_head(resp, resp_len, req);
+        let (res, b) = client.write_all(std::mem::take(req)).await;
+        *req = b;
+        let report = match res {
+            Ok(()) => relay_response(ctx, client, upstream, resp).await,
+            Err(source) => failed_report(Side::Client, source),
+        };
+        return Ok(Done::Relayed {
+            upstream: addr,
+            status,
+            report,
+        });
+    }
+
+    let (res, b) = client.write_all(std::mem::take(resp)).await;
+    *resp = b;
+    if let Err(source) = res {
+        return Ok(Done::Relayed {
+            upstream: addr,
+            status,
+            report: failed_report(Side::Client, source),
+        });
+    }
+    if req.len() > head_len {
+        let (res, slice) = upstream
+            .write_all(std::mem::take(req).slice(head_len..))
+            .await;
+        *req = slice.into_inner();
+        if let Err(source) = res {
+            return Ok(Done::Relayed {
+                upstream: addr,
+                status,
+                report: failed_report(Side::Upstream, source),
+            });
+        }
+    }
+    let report = relay::tunnel(client, upstream, (req, resp), ctx.shared.config.timeouts.idle).await;
+    Ok(Done::Relayed {
+        upstream: addr,
+        status,
+        report,
+    })
+}
+
+/// A plain request: the rest of the body flows up while the response head is awaited, then
+/// the response flows down until the upstream closes, and the connection ends.
+async fn respond(
+    ctx: &WorkerContext,
+    client: &TcpStream,
+    upstream: &TcpStream,
+    addr: SocketAddr,
+    body_left: u64,
+    req: &mut Vec<u8>,
+    resp: &mut Vec<u8>,
+) -> Result<Done, HandshakeError> {
+    let activity = Activity::default();
+    let body = async {
+        relay::pump(
+            Peer {
+                stream: client,
+                side: Side::Client,
+            },
+            Peer {
+                stream: upstream,
+                side: Side::Upstream,
+            },
+            req,
+            body_left,
+            &activity,
+        )
+        .await
+    };
+    let response = async {
+        let head = await_response(ctx, upstream, resp).await;
+        // Ends the body pump whatever happened: the exchange is over once a response is in.
+        let _ = client.shutdown(Shutdown::Read);
+        let (status, resp_len) = head?;
+        let mut head_out = ctx.pool.get();
+        write_closing_head(resp, resp_len, &mut head_out);
+        let (res, b) = client.write_all(head_out).await;
+        ctx.pool.put(b);
+        if let Err(source) = res {
+            return Ok((status, Err((0, relay::RelayError { side: Side::Client, source }))));
+        }
+        let down = relay::pump(
+            Peer {
+                stream: upstream,
+                side: Side::Upstream,
+            },
+            Peer {
+                stream: client,
+                side: Side::Client,
+            },
+            resp,
+            u64::MAX,
+            &activity,
+        )
+        .await;
+        Ok((status, down))
+    };
+    let ((up, down), idled) = relay::idle_guard(
+        async { tokio::join!(body, response) },
+        ctx.shared.config.timeouts.idle,
+        &activity,
+        || relay::abort(client, upstream),
+    )
+    .await;
+    let (status, down) = down?;
+    Ok(Done::Relayed {
+        upstream: addr,
+        status,
+        report: relay::report(up, down, idled),
+    })
+}
+
+/// Relays the rest of a response to the client after its head was passed on.
+async fn relay_response(
+    ctx: &WorkerContext,
+    client: &TcpStream,
+    upstream: &TcpStream,
+    resp: &mut Vec<u8>,
+) -> Report {
+    let activity = Activity::default();
+    let down = async {
+        relay::pump(
+            Peer {
+                stream: upstream,
+                side: Side::Upstream,
+            },
+            Peer {
+                stream: client,
+                side: Side::Client,
+            },
+            resp,
+            u64::MAX,
+            &activity,
+        )
+        .await
+    };
+    let (down, idled) = relay::idle_guard(down, ctx.shared.config.timeouts.idle, &activity, || {
+        relay::abort(client, upstream)
+    })
+    .await;
+    relay::report(Ok(0), down, idled)
+}
+
+/// Writes the response head in `resp[..len]`, made connection-closing, then the bytes that
+/// followed it, into `out`.
+fn write_closing_head(resp: &[u8], len: usize, out: &mut Vec<u8>) {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    if let Ok(Parsed::Complete(head)) = parse_response(&resp[..len], &mut headers) {
+        head.write_closing(out);
+    }
+    out.extend_from_slice(&resp[len..]);
+}
+
+fn failed_report(side: Side, source: std::io::Error) -> Report {
+    relay::report(Ok(0), Err((0, relay::RelayError { side, source })), false)
+}

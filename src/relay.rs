@@ -1,0 +1,243 @@
+//! Transparent byte-stream forwarder for the time after the handshake: two one-direction
+//! pumps, half-close propagation, and an idle watchdog. Frames are never decoded.
+//!
+//! tokio-uring does not cancel a dropped read, so nothing here drops a pending read: timeouts
+//! shut the sockets down, which makes every pending operation complete, and the pumps are
+//! always awaited to the end.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::net::Shutdown;
+use std::time::Duration;
+
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::net::TcpStream;
+
+/// Labels of the two directions, shared by logs and metrics.
+pub const CLIENT_TO_UPSTREAM: &str = "client->upstream";
+pub const UPSTREAM_TO_CLIENT: &str = "upstream->client";
+
+/// Which side of the proxy an I/O error came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Upstream,
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Side::Client => "client",
+            Side::Upstream => "upstream",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{side}: {source}")]
+pub struct RelayError {
+    pub side: Side,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Why a relay ended.
+#[derive(Debug)]
+pub enum End {
+    /// Both directions reached end of stream (or the response was complete).
+    Closed,
+    /// No byte moved in either direction for `timeouts.idle`.
+    Idle,
+    Error(RelayError),
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::Closed => f.write_str("closed"),
+            End::Idle => f.write_str("idle timeout"),
+            End::Error(e) => write!(f, "error: {e}"),
+        }
+    }
+}
+
+/// What a relay moved and how it ended.
+#[derive(Debug)]
+pub struct Report {
+    pub client_to_upstream: u64,
+    pub upstream_to_client: u64,
+    pub end: End,
+}
+
+/// Counts completed reads so the idle watchdog can tell a quiet connection from a busy one
+/// without reading the clock on every read.
+#[derive(Debug, Default)]
+pub struct Activity(Cell<u64>);
+
+impl Activity {
+    fn touch(&self) {
+        self.0.set(self.0.get().wrapping_add(1));
+    }
+}
+
+/// One endpoint of a pump: the stream and which side it is.
+#[derive(Clone, Copy)]
+pub struct Peer<'a> {
+    pub stream: &'a TcpStream,
+    pub side: Side,
+}
+
+/// Copies from `src` to `dst` until end of stream or `limit` bytes, reusing `buf`.
+/// Returns the bytes copied; on error, the side that failed.
+pub async fn pump(
+    src: Peer<'_>,
+    dst: Peer<'_>,
+    buf: &mut Vec<u8>,
+    mut limit: u64,
+    activity: &Activity,
+) -> Result<u64, (u64, RelayError)> {
+    let mut total = 0u64;
+    while limit > 0 {
+        let mut owned = std::mem::take(buf);
+        owned.clear();
+        let want = usize::try_from(limit).map_or(owned.capacity(), |l| l.min(owned.capacity()));
+        let (res, slice) = src.stream.read(owned.slice(..want)).await;
+        *buf = slice.into_inner();
+        let n = match res {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(source) => {
+                let side = src.side;
+                return Err((total, RelayError { side, source }));
+            }
+        };
+        activity.touch();
+        let (res, slice) = dst.stream.write_all(std::mem::take(buf).slice(..n)).await;
+        *buf = slice.into_inner();
+        if let Err(source) = res {
+            let side = dst.side;
+            return Err((total, RelayError { side, source }));
+        }
+        total += n as u64;
+        limit -= n as u64;
+    }
+    Ok(total)
+}
+
+/// Shuts both sockets down both ways, which completes every pending operation on them.
+pub fn abort(client: &TcpStream, upstream: &TcpStream) {
+    let _ = client.shutdown(Shutdown::Both);
+    let _ = upstream.shutdown(Shutdown::Both);
+}
+
+/// Runs `work` to completion; if no read completes for `idle`, calls `on_idle` (which must
+/// make `work` finish, e.g. [`abort`]) and reports that the idle timeout fired.
+/// The check runs four times per period, so a quiet connection closes within 1.25 x `idle`.
+pub async fn idle_guard<F: Future>(
+    work: F,
+    idle: Option<Duration>,
+    activity: &Activity,
+    on_idle: impl FnOnce(),
+) -> (F::Output, bool) {
+    let Some(idle) = idle else {
+        return (work.await, false);
+    };
+    tokio::pin!(work);
+    let tick = idle / 4;
+    let mut seen = activity.0.get();
+    let mut quiet_ticks = 0;
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut work => return (out, false),
+            _ = tokio::time::sleep(tick) => {
+                let now = activity.0.get();
+                if now == seen {
+                    quiet_ticks += 1;
+                } else {
+                    seen = now;
+                    quiet_ticks = 0;
+                }
+                if quiet_ticks >= 4 {
+                    on_idle();
+                    return (work.await, true);
+                }
+            }
+        }
+    }
+}
+
+/// Relays an upgraded connection both ways until both directions end.
+/// End of stream on one side shuts down writing on the other; the other direction flows on.
+/// An error on either side ends both.
+pub async fn tunnel(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    bufs: (&mut Vec<u8>, &mut Vec<u8>),
+    idle: Option<Duration>,
+) -> Report {
+    let activity = Activity::default();
+    let c = Peer {
+        stream: client,
+        side: Side::Client,
+    };
+    let u = Peer {
+        stream: upstream,
+        side: Side::Upstream,
+    };
+    let both = async {
+        tokio::join!(
+            one_way(c, u, bufs.0, &activity, client, upstream),
+            one_way(u, c, bufs.1, &activity, client, upstream)
+        )
+    };
+    let ((up, down), idled) =
+        idle_guard(both, idle, &activity, || abort(client, upstream)).await;
+    report(up, down, idled)
+}
+
+/// One direction of a tunnel: pump, then pass end of stream on, or end both on error.
+async fn one_way(
+    src: Peer<'_>,
+    dst: Peer<'_>,
+    buf: &mut Vec<u8>,
+    activity: &Activity,
+    client: &TcpStream,
+    upstream: &TcpStream,
+) -> Result<u64, (u64, RelayError)> {
+    let res = pump(src, dst, buf, u64::MAX, activity).await;
+    match &res {
+        Ok(_) => {
+            let _ = dst.stream.shutdown(Shutdown::Write);
+        }
+        Err(_) => abort(client, upstream),
+    }
+    res
+}
+
+/// Builds the report from the two directions' results.
+pub fn report(
+    up: Result<u64, (u64, RelayError)>,
+    down: Result<u64, (u64, RelayError)>,
+    idled: bool,
+) -> Report {
+    let (client_to_upstream, up_err) = split(up);
+    let (upstream_to_client, down_err) = split(down);
+    let end = match (idled, up_err.or(down_err)) {
+        (true, _) => End::Idle,
+        (false, Some(e)) => End::Error(e),
+        (false, None) => End::Closed,
+    };
+    Report {
+        client_to_upstream,
+        upstream_to_client,
+        end,
+    }
+}
+
+fn split(r: Result<u64, (u64, RelayError)>) -> (u64, Option<RelayError>) {
+    match r {
+        Ok(n) => (n, None),
+        Err((n, e)) => (n, Some(e)),
+    }
+}

@@ -1,0 +1,132 @@
+//! Start-up and stop: check the open-files budget, bind every worker's listeners, start the
+//! workers, then wait for signals (SIGHUP reloads the upstream file; SIGTERM/SIGINT stop).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+
+use arc_swap::ArcSwap;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::info;
+
+use crate::config::Config;
+use crate::upstream::UpstreamTable;
+use crate::worker::{self, Shared};
+use crate::{cpus, fdlimit, listener, reload};
+
+/// Why wsplice could not start (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "limits.max_connections = {max_connections} needs about {needed} open files (2 per connection + {reserve} spare), but the open-files limit is {limit}; lower limits.max_connections to at most {fits} or raise the limit (ulimit -n, systemd LimitNOFILE)"
+    )]
+    FdLimit {
+        max_connections: usize,
+        needed: u64,
+        reserve: u64,
+        limit: u64,
+        fits: u64,
+    },
+    #[error("cannot read or raise the open-files limit: {0}")]
+    Rlimit(io::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("{0}")]
+    Worker(String),
+    #[error("cannot set up signal handling: {0}")]
+    Signals(io::Error),
+}
+
+/// Runs wsplice until SIGTERM or SIGINT.
+pub fn run(config: Config, table: UpstreamTable) -> Result<(), StartError> {
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(StartError::Signals)?;
+
+    let cpus = cpus::allowed();
+    let workers = if config.workers == 0 {
+        cpus.len()
+    } else {
+        config.workers
+    };
+    let listeners_total = workers * config.listen.len();
+    let limit = fdlimit::raise().map_err(StartError::Rlimit)?;
+    let needed = fdlimit::needed(config.limits.max_connections, listeners_total);
+    if needed > limit {
+        return Err(StartError::FdLimit {
+            max_connections: config.limits.max_connections,
+            needed,
+            reserve: fdlimit::RESERVE,
+            limit,
+            fits: limit.saturating_sub(fdlimit::RESERVE + listeners_total as u64) / 2,
+        });
+    }
+
+    let listeners = listener::bind_all(&config.listen, workers)
+        .map_err(|(addr, source)| StartError::Bind { addr, source })?;
+    let bound: Vec<SocketAddr> = listeners[0].iter().map(|(_, addr)| *addr).collect();
+
+    let shared = Arc::new(Shared {
+        config,
+        table: ArcSwap::from_pointee(table),
+        active: AtomicUsize::new(0),
+    });
+
+    signals.block_on(async {
+        let mut hup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
+        let mut term = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
+
+        start_workers(&shared, listeners, &cpus)?;
+        for addr in &bound {
+            info!("listening on {addr} with {workers} workers");
+        }
+        info!("upstreams: {}", reload::summarize(&shared.table.load()));
+
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    info!("SIGHUP: reloading {}", shared.config.upstreams_path.display());
+                    reload::reload(&shared);
+                }
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        info!(
+            "stopping: {} connections open are closed",
+            shared.active.load(Ordering::Relaxed)
+        );
+        Ok(())
+    })
+}
+
+fn start_workers(
+    shared: &Arc<Shared>,
+    listeners: Vec<Vec<(std::net::TcpListener, SocketAddr)>>,
+    cpus: &[usize],
+) -> Result<(), StartError> {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let workers = listeners.len();
+    for (id, own) in listeners.into_iter().enumerate() {
+        let cpu = cpus.get(id % cpus.len()).copied();
+        worker::spawn(id, cpu, shared.clone(), own, ready_tx.clone())
+            .map_err(|e| StartError::Worker(format!("cannot start worker thread {id}: {e}")))?;
+    }
+    drop(ready_tx);
+    for _ in 0..workers {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => return Err(StartError::Worker(why)),
+            Err(_) => {
+                return Err(StartError::Worker(
+                    "a worker exited during start-up".into(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! A worker: one thread pinned to one CPU, with its own io_uring runtime, its own listeners and
+//! its own buffer pool. Workers share only the upstream table (one arc-swap load per
+//! connection) and the connection count (one atomic add per accept); nothing per message.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tracing::{error, warn};
+
+use crate::buffers::BufferPool;
+use crate::config::Config;
+use crate::handshake::{ClientInfo, HandshakeError};
+use crate::proxy;
+use crate::upstream::UpstreamTable;
+
+/// Relay buffer size: large enough for bulk transfers, small enough for many tunnels.
+pub const RELAY_BUFFER: usize = 16 * 1024;
+/// Free buffers a worker keeps for reuse.
+const POOL_KEEP: usize = 1024;
+/// io_uring submission queue size per worker.
+const RING_ENTRIES: u32 = 1024;
+
+/// What every worker reads: the config, the current upstream table, the connection count.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    pub table: ArcSwap<UpstreamTable>,
+    pub active: AtomicUsize,
+}
+
+/// One worker's own state, reachable from each of its connection tasks.
+#[derive(Debug)]
+pub struct WorkerContext {
+    pub shared: Arc<Shared>,
+    pub pool: BufferPool,
+}
+
+/// Starts worker `id` on its own thread, pinned to `cpu`. It reports on `ready` once its
+/// listeners accept, or why it could not start.
+pub fn spawn(
+    id: usize,
+    cpu: Option<usize>,
+    shared: Arc<Shared>,
+    listeners: Vec<(TcpListener, SocketAddr)>,
+    ready: mpsc::Sender<Result<(), String>>,
+) -> io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("wsplice-worker-{id}"))
+        .spawn(move || {
+            if let Some(cpu) = cpu
+                && let Err(e) = crate::cpus::pin_current_thread(cpu)
+            {
+                warn!("worker {id}: cannot pin to CPU {cpu}: {e}");
+            }
+            let runtime = match build_runtime() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready.send(Err(format!(
+                        "worker {id}: cannot create an io_uring instance: {e} (is io_uring disabled, e.g. by kernel.io_uring_disabled or a seccomp profile?)"
+                    )));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let buffer = RELAY_BUFFER.max(shared.config.limits.max_request_head);
+                let ctx = Rc::new(WorkerContext {
+                    shared,
+                    pool: BufferPool::new(buffer, POOL_KEEP),
+                });
+                for (listener, local) in listeners {
+                    let listener = tokio_uring::net::TcpListener::from_std(listener);
+                    tokio_uring::spawn(accept_loop(ctx.clone(), listener, local));
+                }
+                let _ = ready.send(Ok(()));
+                std::future::pending::<()>().await;
+            });
+        })
+}
+
+/// A ring with COOP_TASKRUN and SINGLE_ISSUER (fewer interrupts, no submit locking), or a plain
+/// one on kernels without them. DEFER_TASKRUN is left out: tokio-uring's driver hangs with it.
+fn build_runtime() -> io::Result<tokio_uring::Runtime> {
+    let tuned = tokio_uring::Runtime::new(
+        tokio_uring::builder()
+            .entries(RING_ENTRIES)
+            .uring_builder(
+                tokio_uring::uring_builder()
+                    .setup_coop_taskrun()
+                    .setup_single_issuer(),
+            ),
+    );
+    match tuned {
+        Ok(rt) => Ok(rt),
+        Err(_) => tokio_uring::Runtime::new(tokio_uring::builder().entries(RING_ENTRIES)),
+    }
+}
+
+/// Holds one place of `limits.max_connections` for as long as the connection lives.
+struct Slot(Arc<Shared>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn accept_loop(
+    ctx: Rc<WorkerContext>,
+    listener: tokio_uring::net::TcpListener,
+    local: SocketAddr,
+) {
+    let max = ctx.shared.config.limits.max_connections;
+    let mut last_fd_warning: Option<Instant> = None;
+    loop {
+        match listener.accept().await {
+            Ok((client, peer)) => {
+                let before = ctx.shared.active.fetch_add(1, Ordering::Relaxed);
+                let slot = Slot(ctx.shared.clone());
+                if before >= max {
+                    tokio_uring::spawn(async move {
+                        warn!(client = %peer, "503: over limits.max_connections ({max})");
+                        let mut scratch = Vec::with_capacity(1024);
+                        proxy::reject(&client, HandshakeError::Overloaded, &mut scratch).await;
+                        drop(slot);
+                    });
+                    continue;
+                }
+                let ctx = ctx.clone();
+                tokio_uring::spawn(async move {
+                    proxy::serve(ctx, client, ClientInfo { peer, local }).await;
+                    drop(slot);
+                });
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                if last_fd_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    error!(
+                        "out of file descriptors ({e}): {} connections open, open-files limit {}; new clients wait in the backlog. Lower limits.max_connections or raise the limit (ulimit -n / LimitNOFILE)",
+                        ctx.shared.active.load(Ordering::Relaxed),
+                        crate::fdlimit::current().unwrap_or(0)
+                    );
+                    last_fd_warning = Some(Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => {
+                warn!(listen = %local, "accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
