@@ -1,1 +1,133 @@
-fn main(){}
+//! The per-connection hot path before the byte pump: request head parse + upstream rewrite,
+//! response head parse, upstream pick and relay-buffer reuse, all through the library's API.
+
+use std::hint::black_box;
+use std::net::SocketAddr;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use wsplice::buffers::BufferPool;
+use wsplice::handshake::{ClientInfo, MAX_HEADERS, Parsed, parse_request, parse_response};
+use wsplice::upstream::Group;
+
+const SMALL_UPGRADE: &[u8] = b"GET /chat HTTP/1.1\r\n\
+Host: server.example.com\r\n\
+Upgrade: websocket\r\n\
+Connection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+Origin: http://example.com\r\n\
+Sec-WebSocket-Version: 13\r\n\
+\r\n";
+
+const SWITCHING: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\n\
+Upgrade: websocket\r\n\
+Connection: Upgrade\r\n\
+Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\
+\r\n";
+
+/// A browser upgrade carrying a heavy cookie jar and tracing headers: about 8 KiB.
+fn large_upgrade() -> Vec<u8> {
+    let mut head = b"GET /chat?room=lobby&token=abcdef0123456789 HTTP/1.1\r\n\
+Host: server.example.com\r\n\
+User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n\
+Accept: */*\r\n\
+Accept-Language: en-US,en;q=0.5\r\n\
+Accept-Encoding: gzip, deflate, br\r\n\
+Sec-WebSocket-Version: 13\r\n\
+Origin: https://example.com\r\n\
+Sec-WebSocket-Extensions: permessage-deflate\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+Connection: keep-alive, Upgrade\r\n\
+Pragma: no-cache\r\n\
+Cache-Control: no-cache\r\n\
+Upgrade: websocket\r\n\
+X-Forwarded-For: 198.51.100.1, 198.51.100.2\r\n"
+        .to_vec();
+    let mut i = 0;
+    while head.len() < 8 * 1024 - 200 {
+        head.extend_from_slice(
+            format!(
+                "Cookie: session_{i:02}=Zm9vYmFyYmF6cXV4MDEyMzQ1Njc4OWFiY2RlZmdoaWprbG1ub3BxcnN0dXZ3eHl6QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo\r\n"
+            )
+            .as_bytes(),
+        );
+        head.extend_from_slice(
+            format!("X-Trace-{i:02}: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n")
+                .as_bytes(),
+        );
+        i += 1;
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+fn client() -> ClientInfo {
+    ClientInfo {
+        peer: "203.0.113.7:51234".parse().unwrap(),
+        local: "127.0.0.1:8080".parse().unwrap(),
+    }
+}
+
+fn bench_request(c: &mut Criterion) {
+    let large = large_upgrade();
+    let client = client();
+    let mut group = c.benchmark_group("parse_request+write_upstream");
+    for (name, head) in [("small", SMALL_UPGRADE), ("8KiB", &large[..])] {
+        let mut out = Vec::with_capacity(2 * head.len());
+        group.throughput(Throughput::Bytes(head.len() as u64));
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let Ok(Parsed::Complete(req)) = parse_request(black_box(head), &mut headers) else {
+                    panic!("bench head does not parse");
+                };
+                out.clear();
+                req.write_upstream(&client, &mut out);
+                black_box(&out);
+            })
+        });
+    }
+    group.finish();
+}
+
+fn bench_response(c: &mut Criterion) {
+    let mut group = c.benchmark_group("parse_response");
+    group.throughput(Throughput::Bytes(SWITCHING.len() as u64));
+    group.bench_function("101", |b| {
+        b.iter(|| {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let Ok(Parsed::Complete(resp)) = parse_response(black_box(SWITCHING), &mut headers)
+            else {
+                panic!("bench head does not parse");
+            };
+            black_box(resp.status);
+        })
+    });
+    group.finish();
+}
+
+fn bench_pick(c: &mut Criterion) {
+    let servers: Vec<SocketAddr> = (0..4)
+        .map(|i| SocketAddr::from(([10, 0, 0, i], 3000)))
+        .collect();
+    let group = Group::new("backend".into(), servers);
+    c.bench_function("Group::pick", |b| b.iter(|| black_box(group.pick().next())));
+}
+
+fn bench_buffers(c: &mut Criterion) {
+    let pool = BufferPool::new(16 * 1024, 64);
+    c.bench_function("BufferPool get+put", |b| {
+        b.iter(|| {
+            let buf = pool.get();
+            pool.put(black_box(buf));
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    bench_request,
+    bench_response,
+    bench_pick,
+    bench_buffers
+);
+criterion_main!(benches);

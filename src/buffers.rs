@@ -62,7 +62,8 @@ mod tests {
         pool.put(a);
         pool.put(b);
         assert_eq!(pool.idle(), 1);
-        assert_eq!(pool.get().as_ptr(), ptr);
+        let again = pool.get();
+        assert_eq!(again.as_ptr(), ptr);
     }
 
     #[test]

@@ -55,6 +55,7 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 /// Reads a file for one of the loaders, mapping the I/O error to a [`ConfigError`].
+#[allow(clippy::disallowed_methods)] // start-up and reload only, never on a worker
 pub fn read_file(path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         file: path.to_path_buf(),
@@ -144,7 +145,7 @@ pub struct Routes {
 
 impl Routes {
     pub fn new(mut routes: Vec<Route>) -> Self {
-        routes.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
         Routes { routes }
     }
 
@@ -283,7 +284,7 @@ impl Config {
 
         if raw.routes.is_empty() {
             return Err(err(
-                text.len(),
+                0,
                 "no [[route]]: add at least one, e.g.\n[[route]]\npath = \"/websocket\"\nupstream = \"backend\""
                     .into(),
             ));
@@ -302,7 +303,9 @@ impl Config {
             if let Some(first) = seen.insert(p, line) {
                 return Err(err(
                     route.path.span().start,
-                    format!("route.path: {p:?} is already routed at line {first}; each path may appear once"),
+                    format!(
+                        "route.path: {p:?} is already routed at line {first}; each path may appear once"
+                    ),
                 ));
             }
             let group = route.upstream.get_ref();

@@ -48,7 +48,10 @@ impl OneshotOutputTransform for ConnectTransform {
 }
 
 /// Connects to `addr` with TCP_NODELAY set, giving up after `timeout` (`None`: no limit).
-pub async fn connect(addr: SocketAddr, timeout: Option<Duration>) -> Result<TcpStream, ConnectError> {
+pub async fn connect(
+    addr: SocketAddr,
+    timeout: Option<Duration>,
+) -> Result<TcpStream, ConnectError> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_nonblocking(true)?;
     socket.set_tcp_nodelay(true)?;
@@ -57,7 +60,15 @@ pub async fn connect(addr: SocketAddr, timeout: Option<Duration>) -> Result<TcpS
     // The entry points at `addr`'s heap allocation and at `fd`; both move into the op's stable
     // data below and outlive the kernel's use of them (see ConnectData).
     let sqe = opcode::Connect::new(types::Fd(fd), addr.as_ptr().cast(), addr.len()).build();
-    let op = UnsubmittedOneshot::new(ConnectData { socket, _addr: addr }, ConnectTransform, sqe).submit();
+    let op = UnsubmittedOneshot::new(
+        ConnectData {
+            socket,
+            _addr: addr,
+        },
+        ConnectTransform,
+        sqe,
+    )
+    .submit();
     let ((res, socket), timed_out) = with_deadline(timeout, op, || {
         // Aborts a connect in SYN_SENT; the pending op then completes with an error.
         // SAFETY: `fd` is open: ConnectData owns the socket until the op completes, and the op

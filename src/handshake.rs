@@ -76,7 +76,12 @@ impl HandshakeError {
             400 => error_response!("400", "Bad Request", "12", "bad request\n"),
             404 => error_response!("404", "Not Found", "23", "no route for this path\n"),
             408 => error_response!("408", "Request Timeout", "22", "request head too slow\n"),
-            431 => error_response!("431", "Request Header Fields Too Large", "23", "request head too large\n"),
+            431 => error_response!(
+                "431",
+                "Request Header Fields Too Large",
+                "23",
+                "request head too large\n"
+            ),
             502 => error_response!("502", "Bad Gateway", "21", "upstream unavailable\n"),
             503 => error_response!("503", "Service Unavailable", "21", "too many connections\n"),
             _ => error_response!("504", "Gateway Timeout", "19", "upstream timed out\n"),
@@ -151,7 +156,9 @@ pub fn parse_request<'h, 'b>(
         } else if name.eq_ignore_ascii_case("content-length") {
             let n = parse_content_length(h.value)?;
             if content_length.is_some_and(|prev| prev != n) {
-                return Err(HandshakeError::Malformed("conflicting Content-Length headers"));
+                return Err(HandshakeError::Malformed(
+                    "conflicting Content-Length headers",
+                ));
             }
             content_length = Some(n);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
@@ -196,7 +203,8 @@ impl RequestHead<'_, '_> {
     /// The path part of the target, for routing; absolute-form targets are reduced to it.
     pub fn path(&self) -> &[u8] {
         let target = self.target.as_bytes();
-        let target = match self.target.find("://") {
+        let absolute_form = !target.starts_with(b"/");
+        let target = match self.target.find("://").filter(|_| absolute_form) {
             Some(scheme_end) => {
                 let rest = &target[scheme_end + 3..];
                 rest.iter()
@@ -229,9 +237,13 @@ impl RequestHead<'_, '_> {
                 // Folded below into one appended header.
                 continue;
             }
+            if h.name.eq_ignore_ascii_case("host") && trim(h.value).is_empty() {
+                // An HTTP/1.0 client's empty Host is replaced below.
+                continue;
+            }
             push_header(out, h.name.as_bytes(), h.value);
         }
-        if self.host.is_none() {
+        if self.host.is_none_or(|h| trim(h).is_empty()) {
             let _ = write!(out, "Host: {}\r\n", client.local);
         }
         match self.upgrade {
@@ -250,7 +262,12 @@ impl RequestHead<'_, '_> {
             out.extend_from_slice(trim(h.value));
             out.extend_from_slice(b", ");
         }
-        let _ = write!(out, "{}\r\nX-Real-IP: {}\r\n", client.peer.ip(), client.peer.ip());
+        let _ = write!(
+            out,
+            "{}\r\nX-Real-IP: {}\r\n",
+            client.peer.ip(),
+            client.peer.ip()
+        );
         out.extend_from_slice(b"X-Forwarded-Proto: http\r\n\r\n");
     }
 
@@ -338,7 +355,10 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 /// Comma-separated list elements of a header value, trimmed, empty ones skipped.
 fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value.split(|&b| b == b',').map(trim).filter(|t| !t.is_empty())
+    value
+        .split(|&b| b == b',')
+        .map(trim)
+        .filter(|t| !t.is_empty())
 }
 
 fn trim(v: &[u8]) -> &[u8] {

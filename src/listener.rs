@@ -24,15 +24,17 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// One worker's listeners, each with its bound address.
+pub type WorkerListeners = Vec<(TcpListener, SocketAddr)>;
+
 /// Binds `workers` listeners for each address. A port 0 address gets a port from the first
 /// bind, and the other workers bind that same port.
 /// Returns, per worker, its listeners with their bound addresses.
 pub fn bind_all(
     addrs: &[SocketAddr],
     workers: usize,
-) -> Result<Vec<Vec<(TcpListener, SocketAddr)>>, (SocketAddr, io::Error)> {
-    let mut per_worker: Vec<Vec<(TcpListener, SocketAddr)>> =
-        (0..workers).map(|_| Vec::new()).collect();
+) -> Result<Vec<WorkerListeners>, (SocketAddr, io::Error)> {
+    let mut per_worker: Vec<WorkerListeners> = (0..workers).map(|_| Vec::new()).collect();
     for &addr in addrs {
         let first = bind(addr).map_err(|e| (addr, e))?;
         let bound = first.local_addr().map_err(|e| (addr, e))?;

@@ -45,7 +45,9 @@ pub async fn serve(ctx: Rc<WorkerContext>, client: TcpStream, info: ClientInfo) 
     let mut a = ctx.pool.get();
     let mut b = ctx.pool.get();
     match proxy(&ctx, &client, &info, &mut a, &mut b).await {
-        Ok(Done::ClientLeft) => debug!(client = %info.peer, "client closed before a complete request head"),
+        Ok(Done::ClientLeft) => {
+            debug!(client = %info.peer, "client closed before a complete request head")
+        }
         Ok(Done::Relayed {
             upstream,
             status,
@@ -142,9 +144,7 @@ async fn proxy(
     res.map_err(|_| HandshakeError::UpstreamFailed)?;
     if sent > 0 {
         let range = request.head_len..request.head_len + sent as usize;
-        let (res, slice) = upstream
-            .write_all(std::mem::take(req).slice(range))
-            .await;
+        let (res, slice) = upstream.write_all(std::mem::take(req).slice(range)).await;
         *req = slice.into_inner();
         res.map_err(|_| HandshakeError::UpstreamFailed)?;
     }
@@ -223,14 +223,20 @@ async fn connect_group(
     })
 }
 
-/// Reads the upstream's response head into `buf`; returns its status and length.
-/// `Ok(None)`: the upstream closed (or the response deadline shut it) before a whole head.
+/// Reads the upstream's response head into `buf`, after any bytes already there; returns its
+/// status and length. `Ok(None)`: the upstream closed (or the response deadline shut it)
+/// before a whole head.
 async fn read_response(
     upstream: &TcpStream,
     buf: &mut Vec<u8>,
 ) -> Result<Option<(u16, usize)>, HandshakeError> {
-    buf.clear();
     loop {
+        if !buf.is_empty() {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            if let Parsed::Complete(head) = parse_response(buf, &mut headers)? {
+                return Ok(Some((head.status, head.len)));
+            }
+        }
         let filled = buf.len();
         if filled == buf.capacity() {
             return Err(HandshakeError::BadResponse("response head too large"));
@@ -240,10 +246,6 @@ async fn read_response(
         match res {
             Ok(0) | Err(_) => return Ok(None),
             Ok(_) => {}
-        }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        if let Parsed::Complete(head) = parse_response(buf, &mut headers)? {
-            return Ok(Some((head.status, head.len)));
         }
     }
 }
@@ -282,6 +284,7 @@ async fn upgrade(
     req: &mut Vec<u8>,
     resp: &mut Vec<u8>,
 ) -> Result<Done, HandshakeError> {
+    resp.clear();
     let (status, resp_len) = await_response(ctx, upstream, resp).await?;
     if status != 101 {
         req.clear();
@@ -321,7 +324,13 @@ async fn upgrade(
             });
         }
     }
-    let report = relay::tunnel(client, upstream, (req, resp), ctx.shared.config.timeouts.idle).await;
+    let report = relay::tunnel(
+        client,
+        upstream,
+        (req, resp),
+        ctx.shared.config.timeouts.idle,
+    )
+    .await;
     Ok(Done::Relayed {
         upstream: addr,
         status,
@@ -358,32 +367,11 @@ async fn respond(
         .await
     };
     let response = async {
-        let head = await_response(ctx, upstream, resp).await;
-        // Ends the body pump whatever happened: the exchange is over once a response is in.
+        let out = response_down(ctx, client, upstream, resp, &activity).await;
+        // The exchange is over, whatever happened: this ends the body pump. The client can
+        // still be written to, for an error answer.
         let _ = client.shutdown(Shutdown::Read);
-        let (status, resp_len) = head?;
-        let mut head_out = ctx.pool.get();
-        write_closing_head(resp, resp_len, &mut head_out);
-        let (res, b) = client.write_all(head_out).await;
-        ctx.pool.put(b);
-        if let Err(source) = res {
-            return Ok((status, Err((0, relay::RelayError { side: Side::Client, source }))));
-        }
-        let down = relay::pump(
-            Peer {
-                stream: upstream,
-                side: Side::Upstream,
-            },
-            Peer {
-                stream: client,
-                side: Side::Client,
-            },
-            resp,
-            u64::MAX,
-            &activity,
-        )
-        .await;
-        Ok((status, down))
+        out
     };
     let ((up, down), idled) = relay::idle_guard(
         async { tokio::join!(body, response) },
@@ -398,6 +386,64 @@ async fn respond(
         status,
         report: relay::report(up, down, idled),
     })
+}
+
+type PumpResult = Result<u64, (u64, relay::RelayError)>;
+
+/// The downstream half of a plain request: interim responses passed on as they are, the final
+/// response head made connection-closing, then the rest until the upstream closes.
+async fn response_down(
+    ctx: &WorkerContext,
+    client: &TcpStream,
+    upstream: &TcpStream,
+    resp: &mut Vec<u8>,
+    activity: &Activity,
+) -> Result<(u16, PumpResult), HandshakeError> {
+    let client_failed = |source| {
+        Err((
+            0,
+            relay::RelayError {
+                side: Side::Client,
+                source,
+            },
+        ))
+    };
+    resp.clear();
+    let (status, len) = loop {
+        let (status, len) = await_response(ctx, upstream, resp).await?;
+        if !(100..200).contains(&status) {
+            break (status, len);
+        }
+        // 100 Continue, 103 Early Hints: passed on as they are; the final response follows.
+        let (res, slice) = client.write_all(std::mem::take(resp).slice(..len)).await;
+        *resp = slice.into_inner();
+        if let Err(source) = res {
+            return Ok((status, client_failed(source)));
+        }
+        resp.drain(..len);
+    };
+    let mut head = ctx.pool.get();
+    write_closing_head(resp, len, &mut head);
+    let (res, head) = client.write_all(head).await;
+    ctx.pool.put(head);
+    if let Err(source) = res {
+        return Ok((status, client_failed(source)));
+    }
+    let down = relay::pump(
+        Peer {
+            stream: upstream,
+            side: Side::Upstream,
+        },
+        Peer {
+            stream: client,
+            side: Side::Client,
+        },
+        resp,
+        u64::MAX,
+        activity,
+    )
+    .await;
+    Ok((status, down))
 }
 
 /// Relays the rest of a response to the client after its head was passed on.

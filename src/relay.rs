@@ -191,8 +191,7 @@ pub async fn tunnel(
             one_way(u, c, bufs.1, &activity, client, upstream)
         )
     };
-    let ((up, down), idled) =
-        idle_guard(both, idle, &activity, || abort(client, upstream)).await;
+    let ((up, down), idled) = idle_guard(both, idle, &activity, || abort(client, upstream)).await;
     report(up, down, idled)
 }
 

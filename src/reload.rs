@@ -13,7 +13,10 @@ pub fn reload(shared: &Shared) -> bool {
         Ok(table) => {
             let summary = summarize(&table);
             shared.table.store(std::sync::Arc::new(table));
-            info!("upstreams reloaded from {}: {summary}", config.upstreams_path.display());
+            info!(
+                "upstreams reloaded from {}: {summary}",
+                config.upstreams_path.display()
+            );
             true
         }
         Err(e) => {

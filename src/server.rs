@@ -2,10 +2,11 @@
 //! workers, then wait for signals (SIGHUP reloads the upstream file; SIGTERM/SIGINT stop).
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::signal::unix::{SignalKind, signal};
@@ -68,11 +69,23 @@ pub fn run(config: Config, table: UpstreamTable) -> Result<(), StartError> {
     let listeners = listener::bind_all(&config.listen, workers)
         .map_err(|(addr, source)| StartError::Bind { addr, source })?;
     let bound: Vec<SocketAddr> = listeners[0].iter().map(|(_, addr)| *addr).collect();
+    // Duplicates of every listening socket, kept here so a stop can close them all.
+    let stop_handles = listeners
+        .iter()
+        .flatten()
+        .map(|(l, addr)| {
+            l.try_clone().map_err(|source| StartError::Bind {
+                addr: *addr,
+                source,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
 
     let shared = Arc::new(Shared {
         config,
         table: ArcSwap::from_pointee(table),
         active: AtomicUsize::new(0),
+        stopping: AtomicBool::new(false),
     });
 
     signals.block_on(async {
@@ -86,19 +99,50 @@ pub fn run(config: Config, table: UpstreamTable) -> Result<(), StartError> {
         }
         info!("upstreams: {}", reload::summarize(&shared.table.load()));
 
-        loop {
+        let signal_name = loop {
             tokio::select! {
                 _ = hup.recv() => {
                     info!("SIGHUP: reloading {}", shared.config.upstreams_path.display());
                     reload::reload(&shared);
                 }
-                _ = term.recv() => break,
-                _ = int.recv() => break,
+                _ = term.recv() => break "SIGTERM",
+                _ = int.recv() => break "SIGINT",
             }
+        };
+
+        shared.stopping.store(true, Ordering::SeqCst);
+        for listener in &stop_handles {
+            // Stops accepting on every worker: their pending accepts complete with an error.
+            let _ = socket2::SockRef::from(listener).shutdown(Shutdown::Read);
         }
+        let open = shared.active.load(Ordering::SeqCst);
+        let drain = shared.config.timeouts.drain;
         info!(
-            "stopping: {} connections open are closed",
-            shared.active.load(Ordering::Relaxed)
+            "{signal_name}: stopped accepting; draining {open} open connections for up to {}",
+            drain.map_or("ever".to_string(), |d| humantime::format_duration(d)
+                .to_string())
+        );
+        let drained = async {
+            while shared.active.load(Ordering::SeqCst) > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let deadline = async {
+            match drain {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let how = tokio::select! {
+            _ = drained => "drained",
+            _ = deadline => "drain time over",
+            _ = term.recv() => "second signal",
+            _ = int.recv() => "second signal",
+        };
+        let cut = shared.active.load(Ordering::SeqCst);
+        info!(
+            "stopped ({how}): {} connections drained, {cut} cut",
+            open.saturating_sub(cut)
         );
         Ok(())
     })
@@ -106,7 +150,7 @@ pub fn run(config: Config, table: UpstreamTable) -> Result<(), StartError> {
 
 fn start_workers(
     shared: &Arc<Shared>,
-    listeners: Vec<Vec<(std::net::TcpListener, SocketAddr)>>,
+    listeners: Vec<listener::WorkerListeners>,
     cpus: &[usize],
 ) -> Result<(), StartError> {
     let (ready_tx, ready_rx) = mpsc::channel();
@@ -122,9 +166,7 @@ fn start_workers(
             Ok(Ok(())) => {}
             Ok(Err(why)) => return Err(StartError::Worker(why)),
             Err(_) => {
-                return Err(StartError::Worker(
-                    "a worker exited during start-up".into(),
-                ));
+                return Err(StartError::Worker("a worker exited during start-up".into()));
             }
         }
     }

@@ -87,13 +87,12 @@ impl UpstreamTable {
             groups.push(Group::new(name.clone(), addrs));
         }
 
-        let route_groups = route_groups(&groups, &config.routes).map_err(|(route, msg)| {
-            ConfigError::At {
+        let route_groups =
+            route_groups(&groups, &config.routes).map_err(|(route, msg)| ConfigError::At {
                 file: config.path.clone(),
                 line: route.line,
                 message: format!("{msg} (upstream file {})", path.display()),
-            }
-        })?;
+            })?;
         Ok(UpstreamTable {
             groups,
             route_groups,

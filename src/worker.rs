@@ -6,7 +6,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -33,6 +33,8 @@ pub struct Shared {
     pub config: Config,
     pub table: ArcSwap<UpstreamTable>,
     pub active: AtomicUsize,
+    /// Set once a stop signal arrived: accept loops end instead of retrying.
+    pub stopping: AtomicBool,
 }
 
 /// One worker's own state, reachable from each of its connection tasks.
@@ -88,13 +90,11 @@ pub fn spawn(
 /// one on kernels without them. DEFER_TASKRUN is left out: tokio-uring's driver hangs with it.
 fn build_runtime() -> io::Result<tokio_uring::Runtime> {
     let tuned = tokio_uring::Runtime::new(
-        tokio_uring::builder()
-            .entries(RING_ENTRIES)
-            .uring_builder(
-                tokio_uring::uring_builder()
-                    .setup_coop_taskrun()
-                    .setup_single_issuer(),
-            ),
+        tokio_uring::builder().entries(RING_ENTRIES).uring_builder(
+            tokio_uring::uring_builder()
+                .setup_coop_taskrun()
+                .setup_single_issuer(),
+        ),
     );
     match tuned {
         Ok(rt) => Ok(rt),
@@ -138,6 +138,7 @@ async fn accept_loop(
                     drop(slot);
                 });
             }
+            Err(_) if ctx.shared.stopping.load(Ordering::SeqCst) => return,
             Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                 if last_fd_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                     error!(

@@ -1,1 +1,671 @@
+//! One test per rejection rule of the config and upstream files, plus route matching.
 
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+use crate::upstream::UpstreamTable;
+
+const MAIN: &str = r#"listen = ["127.0.0.1:8080"]
+upstreams = "upstreams.toml"
+
+[[route]]
+path = "/websocket"
+upstream = "backend"
+"#;
+
+const UPSTREAMS: &str = r#"[backend]
+servers = ["127.0.0.1:3000", "127.0.0.1:3001"]
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(Path::new("wsplice.toml"), text)
+}
+
+fn parse_upstreams(config: &Config, text: &str) -> Result<UpstreamTable, ConfigError> {
+    UpstreamTable::parse(Path::new("upstreams.toml"), text, config)
+}
+
+/// Asserts `result` is an error at `file:line` whose message contains `phrase`.
+#[track_caller]
+fn assert_error<T: std::fmt::Debug>(
+    result: Result<T, ConfigError>,
+    file: &str,
+    line: usize,
+    phrase: &str,
+) {
+    let err = result.expect_err("expected a config error");
+    let shown = err.to_string();
+    match &err {
+        ConfigError::At {
+            file: f, line: l, ..
+        } => {
+            assert_eq!(f, Path::new(file), "wrong file in {shown:?}");
+            assert_eq!(*l, line, "wrong line in {shown:?}");
+        }
+        ConfigError::Read { .. } => panic!("expected an error at a line, got {shown:?}"),
+    }
+    assert!(
+        shown.starts_with(&format!("{file}:{line}: ")),
+        "not FILE:LINE: in {shown:?}"
+    );
+    assert!(shown.contains(phrase), "{phrase:?} not in {shown:?}");
+}
+
+#[track_caller]
+fn assert_config_error(text: &str, line: usize, phrase: &str) {
+    assert_error(parse(text), "wsplice.toml", line, phrase);
+}
+
+#[track_caller]
+fn assert_upstream_error(text: &str, line: usize, phrase: &str) {
+    let config = parse(MAIN).unwrap();
+    assert_error(
+        parse_upstreams(&config, text),
+        "upstreams.toml",
+        line,
+        phrase,
+    );
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let config = parse(MAIN).unwrap();
+    assert_eq!(config.listen, ["127.0.0.1:8080".parse().unwrap()]);
+    assert_eq!(config.workers, 0);
+    assert_eq!(config.upstreams_path, Path::new("upstreams.toml"));
+    assert_eq!(
+        config.timeouts,
+        Timeouts {
+            handshake: Some(DEFAULT_HANDSHAKE),
+            connect: Some(DEFAULT_CONNECT),
+            response: Some(DEFAULT_RESPONSE),
+            idle: Some(DEFAULT_IDLE),
+            drain: Some(DEFAULT_DRAIN),
+        }
+    );
+    assert_eq!(
+        config.limits,
+        Limits {
+            max_request_head: DEFAULT_MAX_REQUEST_HEAD,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    );
+    assert_eq!(config.routes.len(), 1);
+    assert_eq!(
+        config.routes.get(0),
+        &Route {
+            path: "/websocket".into(),
+            upstream: "backend".into(),
+            line: 5,
+        }
+    );
+}
+
+#[test]
+fn full_config_parses() {
+    let text = r#"listen = ["127.0.0.1:8080", "[::1]:8080"]
+workers = 4
+upstreams = "upstreams.toml"
+
+[timeouts]
+handshake = "2s"
+connect = "500ms"
+response = "1m"
+idle = "2h"
+drain = "0s"
+
+[limits]
+max_request_head = 4096
+max_connections = 100
+
+[[route]]
+path = "/"
+upstream = "web"
+
+[[route]]
+path = "/websocket"
+upstream = "backend"
+"#;
+    let config = Config::parse(Path::new("/etc/wsplice/wsplice.toml"), text).unwrap();
+    assert_eq!(
+        config.listen,
+        [
+            "127.0.0.1:8080".parse().unwrap(),
+            "[::1]:8080".parse().unwrap()
+        ]
+    );
+    assert_eq!(config.workers, 4);
+    assert_eq!(
+        config.upstreams_path,
+        Path::new("/etc/wsplice/upstreams.toml")
+    );
+    assert_eq!(
+        config.timeouts,
+        Timeouts {
+            handshake: Some(Duration::from_secs(2)),
+            connect: Some(Duration::from_millis(500)),
+            response: Some(Duration::from_secs(60)),
+            idle: Some(Duration::from_secs(7200)),
+            drain: None,
+        }
+    );
+    assert_eq!(
+        config.limits,
+        Limits {
+            max_request_head: 4096,
+            max_connections: 100,
+        }
+    );
+    let routes: Vec<(&str, &str, usize)> = config
+        .routes
+        .iter()
+        .map(|r| (r.path.as_str(), r.upstream.as_str(), r.line))
+        .collect();
+    assert_eq!(routes, [("/websocket", "backend", 21), ("/", "web", 17)]);
+}
+
+#[test]
+fn missing_timeouts_and_limits_sections_use_defaults() {
+    let text = r#"listen = ["127.0.0.1:8080"]
+upstreams = "upstreams.toml"
+
+[timeouts]
+connect = "1s"
+
+[[route]]
+path = "/"
+upstream = "backend"
+"#;
+    let config = parse(text).unwrap();
+    assert_eq!(config.timeouts.handshake, Some(DEFAULT_HANDSHAKE));
+    assert_eq!(config.timeouts.connect, Some(Duration::from_secs(1)));
+    assert_eq!(config.timeouts.response, Some(DEFAULT_RESPONSE));
+    assert_eq!(config.timeouts.idle, Some(DEFAULT_IDLE));
+    assert_eq!(config.timeouts.drain, Some(DEFAULT_DRAIN));
+    assert_eq!(config.limits.max_request_head, DEFAULT_MAX_REQUEST_HEAD);
+    assert_eq!(config.limits.max_connections, DEFAULT_MAX_CONNECTIONS);
+}
+
+#[test]
+fn zero_duration_disables_a_timeout() {
+    let text = r#"listen = ["127.0.0.1:8080"]
+upstreams = "upstreams.toml"
+[timeouts]
+idle = "0s"
+handshake = "0ms"
+[[route]]
+path = "/"
+upstream = "backend"
+"#;
+    let config = parse(text).unwrap();
+    assert_eq!(config.timeouts.idle, None);
+    assert_eq!(config.timeouts.handshake, None);
+    assert_eq!(config.timeouts.connect, Some(DEFAULT_CONNECT));
+}
+
+#[test]
+fn rejects_unknown_top_level_field() {
+    let text = r#"listen = ["127.0.0.1:8080"]
+upstreams = "upstreams.toml"
+worker_connections = 1024
+
+[[route]]
+path = "/"
+upstream = "backend"
+"#;
+    assert_config_error(text, 3, "unknown field `worker_connections`");
+}
+
+#[test]
+fn rejects_unknown_field_in_timeouts() {
+    let text = r#"listen = ["127.0.0.1:8080"]
+upstreams = "upstreams.toml"
+
+[timeouts]
+connect = "5s"
+read = "60s"
+
+[[route]]
+path = "/"
+upstream = "backend"
+"#;
+    assert_config_error(text, 6, "unknown field `read`");
+}
+
+#[test]
+fn rejects_unknown_field_in_limits() {
+    let text = r#"listen = ["127.0.0.1:8080"]
+upstreams = "upstreams.toml"
+
+[limits]
+max_body = 10
+
+[[route]]
+path = "/"
+upstream = "backend"
+"#;
+    assert_config_error(text, 5, "unknown field `max_body`");
+}
+
+#[test]
+fn rejects_unknown_field_in_route() {
+    let text = r#"listen = ["127.0.0.1:8080"]
+upstreams = "upstreams.toml"
+
+[[route]]
+path = "/"
+upstream = "backend"
+proxy_read_timeout = "3600s"
+"#;
+    assert_config_error(text, 7, "unknown field `proxy_read_timeout`");
+}
+
+#[test]
+fn rejects_unknown_field_in_upstream_group() {
+    let text = r#"[backend]
+servers = ["127.0.0.1:3000"]
+weight = 2
+"#;
+    assert_upstream_error(text, 3, "unknown field `weight`");
+}
+
+#[test]
+fn rejects_bad_listen_address() {
+    let text = r#"upstreams = "upstreams.toml"
+listen = ["127.0.0.1:8080",
+          "localhost:8080"]
+
+[[route]]
+path = "/"
+upstream = "backend"
+"#;
+    assert_config_error(text, 3, "\"localhost:8080\" is not an IP:PORT address");
+}
+
+#[test]
+fn rejects_listen_address_without_port() {
+    let text = r#"listen = ["127.0.0.1"]
+upstreams = "upstreams.toml"
+[[route]]
+path = "/"
+upstream = "backend"
+"#;
+    assert_config_error(text, 1, "is not an IP:PORT address");
+}
+
+#[test]
+fn rejects_duplicate_listen_address() {
+    let text = r#"listen = [
+    "127.0.0.1:8080",
+    "127.0.0.1:8080",
+]
+upstreams = "upstreams.toml"
+[[route]]
+path = "/"
+upstream = "backend"
+"#;
+    assert_config_error(text, 3, "listen: 127.0.0.1:8080 is listed twice");
+}
+
+#[test]
+fn rejects_empty_listen() {
+    let text = r#"upstreams = "upstreams.toml"
+listen = []
+[[route]]
+path = "/"
+upstream = "backend"
+"#;
+    assert_config_error(text, 2, "listen: needs at least one address");
+}
+
+#[test]
+fn rejects_workers_out_of_range() {
+    for (value, phrase) in [
+        ("-1", "workers: -1 is out of range"),
+        ("1025", "workers: 1025 is out of range"),
+    ] {
+        let text = format!(
+            "listen = [\"127.0.0.1:8080\"]\nupstreams = \"upstreams.toml\"\nworkers = {value}\n\
+             [[route]]\npath = \"/\"\nupstream = \"backend\"\n"
+        );
+        assert_config_error(&text, 3, phrase);
+    }
+}
+
+#[test]
+fn accepts_workers_at_the_bounds() {
+    for workers in [0, 1024] {
+        let text = format!("workers = {workers}\n{MAIN}");
+        assert_eq!(parse(&text).unwrap().workers, workers);
+    }
+}
+
+#[test]
+fn rejects_empty_upstreams_path() {
+    let text = r#"listen = ["127.0.0.1:8080"]
+upstreams = " "
+[[route]]
+path = "/"
+upstream = "backend"
+"#;
+    assert_config_error(text, 2, "upstreams: needs the path of the upstream file");
+}
+
+#[test]
+fn rejects_duplicate_route_path() {
+    let text = r#"listen = ["127.0.0.1:8080"]
+upstreams = "upstreams.toml"
+
+[[route]]
+path = "/websocket"
+upstream = "backend"
+
+[[route]]
+path = "/websocket"
+upstream = "other"
+"#;
+    assert_config_error(
+        text,
+        9,
+        "route.path: \"/websocket\" is already routed at line 5",
+    );
+}
+
+#[test]
+fn rejects_route_path_without_leading_slash() {
+    let text = r#"listen = ["127.0.0.1:8080"]
+upstreams = "upstreams.toml"
+
+[[route]]
+path = "websocket"
+upstream = "backend"
+"#;
+    assert_config_error(text, 5, "must start with '/'");
+}
+
+#[test]
+fn rejects_route_with_empty_upstream() {
+    let text = r#"listen = ["127.0.0.1:8080"]
+upstreams = "upstreams.toml"
+
+[[route]]
+path = "/"
+upstream = ""
+"#;
+    assert_config_error(text, 6, "route.upstream: needs a group name");
+}
+
+#[test]
+fn rejects_config_without_routes() {
+    // No route has a line of its own, so the error points at the top of the file.
+    let text = "listen = [\"127.0.0.1:8080\"]\nupstreams = \"upstreams.toml\"\n";
+    assert_config_error(text, 1, "no [[route]]");
+}
+
+#[test]
+fn rejects_max_request_head_out_of_range() {
+    for (value, phrase) in [
+        (
+            "100",
+            "limits.max_request_head: 100 is out of range; use 256 to 1048576",
+        ),
+        (
+            "2000000",
+            "limits.max_request_head: 2000000 is out of range",
+        ),
+        ("-5", "limits.max_request_head: -5 is out of range"),
+    ] {
+        let text = format!(
+            "listen = [\"127.0.0.1:8080\"]\nupstreams = \"upstreams.toml\"\n\
+             [limits]\nmax_request_head = {value}\n\
+             [[route]]\npath = \"/\"\nupstream = \"backend\"\n"
+        );
+        assert_config_error(&text, 4, phrase);
+    }
+}
+
+#[test]
+fn rejects_max_connections_of_zero() {
+    let text = r#"listen = ["127.0.0.1:8080"]
+upstreams = "upstreams.toml"
+[limits]
+max_connections = 0
+[[route]]
+path = "/"
+upstream = "backend"
+"#;
+    assert_config_error(text, 4, "limits.max_connections: 0 is out of range");
+}
+
+#[test]
+fn rejects_unparsable_duration() {
+    let text = r#"listen = ["127.0.0.1:8080"]
+upstreams = "upstreams.toml"
+
+[timeouts]
+handshake = "10s"
+connect = "10 parsecs"
+
+[[route]]
+path = "/"
+upstream = "backend"
+"#;
+    assert_config_error(
+        text,
+        6,
+        "timeouts.connect: \"10 parsecs\" is not a duration",
+    );
+}
+
+#[test]
+fn rejects_wrong_type() {
+    let text = r#"listen = ["127.0.0.1:8080"]
+upstreams = "upstreams.toml"
+workers = "four"
+[[route]]
+path = "/"
+upstream = "backend"
+"#;
+    assert_config_error(text, 3, "invalid type");
+}
+
+#[test]
+fn rejects_missing_required_field() {
+    let text = r#"listen = ["127.0.0.1:8080"]
+[[route]]
+path = "/"
+upstream = "backend"
+"#;
+    assert_config_error(text, 1, "missing field `upstreams`");
+}
+
+#[test]
+fn reports_toml_syntax_error_line() {
+    let text = r#"listen = ["127.0.0.1:8080"]
+upstreams = "upstreams.toml"
+
+[[route]]
+path = "/websocket
+upstream = "backend"
+"#;
+    let err = parse(text).unwrap_err();
+    let ConfigError::At { line, .. } = err else {
+        panic!("expected an error at a line, got {err}");
+    };
+    assert_eq!(line, 5, "{err}");
+}
+
+#[test]
+fn reports_toml_syntax_error_in_upstream_file() {
+    let text = "[backend]\nservers = [\"127.0.0.1:3000\"]\n\n[other]\nservers = = []\n";
+    let config = parse(MAIN).unwrap();
+    let err = parse_upstreams(&config, text).unwrap_err();
+    let ConfigError::At { file, line, .. } = &err else {
+        panic!("expected an error at a line, got {err}");
+    };
+    assert_eq!(file, Path::new("upstreams.toml"));
+    assert_eq!(*line, 5, "{err}");
+}
+
+#[test]
+fn load_reads_both_files_relative_to_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("wsplice.toml"), MAIN).unwrap();
+    std::fs::write(dir.path().join("upstreams.toml"), UPSTREAMS).unwrap();
+    let (config, table) = Config::load(&dir.path().join("wsplice.toml")).unwrap();
+    assert_eq!(config.upstreams_path, dir.path().join("upstreams.toml"));
+    let group = table.group_for_route(0);
+    assert_eq!(group.name, "backend");
+    assert_eq!(group.servers.len(), 2);
+}
+
+#[test]
+fn load_names_a_missing_upstream_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("wsplice.toml"), MAIN).unwrap();
+    let err = Config::load(&dir.path().join("wsplice.toml")).unwrap_err();
+    assert!(matches!(err, ConfigError::Read { .. }), "{err}");
+    assert!(
+        err.to_string().contains("upstreams.toml: cannot read"),
+        "{err}"
+    );
+}
+
+#[test]
+fn upstream_table_maps_routes_to_groups() {
+    let text = r#"listen = ["127.0.0.1:8080"]
+upstreams = "upstreams.toml"
+[[route]]
+path = "/chat"
+upstream = "chat"
+[[route]]
+path = "/"
+upstream = "backend"
+"#;
+    let config = parse(text).unwrap();
+    let upstreams = r#"[backend]
+servers = ["127.0.0.1:3000"]
+
+[chat]
+servers = ["127.0.0.1:4000", "[::1]:4001"]
+"#;
+    let table = parse_upstreams(&config, upstreams).unwrap();
+    assert_eq!(table.groups().len(), 2);
+    let chat = config.routes.find(b"/chat/room").unwrap();
+    let group = table.group_for_route(chat);
+    assert_eq!(group.name, "chat");
+    assert_eq!(
+        group.servers,
+        [
+            "127.0.0.1:4000".parse().unwrap(),
+            "[::1]:4001".parse().unwrap()
+        ]
+    );
+    let root = config.routes.find(b"/other").unwrap();
+    assert_eq!(table.group_for_route(root).name, "backend");
+}
+
+#[test]
+fn rejects_route_naming_a_missing_group() {
+    // The nginx article's `proxy_pass http://upstream;` carried over as a group name while
+    // the upstream file calls the group `backend`.
+    let text = r#"listen = ["127.0.0.1:8080"]
+upstreams = "upstreams.toml"
+
+[[route]]
+path = "/websocket"
+upstream = "upstream"
+"#;
+    let config = parse(text).unwrap();
+    let upstreams = r#"[backend]
+servers = ["127.0.0.1:3000"]
+
+[metrics]
+servers = ["127.0.0.1:9000"]
+"#;
+    let result = parse_upstreams(&config, upstreams);
+    assert_error(
+        result,
+        "wsplice.toml",
+        5,
+        "upstream group \"upstream\" is not defined; the upstream file defines [backend, metrics]",
+    );
+    let err = parse_upstreams(&config, upstreams).unwrap_err().to_string();
+    assert!(err.contains("route \"/websocket\""), "{err}");
+    assert!(err.contains("upstreams.toml"), "{err}");
+}
+
+#[test]
+fn rejects_empty_group() {
+    let text = r#"[backend]
+servers = ["127.0.0.1:3000"]
+
+[empty]
+servers = []
+"#;
+    assert_upstream_error(text, 5, "empty.servers: the group has no servers");
+}
+
+#[test]
+fn rejects_server_without_port() {
+    let text = r#"[backend]
+servers = [
+    "127.0.0.1:3000",
+    "127.0.0.1",
+]
+"#;
+    assert_upstream_error(text, 4, "backend.servers: \"127.0.0.1\" has no port");
+}
+
+#[test]
+fn rejects_group_without_servers_field() {
+    let text = "[backend]\n";
+    assert_upstream_error(text, 1, "missing field `servers`");
+}
+
+fn routes(paths: &[&str]) -> Routes {
+    Routes::new(
+        paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Route {
+                path: (*p).into(),
+                upstream: format!("g{i}"),
+                line: i + 1,
+            })
+            .collect(),
+    )
+}
+
+fn found<'r>(routes: &'r Routes, path: &[u8]) -> Option<&'r str> {
+    routes.find(path).map(|i| routes.get(i).path.as_str())
+}
+
+#[test]
+fn find_picks_the_longest_prefix() {
+    let routes = routes(&["/", "/ws/chat", "/ws"]);
+    assert_eq!(found(&routes, b"/ws/chat/room"), Some("/ws/chat"));
+    assert_eq!(found(&routes, b"/ws/chat"), Some("/ws/chat"));
+    assert_eq!(found(&routes, b"/ws/other"), Some("/ws"));
+    assert_eq!(found(&routes, b"/ws"), Some("/ws"));
+    assert_eq!(found(&routes, b"/index.html"), Some("/"));
+}
+
+#[test]
+fn find_without_catch_all_route() {
+    let routes = routes(&["/websocket", "/api"]);
+    assert_eq!(found(&routes, b"/websocket"), Some("/websocket"));
+    assert_eq!(found(&routes, b"/api/v1"), Some("/api"));
+    assert_eq!(found(&routes, b"/"), None);
+    assert_eq!(found(&routes, b"/web"), None);
+    assert_eq!(found(&routes, b""), None);
+}
+
+#[test]
+fn find_matches_a_prefix_byte_for_byte_like_nginx_location() {
+    // `location /ws` in nginx matches `/wsx` too; routes are plain prefixes, case-sensitive.
+    let routes = routes(&["/ws"]);
+    assert_eq!(found(&routes, b"/wsx"), Some("/ws"));
+    assert_eq!(found(&routes, b"/WS"), None);
+}

@@ -1,0 +1,184 @@
+//! The command line: `--check`, `--version`, exit codes, and the messages a user gets for each
+//! config mistake.
+
+mod common;
+
+use common::{BIN, TestConfig, run_wsplice};
+
+const GOOD_UPSTREAMS: &str = "[backend]\nservers = [\"127.0.0.1:3000\"]\n";
+
+fn check(config: &str, upstreams: &str) -> (i32, String) {
+    let out = run_wsplice(config, upstreams, &["--check"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// Asserts exit 1 with `FILE:LINE:` and every phrase in `says`.
+fn assert_rejected(config: &str, upstreams: &str, file_line: &str, says: &[&str]) {
+    let (code, text) = check(config, upstreams);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains(file_line),
+        "expected {file_line:?} in {text:?}"
+    );
+    for phrase in says {
+        assert!(text.contains(phrase), "expected {phrase:?} in {text:?}");
+    }
+}
+
+#[test]
+fn shipped_config_is_valid() {
+    let out = std::process::Command::new(BIN)
+        .args(["--config", "config/wsplice.toml", "--check"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("is valid"));
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let out = std::process::Command::new(BIN)
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("wsplice {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn unknown_field_names_file_line_and_field() {
+    let config = TestConfig::default().toml().replace("workers", "wrokers");
+    assert_rejected(
+        &config,
+        GOOD_UPSTREAMS,
+        "wsplice.toml:2:",
+        &["unknown field `wrokers`"],
+    );
+}
+
+#[test]
+fn bad_listen_address() {
+    let config = TestConfig::default()
+        .toml()
+        .replace("127.0.0.1:0", "localhost:8080");
+    assert_rejected(
+        &config,
+        GOOD_UPSTREAMS,
+        "wsplice.toml:1:",
+        &["listen", "\"localhost:8080\""],
+    );
+}
+
+#[test]
+fn duplicate_route_path() {
+    let config = TestConfig::default().route("/", "backend").toml();
+    assert_rejected(
+        &config,
+        GOOD_UPSTREAMS,
+        "wsplice.toml:",
+        &["\"/\" is already routed at line"],
+    );
+}
+
+/// The classic mistake of the article this replaces: `proxy_pass http://upstream` for a group
+/// named `backend`.
+#[test]
+fn route_naming_a_missing_group() {
+    let config = TestConfig::default()
+        .only_route("/websocket", "upstream")
+        .toml();
+    let line = config
+        .lines()
+        .position(|l| l.starts_with("path = \"/websocket\""))
+        .unwrap()
+        + 1;
+    assert_rejected(
+        &config,
+        GOOD_UPSTREAMS,
+        &format!("wsplice.toml:{line}:"),
+        &[
+            "upstream group \"upstream\" is not defined",
+            "[backend]",
+            "upstreams.toml",
+        ],
+    );
+}
+
+#[test]
+fn empty_group() {
+    assert_rejected(
+        &TestConfig::default().toml(),
+        "[backend]\nservers = []\n",
+        "upstreams.toml:2:",
+        &["backend.servers", "no servers"],
+    );
+}
+
+#[test]
+fn server_without_port() {
+    assert_rejected(
+        &TestConfig::default().toml(),
+        "[backend]\nservers = [\"127.0.0.1\"]\n",
+        "upstreams.toml:2:",
+        &["no port"],
+    );
+}
+
+#[test]
+fn unparsable_duration() {
+    let config = TestConfig::default().timeout("idle", "10 parsecs").toml();
+    assert_rejected(
+        &config,
+        GOOD_UPSTREAMS,
+        "wsplice.toml:",
+        &["timeouts.idle", "\"10 parsecs\"", "\"0s\" to disable"],
+    );
+}
+
+#[test]
+fn missing_upstream_file_is_named() {
+    let (code, text) = check(
+        &TestConfig::default()
+            .toml()
+            .replace("upstreams.toml", "nope.toml"),
+        "",
+    );
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("nope.toml: cannot read"), "{text}");
+}
+
+#[test]
+fn max_connections_beyond_the_open_files_limit_exits_2_with_the_reason() {
+    let config = TestConfig::default()
+        .limit("max_connections", 1_000_000)
+        .toml();
+    let out = run_wsplice(&config, GOOD_UPSTREAMS, &[]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("open-files limit"), "{text}");
+    assert!(
+        text.contains("lower limits.max_connections to at most"),
+        "{text}"
+    );
+}
+
+#[test]
+fn address_in_use_exits_2() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let config = TestConfig::default()
+        .toml()
+        .replace("127.0.0.1:0", &addr.to_string());
+    let out = run_wsplice(&config, GOOD_UPSTREAMS, &[]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains(&format!("cannot listen on {addr}")), "{text}");
+}

@@ -1,0 +1,293 @@
+//! Shared test harness: starts the real `wsplice` binary on port 0 with a generated config,
+//! real upstreams on port 0, and raw-socket helpers. Everything is torn down on drop.
+#![allow(dead_code)]
+
+pub mod echo_upstream;
+pub mod raw_upstream;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_wsplice");
+
+/// A config for tests: listen on port 0, two workers, one route per (path, group).
+#[derive(Clone)]
+pub struct TestConfig {
+    pub workers: usize,
+    pub timeouts: Vec<(&'static str, String)>,
+    pub limits: Vec<(&'static str, i64)>,
+    pub routes: Vec<(String, String)>,
+}
+
+impl Default for TestConfig {
+    fn default() -> Self {
+        TestConfig {
+            workers: 2,
+            timeouts: Vec::new(),
+            limits: Vec::new(),
+            routes: vec![("/".into(), "backend".into())],
+        }
+    }
+}
+
+impl TestConfig {
+    pub fn timeout(mut self, name: &'static str, value: &str) -> Self {
+        self.timeouts.push((name, value.to_string()));
+        self
+    }
+
+    pub fn limit(mut self, name: &'static str, value: i64) -> Self {
+        self.limits.push((name, value));
+        self
+    }
+
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    pub fn route(mut self, path: &str, group: &str) -> Self {
+        self.routes.push((path.into(), group.into()));
+        self
+    }
+
+    pub fn only_route(mut self, path: &str, group: &str) -> Self {
+        self.routes = vec![(path.into(), group.into())];
+        self
+    }
+
+    pub fn toml(&self) -> String {
+        let mut s = format!(
+            "listen = [\"127.0.0.1:0\"]\nworkers = {}\nupstreams = \"upstreams.toml\"\n\n[timeouts]\n",
+            self.workers
+        );
+        for (k, v) in &self.timeouts {
+            s += &format!("{k} = \"{v}\"\n");
+        }
+        s += "\n[limits]\n";
+        for (k, v) in &self.limits {
+            s += &format!("{k} = {v}\n");
+        }
+        for (path, group) in &self.routes {
+            s += &format!("\n[[route]]\npath = \"{path}\"\nupstream = \"{group}\"\n");
+        }
+        s
+    }
+}
+
+/// An upstream file with one group.
+pub fn upstreams(group: &str, servers: &[SocketAddr]) -> String {
+    let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
+    format!("[{group}]\nservers = [{}]\n", list.join(", "))
+}
+
+/// A running wsplice process.
+pub struct Proxy {
+    child: Child,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    log: Arc<Mutex<String>>,
+}
+
+impl Proxy {
+    /// Writes the two files into a fresh directory and starts wsplice on them.
+    pub fn start(config: &TestConfig, upstreams: &str) -> Proxy {
+        Self::start_raw(&config.toml(), upstreams)
+    }
+
+    pub fn start_raw(config: &str, upstreams: &str) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = write_files(dir.path(), config, upstreams);
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start wsplice");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or_default();
+                    let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("wsplice did not start:\n{}", log.lock().unwrap());
+            }
+        };
+        Proxy {
+            child,
+            addr,
+            dir,
+            log,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// Everything wsplice logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub async fn wait_log(&self, needle: &str, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name ("TERM", "HUP", ...).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args(["-s", name, &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; `None` if it is still running after `limit`.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    /// Path of the upstream file, for reload tests.
+    pub fn upstreams_path(&self) -> PathBuf {
+        self.dir.path().join("upstreams.toml")
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes `wsplice.toml` and `upstreams.toml` into `dir`; returns the config's path.
+pub fn write_files(dir: &Path, config: &str, upstreams: &str) -> PathBuf {
+    let config_path = dir.join("wsplice.toml");
+    std::fs::write(&config_path, config).unwrap();
+    std::fs::write(dir.join("upstreams.toml"), upstreams).unwrap();
+    config_path
+}
+
+/// Runs `wsplice --check` (or other args) on the two files.
+#[allow(clippy::disallowed_methods)] // a synchronous test helper, no runtime to block
+pub fn run_wsplice(config: &str, upstreams: &str, extra: &[&str]) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = write_files(dir.path(), config, upstreams);
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config").arg(&config_path).args(extra);
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Bounded: a wsplice that unexpectedly starts serving is killed after 10 s.
+    for _ in 0..200 {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    child.wait_with_output().unwrap()
+}
+
+/// Sends raw bytes and reads the reply until the proxy closes (at most 10 s).
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    read_to_close(&mut stream, Duration::from_secs(10)).await
+}
+
+/// Reads until end of stream, an error, or `limit`.
+pub async fn read_to_close(stream: &mut TcpStream, limit: Duration) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 16384];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    out
+}
+
+/// The status code of an HTTP/1.1 response.
+pub fn status_of(response: &[u8]) -> u16 {
+    let text = String::from_utf8_lossy(response);
+    text.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"))
+}
+
+/// A minimal valid WebSocket upgrade request head.
+pub fn upgrade_request(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+/// An address nothing listens on (bound, then released).
+pub fn dead_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+pub fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        out.extend_from_slice(&seed.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}

@@ -1,0 +1,179 @@
+//! The byte tunnel after a `101`: integrity, half-close in each direction, idle timeout.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Proxy, TestConfig, raw_upstream, upstreams};
+use futures_util::{SinkExt, StreamExt};
+use sha1::{Digest, Sha1};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Opens a raw tunnel: sends the upgrade head and reads exactly the 101 head back.
+async fn open_tunnel(proxy: &Proxy) -> TcpStream {
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(common::upgrade_request("/tunnel").as_bytes())
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
+            .await
+            .expect("101 within 10 s")
+            .unwrap();
+        assert_eq!(
+            n,
+            1,
+            "closed before 101: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_bytes_in_random_chunks_arrive_intact_both_ways() {
+    let up = raw_upstream::start(|s, _, rest| raw_upstream::raw_echo(s, rest)).await;
+    let proxy = Proxy::start(&TestConfig::default(), &upstreams("backend", &[up]));
+    let data = common::pseudo_random(4 << 20, 7);
+    let sizes = common::pseudo_random(4096, 11);
+    let stream = open_tunnel(&proxy).await;
+    let (mut r, mut w) = stream.into_split();
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        let (mut at, mut i) = (0, 0);
+        while at < sent.len() {
+            let chunk = 1 + (usize::from(sizes[i % sizes.len()]) * 257) % 65536;
+            let end = (at + chunk).min(sent.len());
+            w.write_all(&sent[at..end]).await.unwrap();
+            at = end;
+            i += 1;
+        }
+        w.shutdown().await.unwrap();
+    });
+    let mut got = Vec::with_capacity(data.len());
+    tokio::time::timeout(Duration::from_secs(30), r.read_to_end(&mut got))
+        .await
+        .expect("echo within 30 s")
+        .unwrap();
+    writer.await.unwrap();
+    assert_eq!(got.len(), data.len());
+    assert_eq!(Sha1::digest(&got), Sha1::digest(&data));
+}
+
+/// The client half-closes: the upstream sees end of stream after every byte, and its answer
+/// still reaches the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_half_close_reaches_upstream_and_reply_still_flows() {
+    let up = raw_upstream::start(|mut s, _, mut rest| async move {
+        s.write_all(raw_upstream::SWITCHING).await.unwrap();
+        s.read_to_end(&mut rest).await.unwrap();
+        let reply = format!(
+            "got {} bytes, digest {:?}",
+            rest.len(),
+            Sha1::digest(&rest).as_slice()
+        );
+        // Reply slowly after the client's end of stream, to show the direction stays open.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        s.write_all(reply.as_bytes()).await.unwrap();
+        s.shutdown().await.unwrap();
+    })
+    .await;
+    let proxy = Proxy::start(&TestConfig::default(), &upstreams("backend", &[up]));
+    let data = common::pseudo_random(300_000, 3);
+    let mut stream = open_tunnel(&proxy).await;
+    stream.write_all(&data).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let got = common::read_to_close(&mut stream, Duration::from_secs(10)).await;
+    let expected = format!(
+        "got {} bytes, digest {:?}",
+        data.len(),
+        Sha1::digest(&data).as_slice()
+    );
+    assert_eq!(String::from_utf8_lossy(&got), expected);
+}
+
+/// The upstream half-closes first: the client sees end of stream, and can still send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_half_close_reaches_client_and_client_can_still_send() {
+    let (tx, rx) = tokio::sync::oneshot::channel::<Vec<u8>>();
+    let tx = std::sync::Mutex::new(Some(tx));
+    let up = raw_upstream::start(move |mut s, _, mut rest| {
+        let tx = tx.lock().unwrap().take();
+        async move {
+            s.write_all(raw_upstream::SWITCHING).await.unwrap();
+            s.write_all(b"upstream done").await.unwrap();
+            s.shutdown().await.unwrap();
+            s.read_to_end(&mut rest).await.unwrap();
+            if let Some(tx) = tx {
+                let _ = tx.send(rest);
+            }
+        }
+    })
+    .await;
+    let proxy = Proxy::start(&TestConfig::default(), &upstreams("backend", &[up]));
+    let mut stream = open_tunnel(&proxy).await;
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut got))
+        .await
+        .expect("client sees the upstream's end of stream")
+        .unwrap();
+    assert_eq!(got, b"upstream done");
+    stream.write_all(b"client still talking").await.unwrap();
+    stream.shutdown().await.unwrap();
+    let received = tokio::time::timeout(Duration::from_secs(10), rx)
+        .await
+        .expect("upstream gets the client's bytes")
+        .unwrap();
+    assert_eq!(received, b"client still talking");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_closes_a_quiet_tunnel_but_not_a_busy_one() {
+    let (up, _) = common::echo_upstream::start("127.0.0.1:0").await.unwrap();
+    let config = TestConfig::default().timeout("idle", "600ms");
+    let proxy = Proxy::start(&config, &upstreams("backend", &[up]));
+
+    let (mut busy, _) = tokio_tungstenite::connect_async(proxy.url("/ws"))
+        .await
+        .unwrap();
+    let (mut quiet, _) = tokio_tungstenite::connect_async(proxy.url("/ws"))
+        .await
+        .unwrap();
+    let opened = Instant::now();
+
+    // The busy tunnel talks every 100 ms for 2 s, well past the idle timeout.
+    let busy_task = tokio::spawn(async move {
+        for i in 0..20 {
+            let text = format!("tick {i}");
+            busy.send(Message::text(text.clone())).await.unwrap();
+            let echo = tokio::time::timeout(Duration::from_secs(5), busy.next())
+                .await
+                .expect("busy tunnel still echoes")
+                .unwrap()
+                .unwrap();
+            assert_eq!(echo, Message::text(text));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+
+    let end = tokio::time::timeout(Duration::from_secs(5), quiet.next())
+        .await
+        .expect("the quiet tunnel is closed within 5 s");
+    let closed_after = opened.elapsed();
+    assert!(
+        !matches!(end, Some(Ok(Message::Text(_) | Message::Binary(_)))),
+        "{end:?}"
+    );
+    assert!(
+        closed_after >= Duration::from_millis(550),
+        "closed too early: {closed_after:?}"
+    );
+    busy_task.await.unwrap();
+}
