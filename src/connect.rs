@@ -1,7 +1,8 @@
-//! Upstream connect with a timeout that really ends the attempt. tokio-uring's own connect
-//! cannot be aborted (a dropped connect keeps its socket until the kernel gives up, minutes
-//! later), so this submits IORING_OP_CONNECT on a socket we own and, on timeout, shuts the
-//! socket down, which aborts a SYN_SENT connect at once.
+//! Connecting upstream: walk a group's servers from the round-robin choice on, one attempt
+//! each, with a timeout that really ends the attempt. tokio-uring's own connect cannot be
+//! aborted (a dropped connect keeps its socket until the kernel gives up, minutes later), so
+//! this submits IORING_OP_CONNECT on a socket we own and, on timeout, shuts the socket down,
+//! which aborts a SYN_SENT connect at once.
 
 use std::io;
 use std::net::SocketAddr;
@@ -13,7 +14,11 @@ use socket2::{Domain, SockAddr, Socket, Type};
 use tokio_uring::net::TcpStream;
 use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
 
+use tracing::warn;
+
 use crate::deadline::with_deadline;
+use crate::handshake::HandshakeError;
+use crate::upstream::Group;
 
 /// Why one connect attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -84,4 +89,26 @@ pub async fn connect(
         Ok(()) => Ok(TcpStream::from_std(socket.into())),
         Err(e) => Err(ConnectError::Failed(e)),
     }
+}
+
+/// Tries the group's servers, round-robin choice first, until one accepts.
+pub async fn connect_group(
+    group: &Group,
+    timeout: Option<std::time::Duration>,
+) -> Result<(TcpStream, SocketAddr), HandshakeError> {
+    let mut all_timed_out = true;
+    for addr in group.pick() {
+        match connect(addr, timeout).await {
+            Ok(stream) => return Ok((stream, addr)),
+            Err(e) => {
+                all_timed_out &= matches!(e, ConnectError::TimedOut);
+                warn!(upstream = %addr, group = %group.name, "connect failed: {e}");
+            }
+        }
+    }
+    Err(if all_timed_out {
+        HandshakeError::UpstreamTimeout
+    } else {
+        HandshakeError::UpstreamFailed
+    })
 }

@@ -10,13 +10,12 @@ use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use crate::connect::{ConnectError, connect};
+use crate::connect::connect_group;
 use crate::deadline::with_deadline;
 use crate::handshake::{
     Body, ClientInfo, HandshakeError, MAX_HEADERS, Parsed, parse_request, parse_response,
 };
 use crate::relay::{self, Activity, Peer, Report, Side};
-use crate::upstream::Group;
 use crate::worker::WorkerContext;
 
 /// What the request head told us.
@@ -199,28 +198,6 @@ async fn read_request(
             body: head.body,
         }));
     }
-}
-
-/// Tries the group's servers, round-robin choice first, until one accepts.
-async fn connect_group(
-    group: &Group,
-    timeout: Option<std::time::Duration>,
-) -> Result<(TcpStream, SocketAddr), HandshakeError> {
-    let mut all_timed_out = true;
-    for addr in group.pick() {
-        match connect(addr, timeout).await {
-            Ok(stream) => return Ok((stream, addr)),
-            Err(e) => {
-                all_timed_out &= matches!(e, ConnectError::TimedOut);
-                warn!(upstream = %addr, group = %group.name, "connect failed: {e}");
-            }
-        }
-    }
-    Err(if all_timed_out {
-        HandshakeError::UpstreamTimeout
-    } else {
-        HandshakeError::UpstreamFailed
-    })
 }
 
 /// Reads the upstream's response head into `buf`, after any bytes already there; returns its
