@@ -5,9 +5,9 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use wsplice::balancer::{Balancer, Health};
 use wsplice::buffers::BufferPool;
 use wsplice::handshake::{ClientInfo, MAX_HEADERS, Parsed, parse_request, parse_response};
-use wsplice::upstream::Group;
 
 const SMALL_UPGRADE: &[u8] = b"GET /chat HTTP/1.1\r\n\
 Host: server.example.com\r\n\
@@ -106,11 +106,13 @@ fn bench_response(c: &mut Criterion) {
 }
 
 fn bench_pick(c: &mut Criterion) {
-    let servers: Vec<SocketAddr> = (0..4)
-        .map(|i| SocketAddr::from(([10, 0, 0, i], 3000)))
+    let servers: Vec<(SocketAddr, u32)> = (0..4)
+        .map(|i| (SocketAddr::from(([10, 0, 0, i], 3000)), u32::from(i) + 1))
         .collect();
-    let group = Group::new("backend".into(), servers);
-    c.bench_function("Group::pick", |b| b.iter(|| black_box(group.pick().next())));
+    let balancer = Balancer::new(servers, Health::default());
+    c.bench_function("Balancer::pick", |b| {
+        b.iter(|| black_box(balancer.pick().next()))
+    });
 }
 
 fn bench_buffers(c: &mut Criterion) {

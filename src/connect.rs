@@ -91,18 +91,32 @@ pub async fn connect(
     }
 }
 
-/// Tries the group's servers, round-robin choice first, until one accepts.
+/// Tries the group's servers, weighted round-robin choice first, until one accepts; each
+/// outcome feeds the group's passive health.
 pub async fn connect_group(
     group: &Group,
     timeout: Option<std::time::Duration>,
 ) -> Result<(TcpStream, SocketAddr), HandshakeError> {
     let mut all_timed_out = true;
-    for addr in group.pick() {
+    for (index, addr) in group.balancer.pick() {
         match connect(addr, timeout).await {
-            Ok(stream) => return Ok((stream, addr)),
+            Ok(stream) => {
+                group.balancer.record_success(index);
+                return Ok((stream, addr));
+            }
             Err(e) => {
                 all_timed_out &= matches!(e, ConnectError::TimedOut);
                 warn!(upstream = %addr, group = %group.name, "connect failed: {e}");
+                if group.balancer.record_failure(index) {
+                    let health = group.balancer.health();
+                    warn!(
+                        upstream = %addr,
+                        group = %group.name,
+                        "marked down for {} after {} failed connects (max_fails)",
+                        humantime::format_duration(health.fail_timeout),
+                        health.max_fails
+                    );
+                }
             }
         }
     }

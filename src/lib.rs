@@ -11,6 +11,7 @@
 //! - [`relay`]: the two byte pumps with half-close and idle timeout, over [`buffers`].
 //! - [`deadline`]: timeouts that never drop a pending io_uring read.
 
+pub mod balancer;
 pub mod buffers;
 pub mod config;
 pub mod connect;

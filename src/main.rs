@@ -46,7 +46,7 @@ fn main() -> ExitCode {
         }
     };
     if cli.check {
-        let servers: usize = table.groups().iter().map(|g| g.servers.len()).sum();
+        let servers: usize = table.groups().iter().map(|g| g.servers().len()).sum();
         println!(
             "wsplice: {} is valid ({} routes, {} upstream groups, {} servers)",
             cli.config.display(),

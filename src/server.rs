@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::config::read_file;
+use crate::reload::{ReloadStats, Trigger};
 use crate::upstream::UpstreamTable;
 use crate::worker::{self, Shared};
 use crate::{cpus, fdlimit, listener, reload};
@@ -38,6 +40,8 @@ pub enum StartError {
     Worker(String),
     #[error("cannot set up signal handling: {0}")]
     Signals(io::Error),
+    #[error("cannot start the upstream file watcher: {0}")]
+    Watcher(io::Error),
 }
 
 /// Runs wsplice until SIGTERM or SIGINT.
@@ -81,11 +85,13 @@ pub fn run(config: Config, table: UpstreamTable) -> Result<(), StartError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
 
+    let config_upstreams = config.upstreams_path.clone();
     let shared = Arc::new(Shared {
         config,
         table: ArcSwap::from_pointee(table),
         active: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
+        reloads: ReloadStats::started(read_file(&config_upstreams).ok()),
     });
 
     signals.block_on(async {
@@ -98,12 +104,13 @@ pub fn run(config: Config, table: UpstreamTable) -> Result<(), StartError> {
             info!("listening on {addr} with {workers} workers");
         }
         info!("upstreams: {}", reload::summarize(&shared.table.load()));
+        reload::watch(shared.clone()).map_err(StartError::Watcher)?;
 
         let signal_name = loop {
             tokio::select! {
                 _ = hup.recv() => {
                     info!("SIGHUP: reloading {}", shared.config.upstreams_path.display());
-                    reload::reload(&shared);
+                    reload::reload(&shared, Trigger::Signal);
                 }
                 _ = term.recv() => break "SIGTERM",
                 _ = int.recv() => break "SIGINT",
@@ -111,6 +118,7 @@ pub fn run(config: Config, table: UpstreamTable) -> Result<(), StartError> {
         };
 
         shared.stopping.store(true, Ordering::SeqCst);
+        warn_if_queued_connections_would_be_reset();
         for listener in &stop_handles {
             // Stops accepting on every worker: their pending accepts complete with an error.
             let _ = socket2::SockRef::from(listener).shutdown(Shutdown::Read);
@@ -171,4 +179,17 @@ fn start_workers(
         }
     }
     Ok(())
+}
+
+/// Closing a listener resets the connections still queued on it, unless the kernel may move
+/// them to another listener of the same SO_REUSEPORT group (a second wsplice taking over).
+fn warn_if_queued_connections_would_be_reset() {
+    const SYSCTL: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+    #[allow(clippy::disallowed_methods)] // the main thread, once, at stop
+    let migrate = std::fs::read_to_string(SYSCTL);
+    if migrate.is_ok_and(|v| v.trim() == "0") {
+        warn!(
+            "net.ipv4.tcp_migrate_req is 0: connections queued on this process's listeners but not yet accepted are reset now; set it to 1 for a zero-drop handoff to a second wsplice"
+        );
+    }
 }

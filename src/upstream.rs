@@ -4,43 +4,32 @@
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::balancer::{Balancer, Health, MAX_WEIGHT};
 use crate::config::{Config, ConfigError, Routes, read_file};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawGroup {
-    servers: Spanned<Vec<Spanned<String>>>,
+    servers: Spanned<Vec<Spanned<toml::Value>>>,
+    max_fails: Option<Spanned<i64>>,
+    fail_timeout: Option<Spanned<String>>,
 }
 
-/// One upstream group: its servers and its round-robin cursor.
+/// One upstream group: its name and the balancer that picks among its servers.
 #[derive(Debug)]
 pub struct Group {
     pub name: String,
-    pub servers: Vec<SocketAddr>,
-    next: AtomicUsize,
+    pub balancer: Balancer,
 }
 
 impl Group {
-    pub fn new(name: String, servers: Vec<SocketAddr>) -> Self {
-        assert!(!servers.is_empty(), "a group needs at least one server");
-        Group {
-            name,
-            servers,
-            next: AtomicUsize::new(0),
-        }
-    }
-
-    /// The servers to try for one connection: the round-robin choice first, then the rest of
-    /// the group in order, like nginx's `proxy_next_upstream error timeout`.
-    pub fn pick(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        let n = self.servers.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        (0..n).map(move |i| self.servers[(start + i) % n])
+    pub fn servers(&self) -> &[SocketAddr] {
+        self.balancer.servers()
     }
 }
 
@@ -65,26 +54,27 @@ impl UpstreamTable {
 
         let mut groups = Vec::with_capacity(raw.len());
         for (name, group) in &raw {
-            let servers = group.get_ref().servers.get_ref();
-            if servers.is_empty() {
+            let group = group.get_ref();
+            let entries = group.servers.get_ref();
+            if entries.is_empty() {
                 return Err(err(
-                    group.get_ref().servers.span().start,
+                    group.servers.span().start,
                     format!(
                         "{name}.servers: the group has no servers; list at least one, e.g. servers = [\"127.0.0.1:3000\"]"
                     ),
                 ));
             }
-            let mut addrs = Vec::with_capacity(servers.len());
-            for server in servers {
-                let addr = resolve(server.get_ref()).map_err(|why| {
-                    err(
-                        server.span().start,
-                        format!("{name}.servers: {:?} {why}", server.get_ref()),
-                    )
-                })?;
-                addrs.push(addr);
+            let mut servers = Vec::with_capacity(entries.len());
+            for entry in entries {
+                let server = parse_server(entry.get_ref())
+                    .map_err(|why| err(entry.span().start, format!("{name}.servers: {why}")))?;
+                servers.push(server);
             }
-            groups.push(Group::new(name.clone(), addrs));
+            let health = parse_health(name, group).map_err(|(at, why)| err(at, why))?;
+            groups.push(Group {
+                name: name.clone(),
+                balancer: Balancer::new(servers, health),
+            });
         }
 
         let route_groups =
@@ -107,6 +97,89 @@ impl UpstreamTable {
     pub fn groups(&self) -> &[Group] {
         &self.groups
     }
+
+    pub fn group(&self, name: &str) -> Option<&Group> {
+        self.groups.iter().find(|g| g.name == name)
+    }
+
+    /// Takes over passive-health state from `old` for servers present in both tables.
+    pub fn inherit_health(&self, old: &UpstreamTable) {
+        for group in &self.groups {
+            if let Some(previous) = old.group(&group.name) {
+                group.balancer.inherit_health(&previous.balancer);
+            }
+        }
+    }
+}
+
+/// A server entry: `"HOST:PORT"` or `{ addr = "HOST:PORT", weight = N }`.
+fn parse_server(value: &toml::Value) -> Result<(SocketAddr, u32), String> {
+    match value {
+        toml::Value::String(s) => Ok((resolve(s)?, 1)),
+        toml::Value::Table(t) => {
+            if let Some(key) = t.keys().find(|k| !["addr", "weight"].contains(&k.as_str())) {
+                return Err(format!(
+                    "unknown key `{key}` in a server entry; expected `addr` and optionally `weight`"
+                ));
+            }
+            let addr = match t.get("addr") {
+                Some(toml::Value::String(s)) => resolve(s)?,
+                Some(_) => return Err("`addr` must be a string like \"127.0.0.1:3000\"".into()),
+                None => return Err(
+                    "a server entry needs `addr`, e.g. { addr = \"127.0.0.1:3000\", weight = 2 }"
+                        .into(),
+                ),
+            };
+            let weight = match t.get("weight") {
+                None => 1,
+                Some(toml::Value::Integer(w)) if (1..=i64::from(MAX_WEIGHT)).contains(w) => {
+                    *w as u32
+                }
+                Some(w) => {
+                    return Err(format!(
+                        "weight {w} is out of range; use a whole number from 1 to {MAX_WEIGHT}"
+                    ));
+                }
+            };
+            Ok((addr, weight))
+        }
+        other => Err(format!(
+            "{other} is not a server; write \"HOST:PORT\" or {{ addr = \"HOST:PORT\", weight = N }}"
+        )),
+    }
+}
+
+fn parse_health(name: &str, group: &RawGroup) -> Result<Health, (usize, String)> {
+    let mut health = Health::default();
+    if let Some(m) = &group.max_fails {
+        health.max_fails = u32::try_from(*m.get_ref())
+            .ok()
+            .filter(|&m| m <= 1000)
+            .ok_or_else(|| {
+                (
+                    m.span().start,
+                    format!(
+                        "{name}.max_fails: {} is out of range; use 0 (never mark down) to 1000",
+                        m.get_ref()
+                    ),
+                )
+            })?;
+    }
+    if let Some(t) = &group.fail_timeout {
+        health.fail_timeout = humantime::parse_duration(t.get_ref().trim())
+            .ok()
+            .filter(|d| *d >= Duration::from_millis(1))
+            .ok_or_else(|| {
+                (
+                    t.span().start,
+                    format!(
+                        "{name}.fail_timeout: {:?} is not a positive duration; write e.g. \"10s\" or \"500ms\"",
+                        t.get_ref()
+                    ),
+                )
+            })?;
+    }
+    Ok(health)
 }
 
 fn route_groups<'r>(
@@ -135,33 +208,22 @@ fn route_groups<'r>(
         .collect()
 }
 
-fn resolve(server: &str) -> Result<SocketAddr, &'static str> {
+fn resolve(server: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = server.parse::<SocketAddr>() {
         return Ok(addr);
     }
     if !server.contains(':') {
-        return Err("has no port; write HOST:PORT, e.g. \"127.0.0.1:3000\"");
+        return Err(format!(
+            "{server:?} has no port; write HOST:PORT, e.g. \"127.0.0.1:3000\""
+        ));
     }
     server
         .to_socket_addrs()
         .ok()
         .and_then(|mut addrs| addrs.next())
-        .ok_or("is not a reachable HOST:PORT; write e.g. \"127.0.0.1:3000\" or \"[::1]:3000\"")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pick_rotates_and_then_tries_the_rest() {
-        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
-        let c: SocketAddr = "127.0.0.1:3".parse().unwrap();
-        let g = Group::new("g".into(), vec![a, b, c]);
-        assert_eq!(g.pick().collect::<Vec<_>>(), [a, b, c]);
-        assert_eq!(g.pick().collect::<Vec<_>>(), [b, c, a]);
-        assert_eq!(g.pick().collect::<Vec<_>>(), [c, a, b]);
-        assert_eq!(g.pick().next(), Some(a));
-    }
+        .ok_or_else(|| {
+            format!(
+                "{server:?} is not a reachable HOST:PORT; write e.g. \"127.0.0.1:3000\" or \"[::1]:3000\""
+            )
+        })
 }

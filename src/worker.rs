@@ -35,6 +35,7 @@ pub struct Shared {
     pub active: AtomicUsize,
     /// Set once a stop signal arrived: accept loops end instead of retrying.
     pub stopping: AtomicBool,
+    pub reloads: crate::reload::ReloadStats,
 }
 
 /// One worker's own state, reachable from each of its connection tasks.

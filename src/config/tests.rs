@@ -517,7 +517,7 @@ fn load_reads_both_files_relative_to_the_config() {
     assert_eq!(config.upstreams_path, dir.path().join("upstreams.toml"));
     let group = table.group_for_route(0);
     assert_eq!(group.name, "backend");
-    assert_eq!(group.servers.len(), 2);
+    assert_eq!(group.servers().len(), 2);
 }
 
 #[test]
@@ -556,7 +556,7 @@ servers = ["127.0.0.1:4000", "[::1]:4001"]
     let group = table.group_for_route(chat);
     assert_eq!(group.name, "chat");
     assert_eq!(
-        group.servers,
+        group.servers(),
         [
             "127.0.0.1:4000".parse().unwrap(),
             "[::1]:4001".parse().unwrap()
@@ -668,4 +668,53 @@ fn find_matches_a_prefix_byte_for_byte_like_nginx_location() {
     let routes = routes(&["/ws"]);
     assert_eq!(found(&routes, b"/wsx"), Some("/ws"));
     assert_eq!(found(&routes, b"/WS"), None);
+}
+
+#[test]
+fn weighted_servers_and_health_settings_parse() {
+    let text = "[backend]\nservers = [\"127.0.0.1:3000\", { addr = \"127.0.0.1:3001\", weight = 3 }]\nmax_fails = 2\nfail_timeout = \"500ms\"\n";
+    let config = parse(MAIN).unwrap();
+    let table = parse_upstreams(&config, text).unwrap();
+    let group = table.group("backend").unwrap();
+    assert_eq!(group.balancer.weight(0), 1);
+    assert_eq!(group.balancer.weight(1), 3);
+    assert_eq!(group.balancer.health().max_fails, 2);
+    assert_eq!(
+        group.balancer.health().fail_timeout,
+        std::time::Duration::from_millis(500)
+    );
+}
+
+#[test]
+fn rejects_weight_out_of_range() {
+    let text = "[backend]\nservers = [\n  { addr = \"127.0.0.1:3001\", weight = 0 },\n]\n";
+    assert_upstream_error(
+        text,
+        3,
+        "weight 0 is out of range; use a whole number from 1 to 1000",
+    );
+}
+
+#[test]
+fn rejects_unknown_key_in_a_server_entry() {
+    let text = "[backend]\nservers = [{ addr = \"127.0.0.1:3001\", wieght = 2 }]\n";
+    assert_upstream_error(text, 2, "unknown key `wieght` in a server entry");
+}
+
+#[test]
+fn rejects_server_entry_without_addr() {
+    let text = "[backend]\nservers = [{ weight = 2 }]\n";
+    assert_upstream_error(text, 2, "a server entry needs `addr`");
+}
+
+#[test]
+fn rejects_bad_health_settings() {
+    let text = "[backend]\nservers = [\"127.0.0.1:3000\"]\nmax_fails = -1\n";
+    assert_upstream_error(text, 3, "backend.max_fails: -1 is out of range");
+    let text = "[backend]\nservers = [\"127.0.0.1:3000\"]\nfail_timeout = \"soon\"\n";
+    assert_upstream_error(
+        text,
+        3,
+        "backend.fail_timeout: \"soon\" is not a positive duration",
+    );
 }

@@ -79,7 +79,7 @@ async fn serve(mut stream: TcpStream, me: SocketAddr, seen: Arc<Seen>) -> std::i
     if let (true, Some(key)) = (upgrade, key) {
         seen.upgrades.fetch_add(1, Ordering::Relaxed);
         let response = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\nX-Upstream: {me}\r\n\r\n",
             derive_accept_key(key.as_bytes())
         );
         stream.write_all(response.as_bytes()).await?;
