@@ -1,7 +1,15 @@
-//! Per-worker pool of relay buffers. A worker's connections reuse buffers instead of asking
-//! the allocator on every connection; the pool is thread-local, so it needs no lock.
+//! Per-worker relay buffers. Tunnels receive into kernel-selected buffers (io_uring provided
+//! buffers with buffer select): a buffer is taken only when bytes arrive and handed back once
+//! they are written on, so an idle tunnel pins no buffer at all. Plain requests and the rare
+//! moment the group runs dry use an ordinary pool of owned buffers. Both are thread-local.
 
 use std::cell::RefCell;
+use std::io;
+use std::os::fd::RawFd;
+
+use io_uring::{cqueue, opcode, squeue, types};
+use tokio_uring::buf::IoBuf;
+use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
 
 /// A free list of equally sized buffers, owned by one worker thread.
 #[derive(Debug)]
@@ -45,6 +53,151 @@ impl BufferPool {
     /// Free buffers currently held.
     pub fn idle(&self) -> usize {
         self.free.borrow().len()
+    }
+}
+
+/// A group of equally sized receive buffers lent to the kernel (IORING_OP_PROVIDE_BUFFERS).
+/// The memory is leaked on purpose: the kernel may hold any buffer until the ring goes away,
+/// and a worker's ring lives as long as the process.
+#[derive(Debug)]
+pub struct KernelBuffers {
+    base: *mut u8,
+    size: usize,
+    count: u16,
+    group: u16,
+}
+
+/// What one receive into a kernel-selected buffer brought.
+#[derive(Debug)]
+pub enum Received {
+    /// `len` bytes in buffer `id`; hand it back with [`KernelBuffers::give_back`].
+    Data {
+        id: u16,
+        len: usize,
+    },
+    Eof,
+    /// Bytes are waiting but every buffer of the group is out: read them another way.
+    NoBuffer,
+    Failed(io::Error),
+}
+
+impl KernelBuffers {
+    /// Lends `count` buffers of `size` bytes to this thread's ring as buffer group `group`.
+    pub async fn provide(size: usize, count: u16, group: u16) -> io::Result<&'static Self> {
+        let memory: &'static mut [u8] = Vec::leak(vec![0u8; size * usize::from(count)]);
+        let buffers: &'static KernelBuffers = Box::leak(Box::new(KernelBuffers {
+            base: memory.as_mut_ptr(),
+            size,
+            count,
+            group,
+        }));
+        let sqe = opcode::ProvideBuffers::new(buffers.base, size as i32, count, group, 0).build();
+        let res = UnsubmittedOneshot::new((), Completion, sqe).submit().await;
+        res.map(|_| buffers)
+    }
+
+    pub fn buffer_size(&self) -> usize {
+        self.size
+    }
+
+    /// Receives from `fd` into a buffer the kernel picks when bytes arrive.
+    pub async fn recv(&'static self, fd: RawFd) -> Received {
+        let sqe = opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), self.size as u32)
+            .buf_group(self.group)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT);
+        UnsubmittedOneshot::new((), ReceiveInto(self), sqe)
+            .submit()
+            .await
+    }
+
+    /// The first `len` bytes of buffer `id`, as a buffer tokio-uring can write from.
+    pub fn filled(&'static self, id: u16, len: usize) -> Filled {
+        assert!(id < self.count && len <= self.size);
+        Filled {
+            // SAFETY: `id < count`, so the offset stays inside the leaked allocation.
+            #[allow(unsafe_code)]
+            ptr: unsafe { self.base.add(usize::from(id) * self.size) },
+            len,
+        }
+    }
+
+    /// Returns buffer `id` to the kernel. The completion needs no waiting for: tokio-uring
+    /// keeps the finished op until the kernel reports it.
+    pub fn give_back(&'static self, id: u16) {
+        let filled = self.filled(id, 0);
+        let sqe =
+            opcode::ProvideBuffers::new(filled.ptr, self.size as i32, 1, self.group, id).build();
+        drop(UnsubmittedOneshot::new((), Completion, sqe).submit());
+    }
+}
+
+/// Bytes the kernel received into one of a [`KernelBuffers`] group's buffers.
+#[derive(Debug)]
+pub struct Filled {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the pointer is into memory leaked for the life of the process, so it is stable and
+// valid however the value moves, and its buffer belongs to us (the kernel reported it filled
+// and gets it back only through `give_back`, after the write that uses it has completed).
+#[allow(unsafe_code)]
+unsafe impl IoBuf for Filled {
+    fn stable_ptr(&self) -> *const u8 {
+        self.ptr
+    }
+
+    fn bytes_init(&self) -> usize {
+        self.len
+    }
+
+    fn bytes_total(&self) -> usize {
+        self.len
+    }
+}
+
+/// Maps a completion to `io::Result<i32>`.
+struct Completion;
+
+impl OneshotOutputTransform for Completion {
+    type Output = io::Result<i32>;
+    type StoredData = ();
+
+    fn transform_oneshot_output(self, _: (), cqe: cqueue::Entry) -> Self::Output {
+        if cqe.result() >= 0 {
+            Ok(cqe.result())
+        } else {
+            Err(io::Error::from_raw_os_error(-cqe.result()))
+        }
+    }
+}
+
+/// Maps a buffer-select receive's completion to [`Received`].
+struct ReceiveInto(&'static KernelBuffers);
+
+impl OneshotOutputTransform for ReceiveInto {
+    type Output = Received;
+    type StoredData = ();
+
+    fn transform_oneshot_output(self, _: (), cqe: cqueue::Entry) -> Received {
+        let id = cqueue::buffer_select(cqe.flags());
+        match (cqe.result(), id) {
+            (n, Some(id)) if n > 0 => Received::Data {
+                id,
+                len: n as usize,
+            },
+            (n, id) => {
+                if let Some(id) = id {
+                    self.0.give_back(id);
+                }
+                match n {
+                    0 => Received::Eof,
+                    n if -n == libc::ENOBUFS => Received::NoBuffer,
+                    n => Received::Failed(io::Error::from_raw_os_error(-n)),
+                }
+            }
+        }
     }
 }
 

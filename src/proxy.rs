@@ -301,13 +301,11 @@ async fn upgrade(
             });
         }
     }
-    let report = relay::tunnel(
-        client,
-        upstream,
-        (req, resp),
-        ctx.shared.config.timeouts.idle,
-    )
-    .await;
+    let buffers = relay::Buffers {
+        kernel: ctx.kernel_buffers,
+        pool: &ctx.pool,
+    };
+    let report = relay::tunnel(client, upstream, buffers, ctx.shared.config.timeouts.idle).await;
     Ok(Done::Relayed {
         upstream: addr,
         status,

@@ -10,8 +10,12 @@ use std::future::Future;
 use std::net::Shutdown;
 use std::time::Duration;
 
+use std::os::fd::AsRawFd;
+
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
+
+use crate::buffers::{BufferPool, KernelBuffers, Received};
 
 /// Labels of the two directions, shared by logs and metrics.
 pub const CLIENT_TO_UPSTREAM: &str = "client->upstream";
@@ -98,30 +102,102 @@ pub async fn pump(
 ) -> Result<u64, (u64, RelayError)> {
     let mut total = 0u64;
     while limit > 0 {
-        let mut owned = std::mem::take(buf);
-        owned.clear();
-        let want = usize::try_from(limit).map_or(owned.capacity(), |l| l.min(owned.capacity()));
-        let (res, slice) = src.stream.read(owned.slice(..want)).await;
-        *buf = slice.into_inner();
-        let n = match res {
+        let want = usize::try_from(limit).unwrap_or(usize::MAX);
+        match copy_once(src, dst, buf, want).await {
             Ok(0) => break,
-            Ok(n) => n,
-            Err(source) => {
-                let side = src.side;
-                return Err((total, RelayError { side, source }));
+            Ok(n) => {
+                activity.touch();
+                total += n as u64;
+                limit -= n as u64;
             }
-        };
-        activity.touch();
-        let (res, slice) = dst.stream.write_all(std::mem::take(buf).slice(..n)).await;
-        *buf = slice.into_inner();
-        if let Err(source) = res {
-            let side = dst.side;
-            return Err((total, RelayError { side, source }));
+            Err(e) => return Err((total, e)),
         }
-        total += n as u64;
-        limit -= n as u64;
     }
     Ok(total)
+}
+
+/// One read of at most `want` bytes into `buf`, written on in full. `Ok(0)`: end of stream.
+async fn copy_once(
+    src: Peer<'_>,
+    dst: Peer<'_>,
+    buf: &mut Vec<u8>,
+    want: usize,
+) -> Result<usize, RelayError> {
+    let mut owned = std::mem::take(buf);
+    owned.clear();
+    let want = want.min(owned.capacity());
+    let (res, slice) = src.stream.read(owned.slice(..want)).await;
+    *buf = slice.into_inner();
+    let n = match res {
+        Ok(0) => return Ok(0),
+        Ok(n) => n,
+        Err(source) => {
+            let side = src.side;
+            return Err(RelayError { side, source });
+        }
+    };
+    let (res, slice) = dst.stream.write_all(std::mem::take(buf).slice(..n)).await;
+    *buf = slice.into_inner();
+    res.map(|()| n).map_err(|source| RelayError {
+        side: dst.side,
+        source,
+    })
+}
+
+/// Where a tunnel gets its buffers: kernel-selected ones when the worker has them, and
+/// owned ones from the pool otherwise (or when the kernel group runs dry).
+#[derive(Clone, Copy)]
+pub struct Buffers<'a> {
+    pub kernel: Option<&'static KernelBuffers>,
+    pub pool: &'a BufferPool,
+}
+
+/// Copies from `src` to `dst` until end of stream through kernel-selected buffers: no
+/// buffer is held while waiting for bytes.
+async fn forward(
+    src: Peer<'_>,
+    dst: Peer<'_>,
+    buffers: Buffers<'_>,
+    activity: &Activity,
+) -> Result<u64, (u64, RelayError)> {
+    let Some(kernel) = buffers.kernel else {
+        let mut buf = buffers.pool.get();
+        let res = pump(src, dst, &mut buf, u64::MAX, activity).await;
+        buffers.pool.put(buf);
+        return res;
+    };
+    let mut total = 0u64;
+    loop {
+        let n = match kernel.recv(src.stream.as_raw_fd()).await {
+            Received::Data { id, len } => {
+                let (res, _) = dst.stream.write_all(kernel.filled(id, len)).await;
+                kernel.give_back(id);
+                res.map(|()| len).map_err(|source| RelayError {
+                    side: dst.side,
+                    source,
+                })
+            }
+            Received::NoBuffer => {
+                let mut buf = buffers.pool.get();
+                let res = copy_once(src, dst, &mut buf, usize::MAX).await;
+                buffers.pool.put(buf);
+                res
+            }
+            Received::Eof => Ok(0),
+            Received::Failed(source) => Err(RelayError {
+                side: src.side,
+                source,
+            }),
+        };
+        match n {
+            Ok(0) => return Ok(total),
+            Ok(n) => {
+                activity.touch();
+                total += n as u64;
+            }
+            Err(e) => return Err((total, e)),
+        }
+    }
 }
 
 /// Shuts both sockets down both ways, which completes every pending operation on them.
@@ -173,7 +249,7 @@ pub async fn idle_guard<F: Future>(
 pub async fn tunnel(
     client: &TcpStream,
     upstream: &TcpStream,
-    bufs: (&mut Vec<u8>, &mut Vec<u8>),
+    buffers: Buffers<'_>,
     idle: Option<Duration>,
 ) -> Report {
     let activity = Activity::default();
@@ -187,24 +263,24 @@ pub async fn tunnel(
     };
     let both = async {
         tokio::join!(
-            one_way(c, u, bufs.0, &activity, client, upstream),
-            one_way(u, c, bufs.1, &activity, client, upstream)
+            one_way(c, u, buffers, &activity, client, upstream),
+            one_way(u, c, buffers, &activity, client, upstream)
         )
     };
     let ((up, down), idled) = idle_guard(both, idle, &activity, || abort(client, upstream)).await;
     report(up, down, idled)
 }
 
-/// One direction of a tunnel: pump, then pass end of stream on, or end both on error.
+/// One direction of a tunnel: forward, then pass end of stream on, or end both on error.
 async fn one_way(
     src: Peer<'_>,
     dst: Peer<'_>,
-    buf: &mut Vec<u8>,
+    buffers: Buffers<'_>,
     activity: &Activity,
     client: &TcpStream,
     upstream: &TcpStream,
 ) -> Result<u64, (u64, RelayError)> {
-    let res = pump(src, dst, buf, u64::MAX, activity).await;
+    let res = forward(src, dst, buffers, activity).await;
     match &res {
         Ok(_) => {
             let _ = dst.stream.shutdown(Shutdown::Write);

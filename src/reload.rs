@@ -143,6 +143,7 @@ fn watch_loop(
     loop {
         match rx.recv_timeout(POLL) {
             Ok(Ok(event)) if is_replacement(&event.kind) => {
+                tracing::debug!("upstream file event: {event:?}");
                 // Let the rest of a save arrive (rename + chmod, several writes) first.
                 while rx.recv_timeout(SETTLE).is_ok() {}
                 reload(shared, Trigger::Watch);

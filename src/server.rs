@@ -99,12 +99,13 @@ pub fn run(config: Config, table: UpstreamTable) -> Result<(), StartError> {
         let mut term = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
         let mut int = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
 
+        // Watching starts before serving, so no change after "listening" is missed.
+        reload::watch(shared.clone()).map_err(StartError::Watcher)?;
         start_workers(&shared, listeners, &cpus)?;
         for addr in &bound {
             info!("listening on {addr} with {workers} workers");
         }
         info!("upstreams: {}", reload::summarize(&shared.table.load()));
-        reload::watch(shared.clone()).map_err(StartError::Watcher)?;
 
         let signal_name = loop {
             tokio::select! {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tracing::{error, warn};
 
-use crate::buffers::BufferPool;
+use crate::buffers::{BufferPool, KernelBuffers};
 use crate::config::Config;
 use crate::handshake::{ClientInfo, HandshakeError};
 use crate::proxy;
@@ -24,6 +24,9 @@ use crate::upstream::UpstreamTable;
 pub const RELAY_BUFFER: usize = 16 * 1024;
 /// Free buffers a worker keeps for reuse.
 const POOL_KEEP: usize = 1024;
+/// Kernel-selected receive buffers per worker: enough for that many reads in flight to a
+/// writer at once; beyond it, tunnels borrow from the pool.
+const KERNEL_BUFFERS: u16 = 256;
 /// io_uring submission queue size per worker.
 const RING_ENTRIES: u32 = 1024;
 
@@ -43,6 +46,9 @@ pub struct Shared {
 pub struct WorkerContext {
     pub shared: Arc<Shared>,
     pub pool: BufferPool,
+    /// Tunnels' receive buffers; `None` where the kernel refused them (tunnels then use
+    /// owned buffers from `pool`, one per direction).
+    pub kernel_buffers: Option<&'static KernelBuffers>,
 }
 
 /// Starts worker `id` on its own thread, pinned to `cpu`. It reports on `ready` once its
@@ -73,9 +79,20 @@ pub fn spawn(
             };
             runtime.block_on(async move {
                 let buffer = RELAY_BUFFER.max(shared.config.limits.max_request_head);
+                let kernel_buffers =
+                    match KernelBuffers::provide(RELAY_BUFFER, KERNEL_BUFFERS, 0).await {
+                        Ok(buffers) => Some(buffers),
+                        Err(e) => {
+                            warn!(
+                                "worker {id}: no kernel-selected buffers ({e}); idle tunnels will hold two buffers each"
+                            );
+                            None
+                        }
+                    };
                 let ctx = Rc::new(WorkerContext {
                     shared,
                     pool: BufferPool::new(buffer, POOL_KEEP),
+                    kernel_buffers,
                 });
                 for (listener, local) in listeners {
                     let listener = tokio_uring::net::TcpListener::from_std(listener);
