@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::access_log;
 use crate::upstream::UpstreamTable;
 
 /// What went wrong with a config or upstream file, always pointing at a place in it.
@@ -80,6 +81,8 @@ struct RawConfig {
     #[serde(default)]
     workers: Option<Spanned<i64>>,
     upstreams: Spanned<String>,
+    admin: Option<Spanned<String>>,
+    access_log: Option<Spanned<String>>,
     #[serde(default)]
     timeouts: RawTimeouts,
     #[serde(default)]
@@ -181,6 +184,9 @@ pub struct Config {
     /// 0 = one per CPU this process may run on.
     pub workers: usize,
     pub upstreams_path: PathBuf,
+    /// Where `/metrics` and `/healthz` are served; `None`: nowhere.
+    pub admin: Option<SocketAddr>,
+    pub access_log: access_log::Target,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub routes: Routes,
@@ -252,6 +258,38 @@ impl Config {
         }
         let base = path.parent().unwrap_or(Path::new("."));
         let upstreams_path = base.join(raw.upstreams.get_ref());
+
+        let admin = match &raw.admin {
+            None => None,
+            Some(a) => Some(a.get_ref().parse::<SocketAddr>().map_err(|_| {
+                err(
+                    a.span().start,
+                    format!(
+                        "admin: {:?} is not an IP:PORT address; write e.g. \"127.0.0.1:9901\", or leave admin out to serve no metrics",
+                        a.get_ref()
+                    ),
+                )
+            })?),
+        };
+        if let Some(admin) = admin
+            && listen.contains(&admin)
+        {
+            return Err(err(
+                raw.admin.as_ref().map_or(0, |a| a.span().start),
+                format!("admin: {admin} is also a listen address; use another port"),
+            ));
+        }
+        let access_log = match raw.access_log.as_ref().map(|a| a.get_ref().trim()) {
+            None | Some("off") => access_log::Target::Off,
+            Some("stdout") => access_log::Target::Stdout,
+            Some("") => {
+                return Err(err(
+                    raw.access_log.as_ref().map_or(0, |a| a.span().start),
+                    "access_log: write \"off\", \"stdout\" or a file path".into(),
+                ));
+            }
+            Some(file) => access_log::Target::File(base.join(file)),
+        };
 
         let t = &raw.timeouts;
         let duration = |field: &str, value: &Option<Spanned<String>>, default: Duration| {
@@ -327,6 +365,8 @@ impl Config {
             listen,
             workers,
             upstreams_path,
+            admin,
+            access_log,
             timeouts,
             limits,
             routes: Routes::new(routes),

@@ -10,7 +10,11 @@
 //!   ([`connect`]) -> response head -> tunnel after a `101` only.
 //! - [`relay`]: the two byte pumps with half-close and idle timeout, over [`buffers`].
 //! - [`deadline`]: timeouts that never drop a pending io_uring read.
+//! - [`metrics`] (per-worker counters), served by [`admin`] with `/healthz`; [`access_log`]
+//!   writes one line per connection from its own thread.
 
+pub mod access_log;
+pub mod admin;
 pub mod balancer;
 pub mod buffers;
 pub mod config;
@@ -20,6 +24,7 @@ pub mod deadline;
 pub mod fdlimit;
 pub mod handshake;
 pub mod listener;
+pub mod metrics;
 pub mod proxy;
 pub mod relay;
 pub mod reload;

@@ -301,11 +301,7 @@ async fn upgrade(
             });
         }
     }
-    let buffers = relay::Buffers {
-        kernel: ctx.kernel_buffers,
-        pool: &ctx.pool,
-    };
-    let report = relay::tunnel(client, upstream, buffers, ctx.shared.config.timeouts.idle).await;
+    let report = relay::tunnel(client, upstream, ctx.relay()).await;
     Ok(Done::Relayed {
         upstream: addr,
         status,
@@ -338,6 +334,7 @@ async fn respond(
             req,
             body_left,
             &activity,
+            &ctx.metrics().bytes[0],
         )
         .await
     };
@@ -416,6 +413,7 @@ async fn response_down(
         resp,
         u64::MAX,
         activity,
+        &ctx.metrics().bytes[1],
     )
     .await;
     Ok((status, down))
@@ -442,6 +440,7 @@ async fn relay_response(
             resp,
             u64::MAX,
             &activity,
+            &ctx.metrics().bytes[1],
         )
         .await
     };

@@ -16,6 +16,7 @@ use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
 use crate::buffers::{BufferPool, KernelBuffers, Received};
+use crate::metrics::Meter;
 
 /// Labels of the two directions, shared by logs and metrics.
 pub const CLIENT_TO_UPSTREAM: &str = "client->upstream";
@@ -99,6 +100,7 @@ pub async fn pump(
     buf: &mut Vec<u8>,
     mut limit: u64,
     activity: &Activity,
+    bytes: &Meter,
 ) -> Result<u64, (u64, RelayError)> {
     let mut total = 0u64;
     while limit > 0 {
@@ -107,6 +109,7 @@ pub async fn pump(
             Ok(0) => break,
             Ok(n) => {
                 activity.touch();
+                bytes.add(n as u64);
                 total += n as u64;
                 limit -= n as u64;
             }
@@ -144,12 +147,15 @@ async fn copy_once(
     })
 }
 
-/// Where a tunnel gets its buffers: kernel-selected ones when the worker has them, and
-/// owned ones from the pool otherwise (or when the kernel group runs dry).
+/// What a relay takes from its worker: buffers (kernel-selected ones when the worker has
+/// them, owned ones from the pool otherwise or when the kernel group runs dry), the byte
+/// counters [client->upstream, upstream->client], and the idle timeout.
 #[derive(Clone, Copy)]
-pub struct Buffers<'a> {
+pub struct Relay<'a> {
     pub kernel: Option<&'static KernelBuffers>,
     pub pool: &'a BufferPool,
+    pub bytes: &'a [Meter; 2],
+    pub idle: Option<Duration>,
 }
 
 /// Copies from `src` to `dst` until end of stream through kernel-selected buffers: no
@@ -157,13 +163,14 @@ pub struct Buffers<'a> {
 async fn forward(
     src: Peer<'_>,
     dst: Peer<'_>,
-    buffers: Buffers<'_>,
+    relay: Relay<'_>,
     activity: &Activity,
 ) -> Result<u64, (u64, RelayError)> {
-    let Some(kernel) = buffers.kernel else {
-        let mut buf = buffers.pool.get();
-        let res = pump(src, dst, &mut buf, u64::MAX, activity).await;
-        buffers.pool.put(buf);
+    let bytes = &relay.bytes[usize::from(src.side == Side::Upstream)];
+    let Some(kernel) = relay.kernel else {
+        let mut buf = relay.pool.get();
+        let res = pump(src, dst, &mut buf, u64::MAX, activity, bytes).await;
+        relay.pool.put(buf);
         return res;
     };
     let mut total = 0u64;
@@ -178,9 +185,9 @@ async fn forward(
                 })
             }
             Received::NoBuffer => {
-                let mut buf = buffers.pool.get();
+                let mut buf = relay.pool.get();
                 let res = copy_once(src, dst, &mut buf, usize::MAX).await;
-                buffers.pool.put(buf);
+                relay.pool.put(buf);
                 res
             }
             Received::Eof => Ok(0),
@@ -193,6 +200,7 @@ async fn forward(
             Ok(0) => return Ok(total),
             Ok(n) => {
                 activity.touch();
+                bytes.add(n as u64);
                 total += n as u64;
             }
             Err(e) => return Err((total, e)),
@@ -246,12 +254,7 @@ pub async fn idle_guard<F: Future>(
 /// Relays an upgraded connection both ways until both directions end.
 /// End of stream on one side shuts down writing on the other; the other direction flows on.
 /// An error on either side ends both.
-pub async fn tunnel(
-    client: &TcpStream,
-    upstream: &TcpStream,
-    buffers: Buffers<'_>,
-    idle: Option<Duration>,
-) -> Report {
+pub async fn tunnel(client: &TcpStream, upstream: &TcpStream, relay: Relay<'_>) -> Report {
     let activity = Activity::default();
     let c = Peer {
         stream: client,
@@ -263,11 +266,12 @@ pub async fn tunnel(
     };
     let both = async {
         tokio::join!(
-            one_way(c, u, buffers, &activity, client, upstream),
-            one_way(u, c, buffers, &activity, client, upstream)
+            one_way(c, u, relay, &activity, client, upstream),
+            one_way(u, c, relay, &activity, client, upstream)
         )
     };
-    let ((up, down), idled) = idle_guard(both, idle, &activity, || abort(client, upstream)).await;
+    let ((up, down), idled) =
+        idle_guard(both, relay.idle, &activity, || abort(client, upstream)).await;
     report(up, down, idled)
 }
 
@@ -275,12 +279,12 @@ pub async fn tunnel(
 async fn one_way(
     src: Peer<'_>,
     dst: Peer<'_>,
-    buffers: Buffers<'_>,
+    relay: Relay<'_>,
     activity: &Activity,
     client: &TcpStream,
     upstream: &TcpStream,
 ) -> Result<u64, (u64, RelayError)> {
-    let res = forward(src, dst, buffers, activity).await;
+    let res = forward(src, dst, relay, activity).await;
     match &res {
         Ok(_) => {
             let _ = dst.stream.shutdown(Shutdown::Write);

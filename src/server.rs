@@ -12,12 +12,14 @@ use arc_swap::ArcSwap;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
+use crate::access_log::AccessLog;
 use crate::config::Config;
 use crate::config::read_file;
+use crate::metrics::Metrics;
 use crate::reload::{ReloadStats, Trigger};
 use crate::upstream::UpstreamTable;
 use crate::worker::{self, Shared};
-use crate::{cpus, fdlimit, listener, reload};
+use crate::{admin, cpus, fdlimit, listener, reload};
 
 /// Why wsplice could not start (exit code 2).
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,8 @@ pub enum StartError {
     Signals(io::Error),
     #[error("cannot start the upstream file watcher: {0}")]
     Watcher(io::Error),
+    #[error("cannot open the access log: {0}")]
+    AccessLog(io::Error),
 }
 
 /// Runs wsplice until SIGTERM or SIGINT.
@@ -86,12 +90,15 @@ pub fn run(config: Config, table: UpstreamTable) -> Result<(), StartError> {
         .collect::<Result<Vec<_>, _>>()?;
 
     let config_upstreams = config.upstreams_path.clone();
+    let access_log = AccessLog::open(&config.access_log).map_err(StartError::AccessLog)?;
     let shared = Arc::new(Shared {
         config,
         table: ArcSwap::from_pointee(table),
         active: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
         reloads: ReloadStats::started(read_file(&config_upstreams).ok()),
+        metrics: Metrics::new(workers),
+        access_log,
     });
 
     signals.block_on(async {
@@ -106,6 +113,11 @@ pub fn run(config: Config, table: UpstreamTable) -> Result<(), StartError> {
             info!("listening on {addr} with {workers} workers");
         }
         info!("upstreams: {}", reload::summarize(&shared.table.load()));
+        if let Some(addr) = shared.config.admin {
+            let bound = admin::spawn(addr, shared.clone())
+                .map_err(|source| StartError::Bind { addr, source })?;
+            info!("admin endpoint on http://{bound} (/metrics, /healthz)");
+        }
 
         let signal_name = loop {
             tokio::select! {

@@ -14,10 +14,13 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tracing::{error, warn};
 
+use crate::access_log::AccessLog;
 use crate::buffers::{BufferPool, KernelBuffers};
 use crate::config::Config;
 use crate::handshake::{ClientInfo, HandshakeError};
+use crate::metrics::{Metrics, WorkerMetrics};
 use crate::proxy;
+use crate::relay::Relay;
 use crate::upstream::UpstreamTable;
 
 /// Relay buffer size: large enough for bulk transfers, small enough for many tunnels.
@@ -39,11 +42,14 @@ pub struct Shared {
     /// Set once a stop signal arrived: accept loops end instead of retrying.
     pub stopping: AtomicBool,
     pub reloads: crate::reload::ReloadStats,
+    pub metrics: Metrics,
+    pub access_log: Option<AccessLog>,
 }
 
 /// One worker's own state, reachable from each of its connection tasks.
 #[derive(Debug)]
 pub struct WorkerContext {
+    pub id: usize,
     pub shared: Arc<Shared>,
     pub pool: BufferPool,
     /// Tunnels' receive buffers; `None` where the kernel refused them (tunnels then use
@@ -90,6 +96,7 @@ pub fn spawn(
                         }
                     };
                 let ctx = Rc::new(WorkerContext {
+                    id,
                     shared,
                     pool: BufferPool::new(buffer, POOL_KEEP),
                     kernel_buffers,
@@ -120,12 +127,40 @@ fn build_runtime() -> io::Result<tokio_uring::Runtime> {
     }
 }
 
+impl WorkerContext {
+    /// This worker's own counters.
+    pub fn metrics(&self) -> &WorkerMetrics {
+        &self.shared.metrics.workers[self.id]
+    }
+
+    /// What a relay on this worker uses.
+    pub fn relay(&self) -> Relay<'_> {
+        Relay {
+            kernel: self.kernel_buffers,
+            pool: &self.pool,
+            bytes: &self.metrics().bytes,
+            idle: self.shared.config.timeouts.idle,
+        }
+    }
+}
+
 /// Holds one place of `limits.max_connections` for as long as the connection lives.
-struct Slot(Arc<Shared>);
+/// Created and dropped on its worker's thread, which keeps the worker's gauge single-writer.
+pub struct Slot(Rc<WorkerContext>);
+
+impl Slot {
+    fn take(ctx: &Rc<WorkerContext>) -> (Slot, usize) {
+        let before = ctx.shared.active.fetch_add(1, Ordering::Relaxed);
+        ctx.metrics().accepted.add(1);
+        ctx.metrics().active.add(1);
+        (Slot(ctx.clone()), before)
+    }
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.0.shared.active.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics().active.sub(1);
     }
 }
 
@@ -139,8 +174,7 @@ async fn accept_loop(
     loop {
         match listener.accept().await {
             Ok((client, peer)) => {
-                let before = ctx.shared.active.fetch_add(1, Ordering::Relaxed);
-                let slot = Slot(ctx.shared.clone());
+                let (slot, before) = Slot::take(&ctx);
                 if before >= max {
                     tokio_uring::spawn(async move {
                         warn!(client = %peer, "503: over limits.max_connections ({max})");

@@ -1,0 +1,124 @@
+//! The access log: one line per connection when it closes, in logfmt. Workers hand finished
+//! lines to a writer thread through a bounded queue and never wait on it: if the writer falls
+//! behind, lines are dropped and counted rather than stalling traffic.
+
+use std::fmt::Write as _;
+use std::io::{self, BufWriter, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::{Duration, SystemTime};
+
+/// Where access log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Off,
+    Stdout,
+    File(PathBuf),
+}
+
+/// Lines waiting for the writer before new ones are dropped.
+const QUEUE: usize = 16 * 1024;
+
+/// The sending side, shared by all workers.
+#[derive(Debug, Clone)]
+pub struct AccessLog {
+    tx: SyncSender<String>,
+}
+
+/// One finished connection.
+#[derive(Debug)]
+pub struct Entry<'a> {
+    pub client: SocketAddr,
+    pub route: &'a str,
+    pub upstream: Option<SocketAddr>,
+    pub status: u16,
+    pub client_to_upstream: u64,
+    pub upstream_to_client: u64,
+    pub duration: Duration,
+    pub end: &'a str,
+}
+
+impl AccessLog {
+    /// Opens the target and starts the writer thread; `None` when the log is off.
+    pub fn open(target: &Target) -> io::Result<Option<AccessLog>> {
+        let out: Box<dyn Write + Send> = match target {
+            Target::Off => return Ok(None),
+            Target::Stdout => Box::new(io::stdout()),
+            Target::File(path) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
+        };
+        let (tx, rx) = sync_channel(QUEUE);
+        std::thread::Builder::new()
+            .name("wsplice-access-log".into())
+            .spawn(move || write_lines(rx, BufWriter::new(out)))?;
+        Ok(Some(AccessLog { tx }))
+    }
+
+    /// Queues the line for `entry`; false if it was dropped (writer behind or gone).
+    pub fn record(&self, entry: &Entry<'_>) -> bool {
+        match self.tx.try_send(format_entry(entry, SystemTime::now())) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+        }
+    }
+}
+
+/// `time=... client=... route=... upstream=... status=... ...`, one line.
+pub fn format_entry(e: &Entry<'_>, at: SystemTime) -> String {
+    let mut line = String::with_capacity(192);
+    let _ = write!(
+        line,
+        "time={} client={} route={:?} upstream={} status={} client_to_upstream={} upstream_to_client={} duration_ms={} end={:?}",
+        humantime::format_rfc3339_millis(at),
+        e.client,
+        e.route,
+        e.upstream
+            .map_or_else(|| "-".to_string(), |u| u.to_string()),
+        e.status,
+        e.client_to_upstream,
+        e.upstream_to_client,
+        e.duration.as_millis(),
+        e.end,
+    );
+    line
+}
+
+fn write_lines(rx: Receiver<String>, mut out: impl Write) {
+    while let Ok(line) = rx.recv() {
+        let _ = writeln!(out, "{line}");
+        // Write what else is queued, then flush once per burst.
+        while let Ok(line) = rx.try_recv() {
+            let _ = writeln!(out, "{line}");
+        }
+        let _ = out.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_is_one_logfmt_line() {
+        let entry = Entry {
+            client: "127.0.0.1:5000".parse().unwrap(),
+            route: "/websocket",
+            upstream: Some("127.0.0.1:3000".parse().unwrap()),
+            status: 101,
+            client_to_upstream: 12,
+            upstream_to_client: 34,
+            duration: Duration::from_millis(1500),
+            end: "closed",
+        };
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(
+            format_entry(&entry, at),
+            "time=2023-11-14T22:13:20.000Z client=127.0.0.1:5000 route=\"/websocket\" upstream=127.0.0.1:3000 status=101 client_to_upstream=12 upstream_to_client=34 duration_ms=1500 end=\"closed\""
+        );
+    }
+}

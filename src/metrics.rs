@@ -1,0 +1,354 @@
+//! Metrics, defined once here. Each worker writes only its own block of counters, with plain
+//! loads and stores (one writer, so no locked read-modify-write and no shared cache line on
+//! the hot path); a scrape sums the blocks into the Prometheus text format.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::relay::{CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT};
+
+/// A counter or gauge with a single writer thread; any thread may read it.
+#[derive(Debug, Default)]
+pub struct Meter(AtomicU64);
+
+impl Meter {
+    /// Adds `n`. Only the owning worker calls this, so load + store cannot lose an update.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+
+    #[inline]
+    pub fn sub(&self, n: u64) {
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_sub(n),
+            Ordering::Relaxed,
+        );
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// How an upgrade request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upgrade {
+    /// The upstream answered a valid `101`; the tunnel opened.
+    Tunnelled,
+    /// The upstream answered something else, which was passed on.
+    Refused,
+    /// The request was refused by wsplice before any upstream saw it.
+    Rejected,
+    /// No usable upstream answer: connect failure, timeout, invalid `101`.
+    UpstreamFailed,
+}
+
+impl Upgrade {
+    const ALL: [Upgrade; 4] = [
+        Upgrade::Tunnelled,
+        Upgrade::Refused,
+        Upgrade::Rejected,
+        Upgrade::UpstreamFailed,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Upgrade::Tunnelled => "tunnelled",
+            Upgrade::Refused => "refused",
+            Upgrade::Rejected => "rejected",
+            Upgrade::UpstreamFailed => "upstream_failed",
+        }
+    }
+}
+
+/// Upper bounds (seconds) of the tunnel duration histogram.
+pub const TUNNEL_SECONDS: [f64; 9] = [
+    0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0,
+];
+
+/// One worker's counters. Aligned so two workers never share a cache line.
+#[derive(Debug)]
+#[repr(align(128))]
+pub struct WorkerMetrics {
+    pub accepted: Meter,
+    pub active: Meter,
+    pub tunnels: Meter,
+    upgrades: [Meter; 4],
+    /// Responses by status, 100..=599.
+    responses: Box<[Meter]>,
+    /// Bytes relayed: [client->upstream, upstream->client].
+    pub bytes: [Meter; 2],
+    tunnel_buckets: [Meter; TUNNEL_SECONDS.len()],
+    tunnel_count: Meter,
+    tunnel_micros: Meter,
+}
+
+impl Default for WorkerMetrics {
+    fn default() -> Self {
+        WorkerMetrics {
+            accepted: Meter::default(),
+            active: Meter::default(),
+            tunnels: Meter::default(),
+            upgrades: Default::default(),
+            responses: (100..600).map(|_| Meter::default()).collect(),
+            bytes: Default::default(),
+            tunnel_buckets: Default::default(),
+            tunnel_count: Meter::default(),
+            tunnel_micros: Meter::default(),
+        }
+    }
+}
+
+impl WorkerMetrics {
+    pub fn upgrade(&self, outcome: Upgrade) {
+        self.upgrades[outcome as usize].add(1);
+    }
+
+    /// Counts a response sent to a client, by status.
+    pub fn response(&self, status: u16) {
+        if let Some(cell) = self.responses.get(usize::from(status).wrapping_sub(100)) {
+            cell.add(1);
+        }
+    }
+
+    pub fn tunnel_ended(&self, lasted: Duration) {
+        let secs = lasted.as_secs_f64();
+        for (bound, bucket) in TUNNEL_SECONDS.iter().zip(&self.tunnel_buckets) {
+            if secs <= *bound {
+                bucket.add(1);
+            }
+        }
+        self.tunnel_count.add(1);
+        self.tunnel_micros.add(lasted.as_micros() as u64);
+    }
+}
+
+/// Every worker's counters plus the few process-wide ones.
+#[derive(Debug)]
+pub struct Metrics {
+    pub workers: Vec<WorkerMetrics>,
+    /// Failed connects by upstream server; only written on failure, so a lock is fine.
+    connect_failures: Mutex<BTreeMap<SocketAddr, u64>>,
+    pub access_log_dropped: AtomicU64,
+}
+
+impl Metrics {
+    pub fn new(workers: usize) -> Self {
+        Metrics {
+            workers: (0..workers).map(|_| WorkerMetrics::default()).collect(),
+            connect_failures: Mutex::new(BTreeMap::new()),
+            access_log_dropped: AtomicU64::new(0),
+        }
+    }
+
+    pub fn connect_failed(&self, upstream: SocketAddr) {
+        let mut map = self
+            .connect_failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *map.entry(upstream).or_default() += 1;
+    }
+
+    fn sum(&self, cell: impl Fn(&WorkerMetrics) -> &Meter) -> u64 {
+        self.workers.iter().map(|w| cell(w).get()).sum()
+    }
+}
+
+/// Process-wide values that live elsewhere, passed in at scrape time.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub reloads_succeeded: u64,
+    pub reloads_failed: u64,
+    pub last_reload_unix: u64,
+    pub table_version: u64,
+    pub draining: bool,
+}
+
+/// The Prometheus text exposition (format 0.0.4) of everything.
+pub fn render(m: &Metrics, s: &Snapshot) -> String {
+    let mut out = String::with_capacity(4096);
+    header(
+        &mut out,
+        "wsplice_connections_accepted_total",
+        "counter",
+        "Client connections accepted.",
+    );
+    let _ = writeln!(
+        out,
+        "wsplice_connections_accepted_total {}",
+        m.sum(|w| &w.accepted)
+    );
+    header(
+        &mut out,
+        "wsplice_connections_active",
+        "gauge",
+        "Client connections open now.",
+    );
+    let _ = writeln!(out, "wsplice_connections_active {}", m.sum(|w| &w.active));
+
+    header(
+        &mut out,
+        "wsplice_upgrades_total",
+        "counter",
+        "Upgrade requests by outcome.",
+    );
+    for outcome in Upgrade::ALL {
+        let n = m.sum(|w| &w.upgrades[outcome as usize]);
+        let _ = writeln!(
+            out,
+            "wsplice_upgrades_total{{outcome=\"{}\"}} {n}",
+            outcome.label()
+        );
+    }
+
+    header(
+        &mut out,
+        "wsplice_responses_total",
+        "counter",
+        "Responses sent to clients, by HTTP status.",
+    );
+    for (i, status) in (100u16..600).enumerate() {
+        let n = m.sum(|w| &w.responses[i]);
+        if n > 0 {
+            let _ = writeln!(out, "wsplice_responses_total{{status=\"{status}\"}} {n}");
+        }
+    }
+
+    header(
+        &mut out,
+        "wsplice_upstream_connect_failures_total",
+        "counter",
+        "Failed connects (refused, timed out, ...) by upstream server.",
+    );
+    let failures = m
+        .connect_failures
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    for (upstream, n) in failures {
+        let _ = writeln!(
+            out,
+            "wsplice_upstream_connect_failures_total{{upstream=\"{upstream}\"}} {n}"
+        );
+    }
+
+    header(
+        &mut out,
+        "wsplice_relayed_bytes_total",
+        "counter",
+        "Bytes relayed after the handshake, by direction.",
+    );
+    for (i, direction) in [CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT].iter().enumerate() {
+        let n = m.sum(|w| &w.bytes[i]);
+        let _ = writeln!(
+            out,
+            "wsplice_relayed_bytes_total{{direction=\"{direction}\"}} {n}"
+        );
+    }
+
+    header(
+        &mut out,
+        "wsplice_tunnel_duration_seconds",
+        "histogram",
+        "How long closed tunnels were open.",
+    );
+    for (i, bound) in TUNNEL_SECONDS.iter().enumerate() {
+        let n = m.sum(|w| &w.tunnel_buckets[i]);
+        let _ = writeln!(
+            out,
+            "wsplice_tunnel_duration_seconds_bucket{{le=\"{bound}\"}} {n}"
+        );
+    }
+    let count = m.sum(|w| &w.tunnel_count);
+    let _ = writeln!(
+        out,
+        "wsplice_tunnel_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+    );
+    let _ = writeln!(
+        out,
+        "wsplice_tunnel_duration_seconds_sum {}",
+        m.sum(|w| &w.tunnel_micros) as f64 / 1e6
+    );
+    let _ = writeln!(out, "wsplice_tunnel_duration_seconds_count {count}");
+
+    header(
+        &mut out,
+        "wsplice_tunnels_active",
+        "gauge",
+        "Tunnels open now, by worker.",
+    );
+    for (i, w) in m.workers.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "wsplice_tunnels_active{{worker=\"{i}\"}} {}",
+            w.tunnels.get()
+        );
+    }
+
+    header(
+        &mut out,
+        "wsplice_upstream_reloads_total",
+        "counter",
+        "Upstream file reloads by result.",
+    );
+    let _ = writeln!(
+        out,
+        "wsplice_upstream_reloads_total{{result=\"success\"}} {}",
+        s.reloads_succeeded
+    );
+    let _ = writeln!(
+        out,
+        "wsplice_upstream_reloads_total{{result=\"failure\"}} {}",
+        s.reloads_failed
+    );
+    header(
+        &mut out,
+        "wsplice_upstream_last_reload_success_timestamp_seconds",
+        "gauge",
+        "Unix time the upstream table in use was loaded.",
+    );
+    let _ = writeln!(
+        out,
+        "wsplice_upstream_last_reload_success_timestamp_seconds {}",
+        s.last_reload_unix
+    );
+    header(
+        &mut out,
+        "wsplice_upstream_table_version",
+        "gauge",
+        "Version of the upstream table in use (1 at start, +1 per accepted reload).",
+    );
+    let _ = writeln!(out, "wsplice_upstream_table_version {}", s.table_version);
+
+    header(
+        &mut out,
+        "wsplice_access_log_dropped_total",
+        "counter",
+        "Access log lines dropped because the writer fell behind.",
+    );
+    let _ = writeln!(
+        out,
+        "wsplice_access_log_dropped_total {}",
+        m.access_log_dropped.load(Ordering::Relaxed)
+    );
+    header(
+        &mut out,
+        "wsplice_draining",
+        "gauge",
+        "1 while stopping (draining open connections), else 0.",
+    );
+    let _ = writeln!(out, "wsplice_draining {}", u8::from(s.draining));
+    out
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
