@@ -19,6 +19,7 @@ pub mod deadline;
 pub mod fdlimit;
 pub mod handshake;
 pub mod listener;
+pub mod notify;
 pub mod proxy;
 pub mod relay;
 pub mod reload;

@@ -15,7 +15,7 @@ use tracing::info;
 use crate::config::Config;
 use crate::upstream::UpstreamTable;
 use crate::worker::{self, Shared};
-use crate::{cpus, fdlimit, listener, reload};
+use crate::{cpus, fdlimit, listener, notify, reload};
 
 /// Why wsplice could not start (exit code 2).
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +97,7 @@ pub fn run(config: Config, table: UpstreamTable) -> Result<(), StartError> {
         for addr in &bound {
             info!("listening on {addr} with {workers} workers");
         }
+        notify::ready(&bound);
         info!("upstreams: {}", reload::summarize(&shared.table.load()));
 
         let signal_name = loop {
