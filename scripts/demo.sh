@@ -35,7 +35,11 @@ target/release/examples/ws_send ws://127.0.0.1:8080/websocket "hello through wsp
 cat <<'MSG'
 
 wsplice is proxying ws://127.0.0.1:8080/websocket to the demo upstreams (round robin).
-In another terminal, paste:
+
+Open http://127.0.0.1:8080/demo in a browser: the page comes through wsplice, opens a
+WebSocket back through it, and shows each echo with its round-trip time.
+
+Or, in another terminal, paste:
 
     target/release/examples/ws_send ws://127.0.0.1:8080/websocket "your message"
 

@@ -25,6 +25,7 @@ pub mod fdlimit;
 pub mod handshake;
 pub mod listener;
 pub mod metrics;
+pub mod notify;
 pub mod proxy;
 pub mod relay;
 pub mod reload;

@@ -13,17 +13,30 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// A thread-per-core io_uring WebSocket reverse proxy.
 ///
-/// Signals: SIGHUP reloads the upstream file (a bad file is refused and the old table kept);
-/// SIGTERM or SIGINT stops.
+/// Runs until stopped, serving the routes of the config file; logs go to stderr.
 ///
-/// Exit codes: 0 clean stop or valid config; 1 invalid config or upstream file; 2 cannot start.
+/// Signals:
+///   SIGHUP           reload the upstream file: new connections use the new table, open ones
+///                    keep their upstream; a file with a mistake is refused (logged with
+///                    file:line) and the old table stays
+///   SIGTERM, SIGINT  stop accepting, let open connections finish for up to timeouts.drain,
+///                    then exit 0; a second signal stops at once
+///
+/// Environment:
+///   RUST_LOG         log filter (default info; debug logs one line per connection)
+///   NOTIFY_SOCKET    set by systemd for Type=notify: wsplice sends READY=1 once every worker
+///                    listens, and STOPPING=1 when a stop begins
+///
+/// Exit codes: 0 clean stop or valid config; 1 invalid config or upstream file; 2 cannot start
+/// (address in use, io_uring unavailable, open-files limit too low, ...).
 #[derive(Parser)]
-#[command(version, about, long_about)]
+#[command(version, about, long_about, verbatim_doc_comment)]
 struct Cli {
-    /// The main config file (TOML).
+    /// The main config file (TOML); its `upstreams` path is relative to it.
     #[arg(long, short, default_value = "config/wsplice.toml")]
     config: PathBuf,
-    /// Validate the config and the upstream file, then exit 0 (valid) or 1 (invalid).
+    /// Validate the config and the upstream file, print a summary, then exit 0 (valid) or 1
+    /// (invalid, with FILE:LINE: field: what is wrong). Starts nothing.
     #[arg(long)]
     check: bool,
 }

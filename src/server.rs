@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::reload::{ReloadStats, Trigger};
 use crate::upstream::UpstreamTable;
 use crate::worker::{self, Shared};
-use crate::{admin, cpus, fdlimit, listener, reload};
+use crate::{admin, cpus, fdlimit, listener, notify, reload};
 
 /// Why wsplice could not start (exit code 2).
 #[derive(Debug, thiserror::Error)]
@@ -114,10 +114,11 @@ pub fn run(config: Config, table: UpstreamTable) -> Result<(), StartError> {
         }
         info!("upstreams: {}", reload::summarize(&shared.table.load()));
         if let Some(addr) = shared.config.admin {
-            let bound = admin::spawn(addr, shared.clone())
+            let admin = admin::spawn(addr, shared.clone())
                 .map_err(|source| StartError::Bind { addr, source })?;
-            info!("admin endpoint on http://{bound} (/metrics, /healthz)");
+            info!("admin endpoint on http://{admin} (/metrics, /healthz)");
         }
+        notify::ready(&bound);
 
         let signal_name = loop {
             tokio::select! {

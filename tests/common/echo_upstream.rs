@@ -1,6 +1,7 @@
 //! A WebSocket echo upstream built on tokio-tungstenite, shared by the tests and the demo
 //! (`examples/demo_upstream.rs`). It also answers plain HTTP: `GET /headers` returns the
-//! request head it received, a request with a body gets the body back, anything else a
+//! request head it received, a request with a body gets the body back, `GET /` and `GET /demo`
+//! the demo page (`demo.html`: a WebSocket client that runs in a browser), anything else a
 //! greeting naming the upstream.
 
 use std::net::SocketAddr;
@@ -13,6 +14,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
+
+/// The demo page; `{{upstream}}` becomes the address of the upstream that served it.
+const DEMO_PAGE: &str = include_str!("demo.html");
 
 /// What an echo upstream has seen.
 #[derive(Debug, Default)]
@@ -109,15 +113,20 @@ async fn serve(mut stream: TcpStream, me: SocketAddr, seen: Arc<Seen>) -> std::i
         }
     }
     seen.requests.fetch_add(1, Ordering::Relaxed);
-    let reply: Vec<u8> = if path == "/headers" {
-        head.into_bytes()
+    let page = method == "GET" && matches!(path.split('?').next(), Some("/" | "/demo"));
+    let (content_type, reply): (&str, Vec<u8>) = if path == "/headers" {
+        ("text/plain", head.into_bytes())
     } else if !body.is_empty() {
-        body
+        ("text/plain", body)
+    } else if page {
+        let html = DEMO_PAGE.replace("{{upstream}}", &me.to_string());
+        ("text/html; charset=utf-8", html.into_bytes())
     } else {
-        format!("hello from upstream {me}: {method} {path}\n").into_bytes()
+        let greeting = format!("hello from upstream {me}: {method} {path}\n");
+        ("text/plain", greeting.into_bytes())
     };
     let response_head = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Upstream: {me}\r\nConnection: keep-alive\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nX-Upstream: {me}\r\nConnection: keep-alive\r\n\r\n",
         reply.len()
     );
     stream.write_all(response_head.as_bytes()).await?;
