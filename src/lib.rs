@@ -10,6 +10,8 @@
 //!   ([`connect`]) -> response head -> tunnel after a `101` only.
 //! - [`relay`]: the two byte pumps with half-close and idle timeout, over [`buffers`].
 //! - [`deadline`]: timeouts that never drop a pending io_uring read.
+//! - [`websocket`]: the RFC 6455 key and accept checks; no tunnel opens without them.
+//! - [`spare_fd`]: a descriptor in reserve, so a process out of them still answers 503.
 
 pub mod buffers;
 pub mod config;
@@ -23,5 +25,7 @@ pub mod proxy;
 pub mod relay;
 pub mod reload;
 pub mod server;
+pub mod spare_fd;
 pub mod upstream;
+pub mod websocket;
 pub mod worker;
