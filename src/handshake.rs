@@ -467,8 +467,10 @@ pub fn parse_response<'h, 'b>(
         Ok(httparse::Status::Partial) => return Ok(Parsed::Incomplete),
         Err(e) => return Err(HandshakeError::BadResponse(httparse_reason(e))),
     };
-    let Some(status) = resp.code else {
-        return Err(HandshakeError::BadResponse("no status code"));
+    // httparse reads any three digits, `050` too; a status below 100 has no meaning and
+    // would be passed on as an invalid two-digit status line.
+    let Some(status) = resp.code.filter(|code| *code >= 100) else {
+        return Err(HandshakeError::BadResponse("invalid status code"));
     };
     Ok(Parsed::Complete(ResponseHead {
         status,

@@ -150,8 +150,7 @@ async fn accept_loop(
                     );
                     last_fd_warning = Some(Instant::now());
                 }
-                // The spare's descriptor takes one waiting client, to tell it 503; without a
-                // spare, clients wait in the backlog until a connection closes.
+                // The spare's descriptor takes one waiting client, to tell it 503.
                 if spare.release()
                     && let Ok((client, peer)) = listener.accept().await
                 {
@@ -162,7 +161,12 @@ async fn accept_loop(
                         proxy::reject(&client, err, &mut scratch, proxy::SHORT_LINGER).await;
                     });
                 }
-                if !spare.restore() {
+                // The next free descriptor goes to the spare, not to an accept that would
+                // hand it to a client we could not serve; meanwhile clients wait in the backlog.
+                while !spare.restore() {
+                    if ctx.shared.stopping.load(Ordering::SeqCst) {
+                        return;
+                    }
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }

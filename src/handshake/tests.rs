@@ -705,6 +705,10 @@ fn rejects_invalid_response() {
         &b"HTTP/1.1 abc OK\r\n\r\n"[..],
         b"SSH-2.0-OpenSSH_9.6\r\n\r\n",
         b"HTTP/1.1 101 Switching Protocols\r\nBad Header\r\n\r\n",
+        // Found by the response_head fuzz target: `050` was read as 50 and passed on as
+        // the invalid status line `HTTP/1.1 50 `.
+        b"HTTP/1.1 050 x\r\n\r\n",
+        b"HTTP/1.1 000 x\r\n\r\n",
     ] {
         assert!(
             matches!(closing(head), Err(HandshakeError::BadResponse(_))),
