@@ -5,9 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wsplice::handshake::{
-    Body, ClientInfo, HandshakeError, MAX_HEADERS, Parsed, parse_request,
-};
+use wsplice::handshake::{Body, ClientInfo, HandshakeError, MAX_HEADERS, Parsed, parse_request};
 
 /// Head length, upgrade, body and the rewritten head, owned.
 type Outcome = (usize, Option<Vec<u8>>, Body, Vec<u8>);
@@ -55,13 +53,19 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(again.body, body);
                 let again_upgrade = again.upgrade.map(<[u8]>::to_vec);
                 // A listed protocol is only an offer to the parser; WebSocket must survive.
-                if upgrade.as_deref().is_some_and(|u| u.eq_ignore_ascii_case(b"websocket")) {
+                if upgrade
+                    .as_deref()
+                    .is_some_and(|u| u.eq_ignore_ascii_case(b"websocket"))
+                {
                     assert_eq!(again_upgrade, upgrade);
                 } else {
                     assert_eq!(again_upgrade, None);
                 }
             }
-            other => panic!("rewrite {:?} does not parse: {other:?}", String::from_utf8_lossy(&out)),
+            other => panic!(
+                "rewrite {:?} does not parse: {other:?}",
+                String::from_utf8_lossy(&out)
+            ),
         }
     }
 });

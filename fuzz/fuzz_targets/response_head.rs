@@ -32,7 +32,14 @@ fn outcome(buf: &[u8]) -> Result<Parsed<Outcome>, HandshakeError> {
             assert!(!(websocket.is_ok() && h2c));
             let mut out = Vec::new();
             head.write_closing(&mut out);
-            Parsed::Complete((head.status, head.len, websocket.is_ok(), h2c, head.body_len(), out))
+            Parsed::Complete((
+                head.status,
+                head.len,
+                websocket.is_ok(),
+                h2c,
+                head.body_len(),
+                out,
+            ))
         }
     })
 }
@@ -55,12 +62,16 @@ fuzz_target!(|data: &[u8]| {
             Ok(Parsed::Complete(again)) => {
                 assert_eq!(again.status, status);
                 assert_eq!(again.len, out.len());
-                let closes = again.headers.iter().any(|h| {
-                    h.name.eq_ignore_ascii_case("connection") && h.value == b"close"
-                });
+                let closes = again
+                    .headers
+                    .iter()
+                    .any(|h| h.name.eq_ignore_ascii_case("connection") && h.value == b"close");
                 assert!(closes);
             }
-            other => panic!("closing rewrite {:?} does not parse: {other:?}", String::from_utf8_lossy(&out)),
+            other => panic!(
+                "closing rewrite {:?} does not parse: {other:?}",
+                String::from_utf8_lossy(&out)
+            ),
         }
     }
 });
