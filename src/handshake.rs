@@ -1,5 +1,6 @@
-//! Sans-IO HTTP/1.1 preamble handling: parse the client's request head and rewrite it for the
-//! upstream the way the nginx WebSocket recipe does, and parse the upstream's response head.
+//! Sans-IO HTTP/1.1 preamble handling: parse the client's request head strictly (RFC 9112, and
+//! RFC 6455 for an upgrade), rewrite it for the upstream the way the nginx WebSocket recipe
+//! does, and parse the upstream's response head.
 //! No I/O and no allocation beyond the output buffer, so it is unit-tested and benched directly.
 
 use std::io::Write;

@@ -7,14 +7,20 @@ use super::HandshakeError;
 /// Every line of the head ends in CRLF. httparse already refuses a bare CR (and NUL and the
 /// other control characters); a bare LF it takes as a line end.
 pub(super) fn check_line_endings(head: &[u8]) -> Result<(), HandshakeError> {
-    let mut previous = 0u8;
-    for &b in head {
-        if b == b'\n' && previous != b'\r' {
-            return Err(HandshakeError::Malformed("bare LF line ending"));
-        }
-        previous = b;
+    // Every byte against the one before it, without an early exit, so it vectorizes.
+    let bare_lf = head.first() == Some(&b'\n')
+        || head
+            .iter()
+            .skip(1)
+            .zip(head)
+            .fold(false, |found, (&b, &before)| {
+                found | (b == b'\n' && before != b'\r')
+            });
+    if bare_lf {
+        Err(HandshakeError::Malformed("bare LF line ending"))
+    } else {
+        Ok(())
     }
-    Ok(())
 }
 
 /// The request target is visible ASCII in origin form (`/path`), absolute form
