@@ -113,6 +113,8 @@ struct RawLimits {
 struct RawRoute {
     path: Spanned<String>,
     upstream: Spanned<String>,
+    #[serde(default)]
+    extra_upgrades: Vec<Spanned<String>>,
 }
 
 /// Timeouts; `None` means the operator disabled it with `"0s"`.
@@ -138,6 +140,9 @@ pub struct Route {
     pub upstream: String,
     /// Line of the route in the config file, so upstream-file errors can point back at it.
     pub line: usize,
+    /// Upgrade protocols besides `websocket` that may be tunnelled on this route (e.g. `h2c`);
+    /// any other offered upgrade is stripped and the request goes up as a plain one.
+    pub extra_upgrades: Vec<String>,
 }
 
 /// Routes sorted longest prefix first, so the first match is the longest.
@@ -353,10 +358,13 @@ impl Config {
                     "route.upstream: needs a group name from the upstream file".into(),
                 ));
             }
+            let extra_upgrades = parse_extra_upgrades(&route.extra_upgrades)
+                .map_err(|(offset, msg)| err(offset, msg))?;
             routes.push(Route {
                 path: p.clone(),
                 upstream: group.clone(),
                 line,
+                extra_upgrades,
             });
         }
 
@@ -395,6 +403,42 @@ fn parse_timeout(
             ),
         )),
     }
+}
+
+/// `route.extra_upgrades`: protocol names as `Upgrade` carries them (a token, optionally
+/// `/version`), each once; `websocket` is always allowed and is not listed.
+fn parse_extra_upgrades(list: &[Spanned<String>]) -> Result<Vec<String>, FieldError> {
+    let mut out: Vec<String> = Vec::with_capacity(list.len());
+    for entry in list {
+        let token = entry.get_ref();
+        let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        let valid = match token.split_once('/') {
+            Some((name, version)) => {
+                !name.is_empty()
+                    && !version.is_empty()
+                    && name.chars().all(is_tchar)
+                    && version.chars().all(is_tchar)
+            }
+            None => !token.is_empty() && token.chars().all(is_tchar),
+        };
+        let problem = if !valid {
+            Some("is not a protocol name; write e.g. \"h2c\"")
+        } else if token.eq_ignore_ascii_case("websocket") {
+            Some("is always allowed; list only other protocols")
+        } else if out.iter().any(|t| t.eq_ignore_ascii_case(token)) {
+            Some("is listed twice")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err((
+                entry.span().start,
+                format!("route.extra_upgrades: {token:?} {problem}"),
+            ));
+        }
+        out.push(token.clone());
+    }
+    Ok(out)
 }
 
 fn parse_limit(

@@ -1,9 +1,14 @@
-//! Sans-IO HTTP/1.1 preamble handling: parse the client's request head and rewrite it for the
-//! upstream the way the nginx WebSocket recipe does, and parse the upstream's response head.
+//! Sans-IO HTTP/1.1 preamble handling: parse the client's request head strictly (RFC 9112, and
+//! RFC 6455 for an upgrade), rewrite it for the upstream the way the nginx WebSocket recipe
+//! does, and parse the upstream's response head.
 //! No I/O and no allocation beyond the output buffer, so it is unit-tested and benched directly.
 
 use std::io::Write;
 use std::net::SocketAddr;
+
+use crate::websocket;
+
+mod strict;
 
 /// Header fields allowed in one head; more is answered with 431.
 pub const MAX_HEADERS: usize = 100;
@@ -38,6 +43,12 @@ pub enum HandshakeError {
     ResponseTimeout,
     #[error("over limits.max_connections")]
     Overloaded,
+    #[error("out of file descriptors")]
+    OutOfFiles,
+    #[error("WebSocket upgrade without Sec-WebSocket-Version: 13")]
+    UnsupportedVersion,
+    #[error("upstream answered 101 without a valid switch: {0}")]
+    BadSwitch(&'static str),
 }
 
 macro_rules! error_response {
@@ -64,8 +75,11 @@ impl HandshakeError {
             HandshakeError::NoRoute => 404,
             HandshakeError::HeadTimeout => 408,
             HandshakeError::HeadTooLarge | HandshakeError::TooManyHeaders => 431,
-            HandshakeError::UpstreamFailed | HandshakeError::BadResponse(_) => 502,
-            HandshakeError::Overloaded => 503,
+            HandshakeError::UnsupportedVersion => 426,
+            HandshakeError::UpstreamFailed
+            | HandshakeError::BadResponse(_)
+            | HandshakeError::BadSwitch(_) => 502,
+            HandshakeError::Overloaded | HandshakeError::OutOfFiles => 503,
             HandshakeError::UpstreamTimeout | HandshakeError::ResponseTimeout => 504,
         }
     }
@@ -76,6 +90,13 @@ impl HandshakeError {
             400 => error_response!("400", "Bad Request", "12", "bad request\n"),
             404 => error_response!("404", "Not Found", "23", "no route for this path\n"),
             408 => error_response!("408", "Request Timeout", "22", "request head too slow\n"),
+            // RFC 6455 section 4.4: the versions the server speaks, in the refusal.
+            426 => concat!(
+                "HTTP/1.1 426 Upgrade Required\r\nSec-WebSocket-Version: 13\r\n",
+                "Content-Type: text/plain\r\nContent-Length: 33\r\nConnection: close\r\n\r\n",
+                "WebSocket version 13 is required\n"
+            )
+            .as_bytes(),
             431 => error_response!(
                 "431",
                 "Request Header Fields Too Large",
@@ -113,13 +134,36 @@ pub struct RequestHead<'h, 'b> {
     pub headers: &'h [httparse::Header<'b>],
     /// Length of the head in the buffer, terminating blank line included.
     pub len: usize,
-    /// The `Upgrade` value, when `Connection` also asks for an upgrade.
+    /// The protocol to switch to, as the client wrote it: `websocket` for a checked WebSocket
+    /// handshake, or a token the route lists (see [`RequestHead::allow_upgrade`]).
     pub upgrade: Option<&'b [u8]>,
+    /// The client's `Sec-WebSocket-Key`, for a WebSocket handshake.
+    pub websocket_key: Option<&'b [u8]>,
     pub host: Option<&'b [u8]>,
     pub body: Body,
+    /// `Connection: upgrade` with an `Upgrade` that is not `websocket`: dropped unless the
+    /// route lists one of its tokens.
+    other_upgrade: bool,
 }
 
-/// Parses the client's request head at the start of `buf`.
+/// What the header fields of a request said, gathered in one pass.
+#[derive(Default)]
+struct Fields<'b> {
+    host: Option<&'b [u8]>,
+    connection_upgrade: bool,
+    upgrade_offered: bool,
+    websocket: Option<&'b [u8]>,
+    content_length: Option<u64>,
+    transfer_encoding: bool,
+    chunked: bool,
+    keys: usize,
+    key: Option<&'b [u8]>,
+    versions: usize,
+    version: Option<&'b [u8]>,
+}
+
+/// Parses the client's request head at the start of `buf`, strictly (RFC 9112): what a
+/// lenient parser would read one way and the upstream another is refused, never guessed at.
 pub fn parse_request<'h, 'b>(
     buf: &'b [u8],
     headers: &'h mut [httparse::Header<'b>],
@@ -135,49 +179,84 @@ pub fn parse_request<'h, 'b>(
         return Err(HandshakeError::Malformed("incomplete request line"));
     };
     let headers: &'h [httparse::Header<'b>] = req.headers;
+    strict::check_line_endings(&buf[..len])?;
+    strict::check_target(method, target)?;
 
-    let mut host = None;
-    let mut upgrade_value = None;
-    let mut connection_upgrade = false;
-    let mut content_length: Option<u64> = None;
-    let mut transfer_encoding = false;
-    let mut chunked = false;
+    let mut f = Fields::default();
     for h in headers {
         let name = h.name;
         if name.eq_ignore_ascii_case("host") {
-            if host.is_some() {
+            if f.host.is_some() {
                 return Err(HandshakeError::Malformed("more than one Host header"));
             }
-            host = Some(h.value);
+            f.host = Some(h.value);
         } else if name.eq_ignore_ascii_case("upgrade") {
-            upgrade_value = Some(h.value);
+            for token in tokens(h.value) {
+                f.upgrade_offered = true;
+                if token.eq_ignore_ascii_case(b"websocket") {
+                    f.websocket = Some(token);
+                }
+            }
         } else if name.eq_ignore_ascii_case("connection") {
-            connection_upgrade |= tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"upgrade"));
+            f.connection_upgrade |= tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"upgrade"));
         } else if name.eq_ignore_ascii_case("content-length") {
             let n = parse_content_length(h.value)?;
-            if content_length.is_some_and(|prev| prev != n) {
+            if f.content_length.is_some_and(|prev| prev != n) {
                 return Err(HandshakeError::Malformed(
                     "conflicting Content-Length headers",
                 ));
             }
-            content_length = Some(n);
+            f.content_length = Some(n);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            transfer_encoding = true;
-            chunked = tokens(h.value)
-                .last()
-                .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+            f.transfer_encoding = true;
+            let mut codings = 0;
+            for coding in tokens(h.value) {
+                // Chunked must be applied once, last (RFC 9112 section 6.1).
+                if f.chunked {
+                    return Err(HandshakeError::Malformed(
+                        "Transfer-Encoding does not end in chunked",
+                    ));
+                }
+                f.chunked = coding.eq_ignore_ascii_case(b"chunked");
+                codings += 1;
+            }
+            if codings == 0 {
+                return Err(HandshakeError::Malformed(
+                    "Transfer-Encoding does not end in chunked",
+                ));
+            }
+        } else if name.eq_ignore_ascii_case("sec-websocket-key") {
+            f.keys += 1;
+            f.key = Some(trim(h.value));
+        } else if name.eq_ignore_ascii_case("sec-websocket-version") {
+            f.versions += 1;
+            f.version = Some(trim(h.value));
         }
     }
-    if version == 1 && host.is_none_or(|h| h.is_empty()) {
-        return Err(HandshakeError::Malformed("HTTP/1.1 request without Host"));
+    match f.host {
+        Some(host) if !strict::is_valid_host(trim(host)) => {
+            return Err(HandshakeError::Malformed("invalid Host"));
+        }
+        Some(host) if version == 1 && trim(host).is_empty() => {
+            return Err(HandshakeError::Malformed("HTTP/1.1 request without Host"));
+        }
+        None if version == 1 => {
+            return Err(HandshakeError::Malformed("HTTP/1.1 request without Host"));
+        }
+        _ => {}
     }
-    let body = match (transfer_encoding, content_length) {
+    let body = match (f.transfer_encoding, f.content_length) {
+        (true, _) if version == 0 => {
+            return Err(HandshakeError::Malformed(
+                "Transfer-Encoding in an HTTP/1.0 request",
+            ));
+        }
         (true, Some(_)) => {
             return Err(HandshakeError::Malformed(
                 "both Content-Length and Transfer-Encoding",
             ));
         }
-        (true, None) if !chunked => {
+        (true, None) if !f.chunked => {
             return Err(HandshakeError::Malformed(
                 "Transfer-Encoding does not end in chunked",
             ));
@@ -186,20 +265,84 @@ pub fn parse_request<'h, 'b>(
         (false, Some(0)) | (false, None) => Body::None,
         (false, Some(n)) => Body::Length(n),
     };
-    let upgrade = upgrade_value.filter(|v| connection_upgrade && !v.is_empty());
+    let websocket_key = match f.websocket {
+        Some(_) => Some(check_websocket(method, version, body, &f)?),
+        None => None,
+    };
 
     Ok(Parsed::Complete(RequestHead {
         method,
         target,
         headers,
         len,
-        upgrade,
-        host,
+        upgrade: f.websocket,
+        websocket_key,
+        host: f.host,
         body,
+        other_upgrade: version == 1
+            && f.websocket.is_none()
+            && f.upgrade_offered
+            && f.connection_upgrade,
     }))
 }
 
-impl RequestHead<'_, '_> {
+/// RFC 6455 section 4.1, for a request that offers `websocket`: returns the key.
+fn check_websocket<'b>(
+    method: &str,
+    version: u8,
+    body: Body,
+    f: &Fields<'b>,
+) -> Result<&'b [u8], HandshakeError> {
+    if method != "GET" {
+        return Err(HandshakeError::Malformed(
+            "WebSocket upgrade with a method other than GET",
+        ));
+    }
+    if version != 1 {
+        return Err(HandshakeError::Malformed("WebSocket upgrade over HTTP/1.0"));
+    }
+    if !f.connection_upgrade {
+        return Err(HandshakeError::Malformed(
+            "Upgrade: websocket without Connection: upgrade",
+        ));
+    }
+    if body != Body::None {
+        return Err(HandshakeError::Malformed("WebSocket upgrade with a body"));
+    }
+    let key = match f.key {
+        Some(key) if f.keys == 1 && websocket::is_valid_key(key) => key,
+        _ => {
+            return Err(HandshakeError::Malformed(
+                "Sec-WebSocket-Key missing, repeated, or not base64 of 16 bytes",
+            ));
+        }
+    };
+    if f.versions != 1 || f.version != Some(websocket::VERSION) {
+        return Err(HandshakeError::UnsupportedVersion);
+    }
+    Ok(key)
+}
+
+impl<'b> RequestHead<'_, 'b> {
+    /// Lets an upgrade to another protocol than WebSocket through when the route lists one of
+    /// the tokens the client offered (`extra`, case-insensitive) and the request has no body;
+    /// otherwise its `Upgrade` stays stripped and the request goes up as a plain one.
+    pub fn allow_upgrade<S: AsRef<str>>(&mut self, extra: &[S]) {
+        if !self.other_upgrade || self.body != Body::None || extra.is_empty() {
+            return;
+        }
+        self.upgrade = self
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("upgrade"))
+            .flat_map(|h| tokens(h.value))
+            .find(|t| {
+                extra
+                    .iter()
+                    .any(|e| t.eq_ignore_ascii_case(e.as_ref().as_bytes()))
+            });
+    }
+
     /// The path part of the target, for routing; absolute-form targets are reduced to it.
     pub fn path(&self) -> &[u8] {
         let target = self.target.as_bytes();
@@ -272,7 +415,8 @@ impl RequestHead<'_, '_> {
     }
 
     /// Hop-by-hop headers, the ones `Connection` names, and the ones the proxy sets itself.
-    /// Host and the body's framing headers are never dropped: the body follows verbatim.
+    /// Host, the body's framing headers and the WebSocket key and version are never dropped:
+    /// the body follows verbatim, and the upstream's `101` is checked against that key.
     fn is_dropped(&self, name: &str) -> bool {
         const DROPPED: [&str; 7] = [
             "connection",
@@ -283,7 +427,13 @@ impl RequestHead<'_, '_> {
             "x-real-ip",
             "x-forwarded-proto",
         ];
-        const KEPT: [&str; 3] = ["host", "content-length", "transfer-encoding"];
+        const KEPT: [&str; 5] = [
+            "host",
+            "content-length",
+            "transfer-encoding",
+            "sec-websocket-key",
+            "sec-websocket-version",
+        ];
         if DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d)) {
             return true;
         }
@@ -318,8 +468,10 @@ pub fn parse_response<'h, 'b>(
         Ok(httparse::Status::Partial) => return Ok(Parsed::Incomplete),
         Err(e) => return Err(HandshakeError::BadResponse(httparse_reason(e))),
     };
-    let Some(status) = resp.code else {
-        return Err(HandshakeError::BadResponse("no status code"));
+    // httparse reads any three digits, `050` too; a status below 100 has no meaning and
+    // would be passed on as an invalid two-digit status line.
+    let Some(status) = resp.code.filter(|code| *code >= 100) else {
+        return Err(HandshakeError::BadResponse("invalid status code"));
     };
     Ok(Parsed::Complete(ResponseHead {
         status,
@@ -346,6 +498,31 @@ impl ResponseHead<'_, '_> {
     }
 }
 
+impl ResponseHead<'_, '_> {
+    /// The length of the body that follows this head, when the head alone tells it for a
+    /// response to a GET: none for 1xx, 204 and 304, else a valid `Content-Length` without
+    /// `Transfer-Encoding`. `None`: only the upstream's close ends the body.
+    pub fn body_len(&self) -> Option<u64> {
+        if (100..200).contains(&self.status) || self.status == 204 || self.status == 304 {
+            return Some(0);
+        }
+        let mut len = None;
+        for h in self.headers {
+            if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                return None;
+            }
+            if h.name.eq_ignore_ascii_case("content-length") {
+                let n = parse_content_length(h.value).ok()?;
+                if len.is_some_and(|prev| prev != n) {
+                    return None;
+                }
+                len = Some(n);
+            }
+        }
+        len
+    }
+}
+
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -354,14 +531,14 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// Comma-separated list elements of a header value, trimmed, empty ones skipped.
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
         .split(|&b| b == b',')
         .map(trim)
         .filter(|t| !t.is_empty())
 }
 
-fn trim(v: &[u8]) -> &[u8] {
+pub(crate) fn trim(v: &[u8]) -> &[u8] {
     let start = v.iter().position(|b| !b.is_ascii_whitespace());
     let end = v.iter().rposition(|b| !b.is_ascii_whitespace());
     match (start, end) {

@@ -12,6 +12,8 @@
 //! - [`deadline`]: timeouts that never drop a pending io_uring read.
 //! - [`metrics`] (per-worker counters), served by [`admin`] with `/healthz`; [`access_log`]
 //!   writes one line per connection from its own thread.
+//! - [`websocket`]: the RFC 6455 key and accept checks; no tunnel opens without them.
+//! - [`spare_fd`]: a descriptor in reserve, so a process out of them still answers 503.
 
 pub mod access_log;
 pub mod admin;
@@ -30,5 +32,7 @@ pub mod proxy;
 pub mod relay;
 pub mod reload;
 pub mod server;
+pub mod spare_fd;
 pub mod upstream;
+pub mod websocket;
 pub mod worker;

@@ -4,7 +4,7 @@
 
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
@@ -16,14 +16,26 @@ use crate::handshake::{
     Body, ClientInfo, HandshakeError, MAX_HEADERS, Parsed, parse_request, parse_response,
 };
 use crate::relay::{self, Activity, Peer, Report, Side};
+use crate::websocket::{self, Accept, Expected};
 use crate::worker::WorkerContext;
 
 /// What the request head told us.
 struct Request {
     head_len: usize,
-    upgrade: bool,
+    /// For an upgrade: what the upstream's `101` must switch to.
+    upgrade: Option<Switch>,
     route: usize,
     body: Body,
+}
+
+#[derive(Clone, Copy)]
+enum Switch {
+    WebSocket(Accept),
+    /// `extra_upgrades[token]` of route `route`.
+    Listed {
+        route: usize,
+        token: usize,
+    },
 }
 
 /// How a connection that got past the handshake ended.
@@ -42,7 +54,8 @@ pub async fn serve(ctx: Rc<WorkerContext>, client: TcpStream, info: ClientInfo) 
     let started = Instant::now();
     let _ = client.set_nodelay(true);
     let mut a = ctx.pool.get();
-    let mut b = ctx.pool.get();
+    // Taken from the pool once the head is complete, so a slow client holds one buffer.
+    let mut b = Vec::new();
     match proxy(&ctx, &client, &info, &mut a, &mut b).await {
         Ok(Done::ClientLeft) => {
             debug!(client = %info.peer, "client closed before a complete request head")
@@ -67,16 +80,26 @@ pub async fn serve(ctx: Rc<WorkerContext>, client: TcpStream, info: ClientInfo) 
             } else {
                 info!(client = %info.peer, status = e.status(), "{e}");
             }
-            reject(&client, e, &mut a).await;
+            reject(&client, e, &mut a, LINGER).await;
         }
     }
     ctx.pool.put(a);
     ctx.pool.put(b);
 }
 
-/// Answers `err` and closes. Reads what the client still sends for a moment first, so that
-/// closing with unread bytes does not reset the connection before the answer is read.
-pub async fn reject(client: &TcpStream, err: HandshakeError, scratch: &mut Vec<u8>) {
+/// How long an answered client may go on sending before the connection is closed anyway.
+pub const LINGER: Duration = Duration::from_secs(1);
+/// The same when the process is out of descriptors and each one is wanted back soon.
+pub const SHORT_LINGER: Duration = Duration::from_millis(100);
+
+/// Answers `err` and closes. Reads what the client still sends for up to `linger` first, so
+/// that closing with unread bytes does not reset the connection before the answer is read.
+pub async fn reject(
+    client: &TcpStream,
+    err: HandshakeError,
+    scratch: &mut Vec<u8>,
+    linger: Duration,
+) {
     let (res, _) = client.write_all(err.response()).await;
     if res.is_err() {
         return;
@@ -95,7 +118,7 @@ pub async fn reject(client: &TcpStream, err: HandshakeError, scratch: &mut Vec<u
             }
         }
     };
-    with_deadline(Some(std::time::Duration::from_secs(1)), drain, || {
+    with_deadline(Some(linger), drain, || {
         let _ = client.shutdown(Shutdown::Read);
     })
     .await;
@@ -130,7 +153,7 @@ async fn proxy(
     drop(table);
 
     let (sent, body_left) = match request.body {
-        _ if request.upgrade => (0, 0),
+        _ if request.upgrade.is_some() => (0, 0),
         Body::None => (0, 0),
         Body::Length(n) => {
             let early = (req.len() - request.head_len) as u64;
@@ -148,8 +171,14 @@ async fn proxy(
         res.map_err(|_| HandshakeError::UpstreamFailed)?;
     }
 
-    if request.upgrade {
-        upgrade(ctx, client, &upstream, addr, request.head_len, req, out).await
+    if let Some(switch) = request.upgrade {
+        let (status, report) =
+            upgrade(ctx, client, &upstream, switch, request.head_len, req, out).await?;
+        Ok(Done::Relayed {
+            upstream: addr,
+            status,
+            report,
+        })
     } else {
         respond(ctx, client, &upstream, addr, body_left, req, out).await
     }
@@ -178,7 +207,7 @@ async fn read_request(
             Ok(_) => {}
         }
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let head = match parse_request(req, &mut headers)? {
+        let mut head = match parse_request(req, &mut headers)? {
             Parsed::Incomplete => continue,
             Parsed::Complete(head) => head,
         };
@@ -189,11 +218,24 @@ async fn read_request(
             .routes
             .find(head.path())
             .ok_or(HandshakeError::NoRoute)?;
+        let extra = &config.routes.get(route).extra_upgrades;
+        head.allow_upgrade(extra);
+        let upgrade = match (head.websocket_key, head.upgrade) {
+            (Some(key), _) => Some(Switch::WebSocket(Accept::for_key(key))),
+            (None, Some(token)) => extra
+                .iter()
+                .position(|e| token.eq_ignore_ascii_case(e.as_bytes()))
+                .map(|token| Switch::Listed { route, token }),
+            (None, None) => None,
+        };
+        if out.capacity() == 0 {
+            *out = ctx.pool.get();
+        }
         out.clear();
         head.write_upstream(info, out);
         return Ok(Some(Request {
             head_len: head.len,
-            upgrade: head.upgrade.is_some(),
+            upgrade,
             route,
             body: head.body,
         }));
@@ -250,43 +292,44 @@ async fn await_response(
     }
 }
 
-/// An upgrade request: tunnel after a `101`, otherwise pass the refusal and close. Client bytes
-/// that came with the head are held until the `101`, and never sent after a refusal.
+/// An upgrade request: tunnel after a `101` that completes the switch the client asked for,
+/// pass any other answer on and close. Client bytes that came with the head are held until
+/// then, and never sent after a refusal or a `101` that does not prove the upstream switched.
 async fn upgrade(
     ctx: &WorkerContext,
     client: &TcpStream,
     upstream: &TcpStream,
-    addr: SocketAddr,
+    switch: Switch,
     head_len: usize,
     req: &mut Vec<u8>,
     resp: &mut Vec<u8>,
-) -> Result<Done, HandshakeError> {
+) -> Result<(u16, Report), HandshakeError> {
+    let expected = match switch {
+        Switch::WebSocket(accept) => Expected::WebSocket(accept),
+        Switch::Listed { route, token } => {
+            Expected::Protocol(&ctx.shared.config.routes.get(route).extra_upgrades[token])
+        }
+    };
     resp.clear();
     let (status, resp_len) = await_response(ctx, upstream, resp).await?;
     if status != 101 {
         req.clear();
-        write_closing_head(resp, resp_len, req);
+        // The refusal ends with its body, so a keep-alive upstream cannot hold the client.
+        let body_left = write_closing_head(resp, resp_len, req, true);
         let (res, b) = client.write_all(std::mem::take(req)).await;
         *req = b;
         let report = match res {
-            Ok(()) => relay_response(ctx, client, upstream, resp).await,
+            Ok(()) => relay_response(ctx, client, upstream, resp, body_left).await,
             Err(source) => failed_report(Side::Client, source),
         };
-        return Ok(Done::Relayed {
-            upstream: addr,
-            status,
-            report,
-        });
+        return Ok((status, report));
     }
+    check_switch(&resp[..resp_len], &expected)?;
 
     let (res, b) = client.write_all(std::mem::take(resp)).await;
     *resp = b;
     if let Err(source) = res {
-        return Ok(Done::Relayed {
-            upstream: addr,
-            status,
-            report: failed_report(Side::Client, source),
-        });
+        return Ok((status, failed_report(Side::Client, source)));
     }
     if req.len() > head_len {
         let (res, slice) = upstream
@@ -294,19 +337,11 @@ async fn upgrade(
             .await;
         *req = slice.into_inner();
         if let Err(source) = res {
-            return Ok(Done::Relayed {
-                upstream: addr,
-                status,
-                report: failed_report(Side::Upstream, source),
-            });
+            return Ok((status, failed_report(Side::Upstream, source)));
         }
     }
     let report = relay::tunnel(client, upstream, ctx.relay()).await;
-    Ok(Done::Relayed {
-        upstream: addr,
-        status,
-        report,
-    })
+    Ok((status, report))
 }
 
 /// A plain request: the rest of the body flows up while the response head is awaited, then
@@ -383,6 +418,11 @@ async fn response_down(
     resp.clear();
     let (status, len) = loop {
         let (status, len) = await_response(ctx, upstream, resp).await?;
+        if status == 101 {
+            return Err(HandshakeError::BadSwitch(
+                "101 to a request that asked for no upgrade",
+            ));
+        }
         if !(100..200).contains(&status) {
             break (status, len);
         }
@@ -395,7 +435,8 @@ async fn response_down(
         resp.drain(..len);
     };
     let mut head = ctx.pool.get();
-    write_closing_head(resp, len, &mut head);
+    // A plain request's upstream was told to close: its close ends the response.
+    write_closing_head(resp, len, &mut head, false);
     let (res, head) = client.write_all(head).await;
     ctx.pool.put(head);
     if let Err(source) = res {
@@ -419,12 +460,14 @@ async fn response_down(
     Ok((status, down))
 }
 
-/// Relays the rest of a response to the client after its head was passed on.
+/// Relays the rest of a response (at most `body_left` bytes) to the client after its head
+/// was passed on.
 async fn relay_response(
     ctx: &WorkerContext,
     client: &TcpStream,
     upstream: &TcpStream,
     resp: &mut Vec<u8>,
+    body_left: u64,
 ) -> Report {
     let activity = Activity::default();
     let down = async {
@@ -438,7 +481,7 @@ async fn relay_response(
                 side: Side::Client,
             },
             resp,
-            u64::MAX,
+            body_left,
             &activity,
             &ctx.metrics().bytes[1],
         )
@@ -451,14 +494,33 @@ async fn relay_response(
     relay::report(Ok(0), down, idled)
 }
 
-/// Writes the response head in `resp[..len]`, made connection-closing, then the bytes that
-/// followed it, into `out`.
-fn write_closing_head(resp: &[u8], len: usize, out: &mut Vec<u8>) {
+/// Writes the response head in `resp[..len]`, made connection-closing, then what followed it
+/// into `out`. When `bounded` and the head gives the body's length, only up to the end of the
+/// body. Returns how many body bytes are still to come (`u64::MAX`: until the upstream closes).
+fn write_closing_head(resp: &[u8], len: usize, out: &mut Vec<u8>, bounded: bool) -> u64 {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut body = u64::MAX;
     if let Ok(Parsed::Complete(head)) = parse_response(&resp[..len], &mut headers) {
         head.write_closing(out);
+        if bounded {
+            body = head.body_len().unwrap_or(u64::MAX);
+        }
     }
-    out.extend_from_slice(&resp[len..]);
+    let after = &resp[len..];
+    let sent = usize::try_from(body).map_or(after.len(), |b| b.min(after.len()));
+    out.extend_from_slice(&after[..sent]);
+    body.saturating_sub(sent as u64)
+}
+
+/// Checks an upstream's `101` head against the switch the client asked for.
+fn check_switch(head: &[u8], expected: &Expected<'_>) -> Result<(), HandshakeError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match parse_response(head, &mut headers)? {
+        Parsed::Complete(head) => {
+            websocket::check_switch(head.headers, expected).map_err(HandshakeError::BadSwitch)
+        }
+        Parsed::Incomplete => Err(HandshakeError::BadResponse("incomplete response head")),
+    }
 }
 
 fn failed_report(side: Side, source: std::io::Error) -> Report {

@@ -171,6 +171,7 @@ async fn accept_loop(
 ) {
     let max = ctx.shared.config.limits.max_connections;
     let mut last_fd_warning: Option<Instant> = None;
+    let mut spare = crate::spare_fd::SpareFd::open();
     loop {
         match listener.accept().await {
             Ok((client, peer)) => {
@@ -179,7 +180,8 @@ async fn accept_loop(
                     tokio_uring::spawn(async move {
                         warn!(client = %peer, "503: over limits.max_connections ({max})");
                         let mut scratch = Vec::with_capacity(1024);
-                        proxy::reject(&client, HandshakeError::Overloaded, &mut scratch).await;
+                        let err = HandshakeError::Overloaded;
+                        proxy::reject(&client, err, &mut scratch, proxy::LINGER).await;
                         drop(slot);
                     });
                     continue;
@@ -194,13 +196,31 @@ async fn accept_loop(
             Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                 if last_fd_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                     error!(
-                        "out of file descriptors ({e}): {} connections open, open-files limit {}; new clients wait in the backlog. Lower limits.max_connections or raise the limit (ulimit -n / LimitNOFILE)",
+                        "out of file descriptors ({e}): {} connections open, open-files limit {}; new clients get 503. Lower limits.max_connections or raise the limit (ulimit -n / LimitNOFILE)",
                         ctx.shared.active.load(Ordering::Relaxed),
                         crate::fdlimit::current().unwrap_or(0)
                     );
                     last_fd_warning = Some(Instant::now());
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // The spare's descriptor takes one waiting client, to tell it 503.
+                if spare.release()
+                    && let Ok((client, peer)) = listener.accept().await
+                {
+                    tokio_uring::spawn(async move {
+                        warn!(client = %peer, "503: out of file descriptors");
+                        let mut scratch = Vec::with_capacity(1024);
+                        let err = HandshakeError::OutOfFiles;
+                        proxy::reject(&client, err, &mut scratch, proxy::SHORT_LINGER).await;
+                    });
+                }
+                // The next free descriptor goes to the spare, not to an accept that would
+                // hand it to a client we could not serve; meanwhile clients wait in the backlog.
+                while !spare.restore() {
+                    if ctx.shared.stopping.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
             }
             Err(e) => {
                 warn!(listen = %local, "accept failed: {e}");

@@ -98,6 +98,7 @@ fn minimal_config_gets_defaults() {
             path: "/websocket".into(),
             upstream: "backend".into(),
             line: 5,
+            extra_upgrades: Vec::new(),
         }
     );
 }
@@ -633,6 +634,7 @@ fn routes(paths: &[&str]) -> Routes {
                 path: (*p).into(),
                 upstream: format!("g{i}"),
                 line: i + 1,
+                extra_upgrades: Vec::new(),
             })
             .collect(),
     )
@@ -717,4 +719,29 @@ fn rejects_bad_health_settings() {
         3,
         "backend.fail_timeout: \"soon\" is not a positive duration",
     );
+}
+
+#[test]
+fn extra_upgrades_are_read_per_route() {
+    let text = format!(
+        "{MAIN}extra_upgrades = [\"h2c\", \"foo/1.0\"]\n\n[[route]]\npath = \"/\"\nupstream = \"backend\"\n"
+    );
+    let config = parse(&text).unwrap();
+    let by_path = |p: &str| config.routes.iter().find(|r| r.path == p).unwrap();
+    assert_eq!(by_path("/websocket").extra_upgrades, ["h2c", "foo/1.0"]);
+    assert!(by_path("/").extra_upgrades.is_empty());
+}
+
+#[test]
+fn rejects_invalid_extra_upgrades() {
+    for (list, phrase) in [
+        ("[\"h2 c\"]", "\"h2 c\" is not a protocol name"),
+        ("[\"\"]", "\"\" is not a protocol name"),
+        ("[\"h2c/\"]", "\"h2c/\" is not a protocol name"),
+        ("[\"WebSocket\"]", "\"WebSocket\" is always allowed"),
+        ("[\"h2c\", \"H2C\"]", "\"H2C\" is listed twice"),
+    ] {
+        let text = format!("{MAIN}extra_upgrades = {list}\n");
+        assert_config_error(&text, 7, phrase);
+    }
 }

@@ -3,7 +3,10 @@
 #![allow(dead_code)]
 
 pub mod echo_upstream;
+pub mod limited;
 pub mod raw_upstream;
+pub mod record_upstream;
+pub mod refused;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

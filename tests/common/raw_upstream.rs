@@ -40,9 +40,8 @@ where
     addr
 }
 
-/// A bare `101` (no Sec-WebSocket-Accept check is needed by the tunnel).
-pub const SWITCHING: &[u8] =
-    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+/// The `101` for [`super::upgrade_request`]: its accept value is that of the key there.
+pub const SWITCHING: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
 
 /// Answers `101`, then echoes raw bytes until the client's end of stream, then closes.
 pub async fn raw_echo(mut stream: TcpStream, rest: Vec<u8>) {

@@ -1,0 +1,71 @@
+//! Any bytes as a client's request head: `parse_request`, routing's `path`, the per-route
+//! upgrade allowance and the upstream rewrite never panic; a head reads the same however
+//! it is split across reads; and what is written upstream is a head the parser accepts
+//! with the same upgrade and body.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use wsplice::handshake::{Body, ClientInfo, HandshakeError, MAX_HEADERS, Parsed, parse_request};
+
+/// Head length, upgrade, body and the rewritten head, owned.
+type Outcome = (usize, Option<Vec<u8>>, Body, Vec<u8>);
+
+fn outcome(buf: &[u8]) -> Result<Parsed<Outcome>, HandshakeError> {
+    let client = ClientInfo {
+        peer: "[2001:db8::7]:51234".parse().unwrap(),
+        local: "127.0.0.1:8080".parse().unwrap(),
+    };
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    Ok(match parse_request(buf, &mut headers)? {
+        Parsed::Incomplete => Parsed::Incomplete,
+        Parsed::Complete(mut head) => {
+            assert!(head.len <= buf.len());
+            let path = head.path();
+            assert!(path.starts_with(b"/") || path == b"*", "{path:?}");
+            head.allow_upgrade(&["h2c", "foo/1"]);
+            let mut out = Vec::new();
+            head.write_upstream(&client, &mut out);
+            Parsed::Complete((head.len, head.upgrade.map(<[u8]>::to_vec), head.body, out))
+        }
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let whole = outcome(data);
+
+    // A few split points rather than all: the fuzzer's speed matters more per input.
+    let n = data.len();
+    for cut in [n.saturating_sub(1), n / 2, n / 3, n / 7] {
+        if cut < n {
+            let part = outcome(&data[..cut]);
+            assert!(
+                part == Ok(Parsed::Incomplete) || part == whole,
+                "split at {cut}: {part:?} vs {whole:?}"
+            );
+        }
+    }
+
+    if let Ok(Parsed::Complete((_, upgrade, body, out))) = whole {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS + 8];
+        match parse_request(&out, &mut headers) {
+            Ok(Parsed::Complete(again)) => {
+                assert_eq!(again.len, out.len());
+                assert_eq!(again.body, body);
+                let again_upgrade = again.upgrade.map(<[u8]>::to_vec);
+                // A listed protocol is only an offer to the parser; WebSocket must survive.
+                if upgrade
+                    .as_deref()
+                    .is_some_and(|u| u.eq_ignore_ascii_case(b"websocket"))
+                {
+                    assert_eq!(again_upgrade, upgrade);
+                } else {
+                    assert_eq!(again_upgrade, None);
+                }
+            }
+            other => panic!(
+                "rewrite {:?} does not parse: {other:?}",
+                String::from_utf8_lossy(&out)
+            ),
+        }
+    }
+});

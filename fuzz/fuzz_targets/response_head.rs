@@ -1,0 +1,77 @@
+//! Any bytes as an upstream's response head: `parse_response`, the `101` check, the body
+//! length and the closing rewrite never panic; a head reads the same however it is split;
+//! a `101` passes the WebSocket check only with the one right accept value; and the closing
+//! rewrite is itself a valid response head with the same status.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use wsplice::handshake::{HandshakeError, MAX_HEADERS, Parsed, parse_response};
+use wsplice::websocket::{Accept, Expected, check_switch};
+
+const KEY: &[u8] = b"dGhlIHNhbXBsZSBub25jZQ==";
+
+/// Status, head length, WebSocket check, h2c check, body length, closing rewrite.
+type Outcome = (u16, usize, bool, bool, Option<u64>, Vec<u8>);
+
+fn outcome(buf: &[u8]) -> Result<Parsed<Outcome>, HandshakeError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    Ok(match parse_response(buf, &mut headers)? {
+        Parsed::Incomplete => Parsed::Incomplete,
+        Parsed::Complete(head) => {
+            let websocket = check_switch(head.headers, &Expected::WebSocket(Accept::for_key(KEY)));
+            if websocket.is_ok() {
+                let accepts: Vec<&[u8]> = head
+                    .headers
+                    .iter()
+                    .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-accept"))
+                    .map(|h| h.value.trim_ascii())
+                    .collect();
+                assert_eq!(accepts, [&b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="[..]]);
+            }
+            let h2c = check_switch(head.headers, &Expected::Protocol("h2c")).is_ok();
+            assert!(!(websocket.is_ok() && h2c));
+            let mut out = Vec::new();
+            head.write_closing(&mut out);
+            Parsed::Complete((
+                head.status,
+                head.len,
+                websocket.is_ok(),
+                h2c,
+                head.body_len(),
+                out,
+            ))
+        }
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let whole = outcome(data);
+    let n = data.len();
+    for cut in [n.saturating_sub(1), n / 2, n / 3, n / 7] {
+        if cut < n {
+            let part = outcome(&data[..cut]);
+            assert!(
+                part == Ok(Parsed::Incomplete) || part == whole,
+                "split at {cut}: {part:?} vs {whole:?}"
+            );
+        }
+    }
+    if let Ok(Parsed::Complete((status, _, _, _, _, out))) = whole {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS + 1];
+        match parse_response(&out, &mut headers) {
+            Ok(Parsed::Complete(again)) => {
+                assert_eq!(again.status, status);
+                assert_eq!(again.len, out.len());
+                let closes = again
+                    .headers
+                    .iter()
+                    .any(|h| h.name.eq_ignore_ascii_case("connection") && h.value == b"close");
+                assert!(closes);
+            }
+            other => panic!(
+                "closing rewrite {:?} does not parse: {other:?}",
+                String::from_utf8_lossy(&out)
+            ),
+        }
+    }
+});
