@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 /// Largest weight a server may have; keeps the precomputed cycle small.
 pub const MAX_WEIGHT: u32 = 1000;
+/// Most servers in one group.
+pub const MAX_SERVERS: usize = 256;
 
 /// Passive health settings of one group (nginx `max_fails`, `fail_timeout`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +53,10 @@ impl Balancer {
     /// `servers` with their weights (1..=MAX_WEIGHT); panics on an empty list (the loader
     /// refuses empty groups first).
     pub fn new(servers: Vec<(SocketAddr, u32)>, health: Health) -> Self {
-        assert!(!servers.is_empty(), "a group needs at least one server");
+        assert!(
+            (1..=MAX_SERVERS).contains(&servers.len()),
+            "a group needs 1 to {MAX_SERVERS} servers"
+        );
         let weights: Vec<u32> = servers.iter().map(|(_, w)| (*w).max(1)).collect();
         Balancer {
             cycle: smooth_cycle(&weights),
@@ -77,20 +82,22 @@ impl Balancer {
 
     /// The servers to try for one connection, as (index, address): the weighted round-robin
     /// choice first, then the rest in group order, servers marked down last (they are tried
-    /// anyway rather than refusing without trying).
+    /// anyway rather than refusing without trying). Health is read once, up front, so a
+    /// server marked down during the walk is not tried twice.
     pub fn pick(&self) -> impl Iterator<Item = (usize, SocketAddr)> + '_ {
         let n = self.servers.len();
         let tick = self.next.fetch_add(1, Ordering::Relaxed);
         let start = self.cycle[tick % self.cycle.len()] as usize;
         let now = now_ms();
+        let mut down = [0u64; MAX_SERVERS / 64];
+        for i in (0..n).filter(|&i| !self.is_up(i, now)) {
+            down[i / 64] |= 1 << (i % 64);
+        }
+        let is_down = move |i: usize| down[i / 64] & (1 << (i % 64)) != 0;
         let rotation = move || (0..n).map(move |i| (start + i) % n);
-        let up = rotation()
-            .filter(move |&i| self.is_up(i, now))
-            .map(|i| (i, self.servers[i]));
-        let down = rotation()
-            .filter(move |&i| !self.is_up(i, now))
-            .map(|i| (i, self.servers[i]));
-        up.chain(down)
+        let up_first = rotation().filter(move |&i| !is_down(i));
+        let down_last = rotation().filter(move |&i| is_down(i));
+        up_first.chain(down_last).map(|i| (i, self.servers[i]))
     }
 
     fn is_up(&self, index: usize, now: u64) -> bool {
@@ -246,6 +253,15 @@ mod tests {
         std::thread::sleep(Duration::from_millis(250));
         assert!(!b.is_down(0));
         assert_eq!(firsts(&b, 2).iter().filter(|&&p| p == 1).count(), 1);
+    }
+
+    #[test]
+    fn a_server_marked_down_during_a_walk_is_not_tried_twice() {
+        let b = Balancer::new(vec![(addr(1), 1)], Health::default());
+        let mut walk = b.pick();
+        let (first, _) = walk.next().unwrap();
+        assert!(b.record_failure(first));
+        assert_eq!(walk.next(), None);
     }
 
     #[test]

@@ -277,6 +277,7 @@ impl Config {
             })?),
         };
         if let Some(admin) = admin
+            && admin.port() != 0
             && listen.contains(&admin)
         {
             return Err(err(

@@ -18,6 +18,7 @@ use tracing::warn;
 
 use crate::deadline::with_deadline;
 use crate::handshake::HandshakeError;
+use crate::metrics::Metrics;
 use crate::upstream::Group;
 
 /// Why one connect attempt failed.
@@ -96,6 +97,7 @@ pub async fn connect(
 pub async fn connect_group(
     group: &Group,
     timeout: Option<std::time::Duration>,
+    metrics: &Metrics,
 ) -> Result<(TcpStream, SocketAddr), HandshakeError> {
     let mut all_timed_out = true;
     for (index, addr) in group.balancer.pick() {
@@ -106,6 +108,7 @@ pub async fn connect_group(
             }
             Err(e) => {
                 all_timed_out &= matches!(e, ConnectError::TimedOut);
+                metrics.connect_failed(addr);
                 warn!(upstream = %addr, group = %group.name, "connect failed: {e}");
                 if group.balancer.record_failure(index) {
                     let health = group.balancer.health();

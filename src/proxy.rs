@@ -10,14 +10,16 @@ use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 use tracing::{debug, info, warn};
 
+use crate::access_log;
 use crate::connect::connect_group;
 use crate::deadline::with_deadline;
 use crate::handshake::{
     Body, ClientInfo, HandshakeError, MAX_HEADERS, Parsed, parse_request, parse_response,
 };
+use crate::metrics::Upgrade;
 use crate::relay::{self, Activity, Peer, Report, Side};
 use crate::websocket::{self, Accept, Expected};
-use crate::worker::WorkerContext;
+use crate::worker::{Slot, WorkerContext};
 
 /// What the request head told us.
 struct Request {
@@ -42,49 +44,198 @@ enum Switch {
 enum Done {
     /// The client closed before sending a whole head; nothing to answer.
     ClientLeft,
-    Relayed {
-        upstream: SocketAddr,
-        status: u16,
-        report: Report,
+    /// A response was relayed (a plain request, or a refused upgrade) and the exchange is over.
+    Relayed { status: u16, report: Report },
+    /// The upstream switched protocols: the tunnel takes both streams. `early` counts the
+    /// bytes that came with the heads [client->upstream, upstream->client], already relayed.
+    Switched {
+        upstream: TcpStream,
+        early: [u64; 2],
     },
 }
 
-/// Serves one accepted client connection to its end.
-pub async fn serve(ctx: Rc<WorkerContext>, client: TcpStream, info: ClientInfo) {
+/// What the access log and the metrics learn about a connection on the way.
+#[derive(Debug, Default)]
+struct Trace {
+    route: Option<usize>,
+    upstream: Option<SocketAddr>,
+    upgrade: bool,
+}
+
+/// Serves one accepted client connection: the handshake here, then either the end of the
+/// exchange or a tunnel task of its own. `slot` is its place under `max_connections`.
+pub async fn serve(ctx: Rc<WorkerContext>, client: TcpStream, info: ClientInfo, slot: Slot) {
     let started = Instant::now();
     let _ = client.set_nodelay(true);
     let mut a = ctx.pool.get();
     // Taken from the pool once the head is complete, so a slow client holds one buffer.
     let mut b = Vec::new();
-    match proxy(&ctx, &client, &info, &mut a, &mut b).await {
-        Ok(Done::ClientLeft) => {
-            debug!(client = %info.peer, "client closed before a complete request head")
+    let mut trace = Trace::default();
+    let outcome = proxy(&ctx, &client, &info, &mut a, &mut b, &mut trace).await;
+    let metrics = ctx.metrics();
+    let (status, report) = match outcome {
+        Ok(Done::Switched { upstream, early }) => {
+            ctx.pool.put(a);
+            ctx.pool.put(b);
+            metrics.response(101);
+            metrics.upgrade(Upgrade::Tunnelled);
+            let end = Closing {
+                info,
+                trace,
+                started,
+                slot: Some(slot),
+            };
+            // Its own task, so an open tunnel keeps only its small state, not the handshake's.
+            tokio_uring::spawn(run_tunnel(ctx, client, upstream, early, end));
+            return;
         }
-        Ok(Done::Relayed {
-            upstream,
-            status,
-            report,
-        }) => debug!(
-            client = %info.peer,
-            %upstream,
-            status,
-            client_to_upstream = report.client_to_upstream,
-            upstream_to_client = report.upstream_to_client,
-            duration_ms = started.elapsed().as_millis() as u64,
-            end = %report.end,
-            "connection closed"
-        ),
+        Ok(Done::ClientLeft) => {
+            debug!(client = %info.peer, "client closed before a complete request head");
+            (0, None)
+        }
+        Ok(Done::Relayed { status, report }) => {
+            if trace.upgrade {
+                metrics.upgrade(Upgrade::Refused);
+            }
+            (status, Some(report))
+        }
         Err(e) => {
             if e.status() >= 500 {
                 warn!(client = %info.peer, status = e.status(), "{e}");
             } else {
                 info!(client = %info.peer, status = e.status(), "{e}");
             }
+            if trace.upgrade || asked_for_upgrade(&a) {
+                metrics.upgrade(
+                    if trace.upstream.is_some() || e.status() == 502 || e.status() == 504 {
+                        Upgrade::UpstreamFailed
+                    } else {
+                        Upgrade::Rejected
+                    },
+                );
+            }
             reject(&client, e, &mut a, LINGER).await;
+            (e.status(), None)
         }
+    };
+    if status != 0 {
+        metrics.response(status);
     }
+    let end = Closing {
+        info,
+        trace,
+        started,
+        slot: Some(slot),
+    };
+    end.log(&ctx, status, report.as_ref());
     ctx.pool.put(a);
     ctx.pool.put(b);
+}
+
+/// What is known when a connection closes, for its log line.
+struct Closing {
+    info: ClientInfo,
+    trace: Trace,
+    started: Instant,
+    /// Released when the connection's last task ends (none when turned away out of fds).
+    #[allow(dead_code)]
+    slot: Option<Slot>,
+}
+
+impl Closing {
+    fn log(&self, ctx: &WorkerContext, status: u16, report: Option<&Report>) {
+        let (up, down) = report.map_or((0, 0), |r| (r.client_to_upstream, r.upstream_to_client));
+        let end = report.map_or_else(
+            || {
+                if status == 0 {
+                    "client left".to_string()
+                } else {
+                    "answered by wsplice".to_string()
+                }
+            },
+            |r| r.end.to_string(),
+        );
+        let route = self
+            .trace
+            .route
+            .map_or("-", |r| ctx.shared.config.routes.get(r).path.as_str());
+        debug!(
+            client = %self.info.peer,
+            route,
+            upstream = ?self.trace.upstream,
+            status,
+            client_to_upstream = up,
+            upstream_to_client = down,
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            end,
+            "connection closed"
+        );
+        if let Some(log) = &ctx.shared.access_log {
+            let entry = access_log::Entry {
+                client: self.info.peer,
+                route,
+                upstream: self.trace.upstream,
+                status,
+                client_to_upstream: up,
+                upstream_to_client: down,
+                duration: self.started.elapsed(),
+                end: &end,
+            };
+            if !log.record(&entry) {
+                ctx.shared
+                    .metrics
+                    .access_log_dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// A tunnel, from the upstream's `101` to both sides' close.
+async fn run_tunnel(
+    ctx: Rc<WorkerContext>,
+    client: TcpStream,
+    upstream: TcpStream,
+    early: [u64; 2],
+    end: Closing,
+) {
+    let opened = Instant::now();
+    ctx.metrics().tunnels.add(1);
+    let mut report = relay::tunnel(&client, &upstream, ctx.relay()).await;
+    report.client_to_upstream += early[0];
+    report.upstream_to_client += early[1];
+    ctx.metrics().tunnels.sub(1);
+    ctx.metrics().tunnel_ended(opened.elapsed());
+    end.log(&ctx, 101, Some(&report));
+}
+
+/// Turns a client away before reading anything (over the connection limit, out of
+/// descriptors): answered, counted and logged like any other refusal.
+pub async fn turn_away(
+    ctx: Rc<WorkerContext>,
+    client: TcpStream,
+    info: ClientInfo,
+    err: HandshakeError,
+    linger: Duration,
+    slot: Option<Slot>,
+) {
+    warn!(client = %info.peer, "{}: {err}", err.status());
+    let mut scratch = Vec::with_capacity(1024);
+    reject(&client, err, &mut scratch, linger).await;
+    ctx.metrics().response(err.status());
+    let end = Closing {
+        info,
+        trace: Trace::default(),
+        started: Instant::now(),
+        slot,
+    };
+    end.log(&ctx, err.status(), None);
+}
+
+/// Whether a head that could not be served asked for an upgrade (for the upgrade metrics).
+fn asked_for_upgrade(head: &[u8]) -> bool {
+    head.windows(10)
+        .any(|w| w[0] == b'\n' && w[1..].eq_ignore_ascii_case(b"upgrade: "))
 }
 
 /// How long an answered client may go on sending before the connection is closed anyway.
@@ -130,6 +281,7 @@ async fn proxy(
     info: &ClientInfo,
     req: &mut Vec<u8>,
     out: &mut Vec<u8>,
+    trace: &mut Trace,
 ) -> Result<Done, HandshakeError> {
     let timeouts = &ctx.shared.config.timeouts;
 
@@ -147,10 +299,13 @@ async fn proxy(
         None => return Ok(Done::ClientLeft),
     };
 
+    trace.route = Some(request.route);
+    trace.upgrade = request.upgrade.is_some();
     let table = ctx.shared.table.load_full();
     let group = table.group_for_route(request.route);
-    let (upstream, addr) = connect_group(group, timeouts.connect).await?;
+    let (upstream, addr) = connect_group(group, timeouts.connect, &ctx.shared.metrics).await?;
     drop(table);
+    trace.upstream = Some(addr);
 
     let (sent, body_left) = match request.body {
         _ if request.upgrade.is_some() => (0, 0),
@@ -171,16 +326,9 @@ async fn proxy(
         res.map_err(|_| HandshakeError::UpstreamFailed)?;
     }
 
-    if let Some(switch) = request.upgrade {
-        let (status, report) =
-            upgrade(ctx, client, &upstream, switch, request.head_len, req, out).await?;
-        Ok(Done::Relayed {
-            upstream: addr,
-            status,
-            report,
-        })
-    } else {
-        respond(ctx, client, &upstream, addr, body_left, req, out).await
+    match request.upgrade {
+        Some(switch) => upgrade(ctx, client, upstream, switch, request.head_len, req, out).await,
+        None => respond(ctx, client, &upstream, body_left, req, out).await,
     }
 }
 
@@ -292,18 +440,20 @@ async fn await_response(
     }
 }
 
-/// An upgrade request: tunnel after a `101` that completes the switch the client asked for,
-/// pass any other answer on and close. Client bytes that came with the head are held until
-/// then, and never sent after a refusal or a `101` that does not prove the upstream switched.
+/// An upgrade request: after a `101` that completes the switch the client asked for, passes
+/// it on and hands the upstream back for the tunnel; any other answer is passed on and the
+/// exchange ends. Client bytes that came with the head are held until then, and never
+/// sent after a refusal or a `101` that does not prove the upstream switched.
 async fn upgrade(
     ctx: &WorkerContext,
     client: &TcpStream,
-    upstream: &TcpStream,
+    upstream_stream: TcpStream,
     switch: Switch,
     head_len: usize,
     req: &mut Vec<u8>,
     resp: &mut Vec<u8>,
-) -> Result<(u16, Report), HandshakeError> {
+) -> Result<Done, HandshakeError> {
+    let upstream = &upstream_stream;
     let expected = match switch {
         Switch::WebSocket(accept) => Expected::WebSocket(accept),
         Switch::Listed { route, token } => {
@@ -322,26 +472,38 @@ async fn upgrade(
             Ok(()) => relay_response(ctx, client, upstream, resp, body_left).await,
             Err(source) => failed_report(Side::Client, source),
         };
-        return Ok((status, report));
+        return Ok(Done::Relayed { status, report });
     }
     check_switch(&resp[..resp_len], &expected)?;
 
+    // Bytes that came with either head are the tunnel's first bytes.
+    let early = [
+        req.len().saturating_sub(head_len) as u64,
+        (resp.len() - resp_len) as u64,
+    ];
+    let bytes = &ctx.metrics().bytes;
+    bytes[1].add(early[1]);
     let (res, b) = client.write_all(std::mem::take(resp)).await;
     *resp = b;
     if let Err(source) = res {
-        return Ok((status, failed_report(Side::Client, source)));
+        let report = failed_report(Side::Client, source);
+        return Ok(Done::Relayed { status, report });
     }
-    if req.len() > head_len {
+    if early[0] > 0 {
+        bytes[0].add(early[0]);
         let (res, slice) = upstream
             .write_all(std::mem::take(req).slice(head_len..))
             .await;
         *req = slice.into_inner();
         if let Err(source) = res {
-            return Ok((status, failed_report(Side::Upstream, source)));
+            let report = failed_report(Side::Upstream, source);
+            return Ok(Done::Relayed { status, report });
         }
     }
-    let report = relay::tunnel(client, upstream, ctx.relay()).await;
-    Ok((status, report))
+    Ok(Done::Switched {
+        upstream: upstream_stream,
+        early,
+    })
 }
 
 /// A plain request: the rest of the body flows up while the response head is awaited, then
@@ -350,7 +512,6 @@ async fn respond(
     ctx: &WorkerContext,
     client: &TcpStream,
     upstream: &TcpStream,
-    addr: SocketAddr,
     body_left: u64,
     req: &mut Vec<u8>,
     resp: &mut Vec<u8>,
@@ -389,7 +550,6 @@ async fn respond(
     .await;
     let (status, down) = down?;
     Ok(Done::Relayed {
-        upstream: addr,
         status,
         report: relay::report(up, down, idled),
     })

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::balancer::{Balancer, Health, MAX_WEIGHT};
+use crate::balancer::{Balancer, Health, MAX_SERVERS, MAX_WEIGHT};
 use crate::config::{Config, ConfigError, Routes, read_file};
 
 #[derive(Deserialize)]
@@ -61,6 +61,15 @@ impl UpstreamTable {
                     group.servers.span().start,
                     format!(
                         "{name}.servers: the group has no servers; list at least one, e.g. servers = [\"127.0.0.1:3000\"]"
+                    ),
+                ));
+            }
+            if entries.len() > MAX_SERVERS {
+                return Err(err(
+                    group.servers.span().start,
+                    format!(
+                        "{name}.servers: {} servers; a group holds at most {MAX_SERVERS}, split it",
+                        entries.len()
                     ),
                 ));
             }

@@ -176,21 +176,15 @@ async fn accept_loop(
         match listener.accept().await {
             Ok((client, peer)) => {
                 let (slot, before) = Slot::take(&ctx);
+                let info = ClientInfo { peer, local };
                 if before >= max {
-                    tokio_uring::spawn(async move {
-                        warn!(client = %peer, "503: over limits.max_connections ({max})");
-                        let mut scratch = Vec::with_capacity(1024);
-                        let err = HandshakeError::Overloaded;
-                        proxy::reject(&client, err, &mut scratch, proxy::LINGER).await;
-                        drop(slot);
-                    });
+                    let err = HandshakeError::Overloaded;
+                    let ctx = ctx.clone();
+                    let away = proxy::turn_away(ctx, client, info, err, proxy::LINGER, Some(slot));
+                    tokio_uring::spawn(away);
                     continue;
                 }
-                let ctx = ctx.clone();
-                tokio_uring::spawn(async move {
-                    proxy::serve(ctx, client, ClientInfo { peer, local }).await;
-                    drop(slot);
-                });
+                tokio_uring::spawn(proxy::serve(ctx.clone(), client, info, slot));
             }
             Err(_) if ctx.shared.stopping.load(Ordering::SeqCst) => return,
             Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
@@ -206,12 +200,11 @@ async fn accept_loop(
                 if spare.release()
                     && let Ok((client, peer)) = listener.accept().await
                 {
-                    tokio_uring::spawn(async move {
-                        warn!(client = %peer, "503: out of file descriptors");
-                        let mut scratch = Vec::with_capacity(1024);
-                        let err = HandshakeError::OutOfFiles;
-                        proxy::reject(&client, err, &mut scratch, proxy::SHORT_LINGER).await;
-                    });
+                    let info = ClientInfo { peer, local };
+                    let err = HandshakeError::OutOfFiles;
+                    let linger = proxy::SHORT_LINGER;
+                    let away = proxy::turn_away(ctx.clone(), client, info, err, linger, None);
+                    tokio_uring::spawn(away);
                 }
                 // The next free descriptor goes to the spare, not to an accept that would
                 // hand it to a client we could not serve; meanwhile clients wait in the backlog.
