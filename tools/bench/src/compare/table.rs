@@ -326,7 +326,7 @@ impl Summary {
         }
         let _ = writeln!(
             t,
-            "\nProxy CPU = utime + stime of all the proxy's processes (/proc/PID/stat) during the window, per verified echo (each crosses the proxy both ways). RSS per idle connection = (RSS of all its processes with the idle connections open - RSS before) / connections.\n"
+            "\nProxy CPU = utime + stime of all the proxy's processes during the window (read from each process's CPU-time clock: the figure /proc/PID/stat gives in 10 ms ticks, to the µs), per verified echo, each of which crosses the proxy both ways. RSS per idle connection = (RSS of all its processes, /proc/PID/statm, with the idle connections open - RSS before) / connections.\n"
         );
         let checks = self.checks();
         if !checks.is_empty() {
@@ -425,9 +425,9 @@ impl Summary {
                 r.ops,
                 r.p50_us,
                 r.p99_us,
-                opt(r.proxy_cpu_us, |v| format!("{v:.0}")),
-                opt(r.cpu_per_op(), |v| format!("{v:.3}")),
-                opt(r.cpu_percent(), |v| format!("{v:.1}")),
+                csv(r.proxy_cpu_us, 0),
+                csv(r.cpu_per_op(), 3),
+                csv(r.cpu_percent(), 1),
                 r.load_percent(),
                 r.errors,
                 r.first_error.as_deref().unwrap_or("").replace('"', "'")
@@ -461,7 +461,7 @@ impl Summary {
             c.push_str(kind.name());
             for &(_, metric) in &columns {
                 c.push(',');
-                c.push_str(&opt(self.median(kind, metric), |v| format!("{v:.3}")));
+                c.push_str(&csv(self.median(kind, metric), 3));
             }
             let _ = writeln!(c, ",{}", self.errors(kind));
         }
@@ -492,6 +492,11 @@ impl Summary {
 
 fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
     v.map_or("–".into(), f)
+}
+
+/// A CSV field: empty when not measured.
+fn csv(v: Option<f64>, decimals: usize) -> String {
+    v.map_or(String::new(), |v| format!("{v:.decimals$}"))
 }
 
 /// 12345.6 -> "12,346".
