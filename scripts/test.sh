@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README says. Installs with apt what the tests drive when it is
 # missing (Debian's chromium for tests/browser.rs, systemd-analyze for tests/packaging.rs),
-# then runs cargo test; arguments go to cargo test.
+# then runs cargo test --workspace (the proxy and the load tool); arguments go to cargo test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,4 +21,4 @@ if (( ${#missing[@]} )); then
     "${as_root[@]}" apt-get update -qq
     "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-exec cargo test "$@"
+exec cargo test --workspace "$@"

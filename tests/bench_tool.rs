@@ -1,0 +1,127 @@
+//! The load tool (tools/bench) through the real wsplice binary: rr, bulk and idle verify
+//! every echo and every byte through the proxy, and a short `compare` of direct against
+//! wsplice produces its table and CSV files with no errors.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Proxy, TestConfig, upstreams};
+use wsplice_bench::compare;
+use wsplice_bench::load::{Load, bulk, echo, idle};
+use wsplice_bench::report::{NoProbe, Report};
+use wsplice_bench::upstream::Upstream;
+
+fn load(target: std::net::SocketAddr, connections: usize) -> Load {
+    Load {
+        target,
+        connections,
+        duration: Duration::from_millis(400),
+        warmup: Duration::from_millis(100),
+    }
+}
+
+fn assert_clean(report: &Report) {
+    assert_eq!(report.errors, 0, "{report}");
+    assert!(
+        report.messages + report.bytes > 0,
+        "nothing counted: {report}"
+    );
+}
+
+#[test]
+fn rr_bulk_and_idle_through_wsplice() {
+    let up = Upstream::start("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+    let proxy = Proxy::start(&TestConfig::default(), &upstreams("backend", &[up.addr]));
+    let rt = wsplice_bench::runtime(1).unwrap();
+    rt.block_on(async {
+        let closed = echo::Pace::Closed { depth: 1 };
+        let rr = echo::run(&load(proxy.addr, 8), 64, closed, &mut NoProbe)
+            .await
+            .unwrap();
+        assert_clean(&rr);
+
+        let bulk = bulk::run(&load(proxy.addr, 2), 64 * 1024, &mut NoProbe)
+            .await
+            .unwrap();
+        assert_clean(&bulk);
+
+        let held = idle::run(
+            &load(proxy.addr, 100),
+            Duration::from_millis(100),
+            &mut NoProbe,
+        )
+        .await
+        .unwrap();
+        assert_clean(&held);
+        assert_eq!(held.messages, 100, "{held}");
+    });
+}
+
+/// The CPUs this test may run on, as a list `compare` accepts.
+fn allowed_cpus() -> String {
+    let status = std::fs::read("/proc/self/status").unwrap();
+    String::from_utf8_lossy(&status)
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn compare_direct_against_wsplice() {
+    let results = tempfile::tempdir().unwrap();
+    let cpus = allowed_cpus();
+    let args = [
+        "compare",
+        "--targets",
+        "direct,wsplice",
+        "--duration",
+        "300ms",
+        "--rounds",
+        "1",
+        "--idle",
+        "100",
+        "--idle-hold",
+        "100ms",
+        "--load-cpus",
+        &cpus,
+        "--proxy-cpus",
+        &cpus,
+        "--workers",
+        "1",
+        "--wsplice-bin",
+        common::BIN,
+        "--results",
+        results.path().to_str().unwrap(),
+    ];
+    let options = <compare::Options as clap::Parser>::try_parse_from(args).unwrap();
+    let summary = compare::run(&options).unwrap();
+
+    for run in &summary.runs {
+        assert_eq!(run.errors, 0, "{}", run.describe());
+    }
+    // Five load cells for each target, plus the idle cell for wsplice.
+    assert_eq!(summary.runs.len(), 11);
+    let table = summary.markdown();
+    assert!(
+        table.contains("| direct |") && table.contains("| wsplice |"),
+        "{table}"
+    );
+    let wsplice_rr = summary
+        .runs
+        .iter()
+        .find(|r| r.target == compare::proxies::Kind::Wsplice && r.cell == compare::Cell::Rr)
+        .unwrap();
+    assert!(wsplice_rr.value > 0.0 && wsplice_rr.cpu_per_op().unwrap() > 0.0);
+
+    let dirs: Vec<_> = std::fs::read_dir(results.path()).unwrap().collect();
+    assert_eq!(dirs.len(), 1);
+    let dir = dirs[0].as_ref().unwrap().path();
+    for file in ["table.md", "summary.csv", "runs.csv"] {
+        assert!(dir.join(file).is_file(), "{file} missing");
+    }
+    let summary_csv = String::from_utf8(std::fs::read(dir.join("summary.csv")).unwrap()).unwrap();
+    assert_eq!(summary_csv.lines().count(), 3, "{summary_csv}");
+}

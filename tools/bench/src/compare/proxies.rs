@@ -1,0 +1,414 @@
+//! The contenders: "direct" (no proxy, the ceiling), nginx with the usual WebSocket recipe,
+//! HAProxy in tunnel mode, and wsplice, each started from a generated config in its own
+//! directory, confined to the proxy CPUs, and stopped (with its children) when dropped.
+
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::CompareError;
+use super::procfs::ProcTree;
+use crate::sys;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which program sits between the client and the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Direct,
+    Nginx,
+    Haproxy,
+    Wsplice,
+}
+
+impl Kind {
+    pub fn parse(name: &str) -> Result<Kind, String> {
+        match name {
+            "direct" => Ok(Kind::Direct),
+            "nginx" => Ok(Kind::Nginx),
+            "haproxy" => Ok(Kind::Haproxy),
+            "wsplice" => Ok(Kind::Wsplice),
+            other => Err(format!(
+                "unknown target {other:?}: choose from direct, nginx, haproxy, wsplice"
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Direct => "direct",
+            Kind::Nginx => "nginx",
+            Kind::Haproxy => "haproxy",
+            Kind::Wsplice => "wsplice",
+        }
+    }
+}
+
+/// How to start the proxies.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub upstream: SocketAddr,
+    pub cpus: Vec<usize>,
+    pub workers: usize,
+    /// The open-files limit every proxy may use.
+    pub nofile: u64,
+    pub nginx: PathBuf,
+    pub haproxy: PathBuf,
+    pub wsplice: PathBuf,
+}
+
+/// A started contender: where the client connects, and the process to measure.
+#[derive(Debug)]
+pub struct Target {
+    pub kind: Kind,
+    pub addr: SocketAddr,
+    pub version: String,
+    pub process: Option<Process>,
+}
+
+/// A running proxy; dropping it stops the whole tree.
+#[derive(Debug)]
+pub struct Process {
+    child: Child,
+    pub tree: ProcTree,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Target {
+    pub fn start(kind: Kind, setup: &Setup) -> Result<Target, CompareError> {
+        if kind == Kind::Direct {
+            return Ok(Target {
+                kind,
+                addr: setup.upstream,
+                version: String::new(),
+                process: None,
+            });
+        }
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("wsplice-bench-{}-", kind.name()))
+            .tempdir()
+            .map_err(|e| CompareError::Setup(format!("temp dir: {e}")))?;
+        // nginx workers drop root privileges; let them reach their own prefix.
+        let _ = fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755));
+        let addr = free_port()?;
+        let d = dir.path();
+        let (program, args, version) = match kind {
+            Kind::Nginx => {
+                let conf = write(d, "nginx.conf", &nginx_conf(setup, addr, d))?;
+                let args = vec![
+                    "-p".into(),
+                    path_arg(d),
+                    "-c".into(),
+                    path_arg(&conf),
+                    "-e".into(),
+                    path_arg(&d.join("error.log")),
+                ];
+                (&setup.nginx, args, version_of(&setup.nginx, "-v"))
+            }
+            Kind::Haproxy => {
+                let conf = write(d, "haproxy.cfg", &haproxy_conf(setup, addr))?;
+                let args = vec!["-db".into(), "-f".into(), path_arg(&conf)];
+                (&setup.haproxy, args, version_of(&setup.haproxy, "-v"))
+            }
+            Kind::Wsplice => {
+                write(
+                    d,
+                    "upstreams.toml",
+                    &format!("[backend]\nservers = [\"{}\"]\n", setup.upstream),
+                )?;
+                let conf = write(d, "wsplice.toml", &wsplice_conf(setup, addr))?;
+                let args = vec!["--config".into(), path_arg(&conf)];
+                (
+                    &setup.wsplice,
+                    args,
+                    version_of(&setup.wsplice, "--version"),
+                )
+            }
+            Kind::Direct => unreachable!("handled above"),
+        };
+        let log = d.join("output.log");
+        let out = File::create(&log).map_err(|e| CompareError::Setup(format!("log file: {e}")))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| CompareError::Setup(format!("log file: {e}")))?;
+        let mut command = Command::new(resolve(program));
+        command
+            .args(&args)
+            .current_dir(d)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        sys::confine(&mut command, &setup.cpus);
+        let child = command.spawn().map_err(|e| {
+            CompareError::Setup(format!(
+                "cannot run {} ({e}); install it (scripts/bench.sh does) or leave {} out of --targets",
+                program.display(),
+                kind.name()
+            ))
+        })?;
+        let tree = ProcTree { root: child.id() };
+        let mut process = Process {
+            child,
+            tree,
+            log,
+            _dir: dir,
+        };
+        process.wait_ready(kind, addr)?;
+        Ok(Target {
+            kind,
+            addr,
+            version,
+            process: Some(process),
+        })
+    }
+}
+
+impl Process {
+    fn wait_ready(&mut self, kind: Kind, addr: SocketAddr) -> Result<(), CompareError> {
+        let until = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(CompareError::Setup(format!(
+                    "{} exited at start ({status}):\n{}",
+                    kind.name(),
+                    self.log_tail()
+                )));
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > until {
+                return Err(CompareError::Setup(format!(
+                    "{} does not accept on {addr} after {READY_TIMEOUT:?}:\n{}",
+                    kind.name(),
+                    self.log_tail()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The last lines the proxy wrote (its stdout and stderr).
+    pub fn log_tail(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = File::open(&self.log) {
+            let _ = f.read_to_string(&mut text);
+        }
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let pids = self.tree.pids();
+        let _ = sys::signal(self.tree.root, libc::SIGTERM);
+        let until = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < until {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Whatever is still alive (a stuck master, an orphaned worker) is killed outright.
+        for pid in pids.into_iter().rev() {
+            if fs::metadata(format!("/proc/{pid}")).is_ok() {
+                let _ = sys::signal(pid, libc::SIGKILL);
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port nothing listens on right now.
+fn free_port() -> Result<SocketAddr, CompareError> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| CompareError::Setup(format!("no free loopback port: {e}")))
+}
+
+/// A program path with a directory part made absolute (the proxy starts in its own
+/// directory); a bare name is left for the PATH lookup.
+fn resolve(program: &Path) -> PathBuf {
+    if program.components().count() > 1 {
+        fs::canonicalize(program).unwrap_or_else(|_| program.to_path_buf())
+    } else {
+        program.to_path_buf()
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> Result<PathBuf, CompareError> {
+    let path = dir.join(name);
+    fs::write(&path, text).map_err(|e| CompareError::Setup(format!("{}: {e}", path.display())))?;
+    Ok(path)
+}
+
+fn path_arg(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// The first line a program prints for its version flag (nginx prints it on stderr).
+fn version_of(program: &Path, flag: &str) -> String {
+    let output = match Command::new(program).arg(flag).output() {
+        Ok(output) => output,
+        Err(_) => return "not installed".into(),
+    };
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    text.lines().next().unwrap_or("").trim().to_string()
+}
+
+/// Connections each proxy must be able to hold: two descriptors each, plus spare.
+pub fn max_connections(nofile: u64) -> u64 {
+    (nofile.saturating_sub(200) / 2).min(9000)
+}
+
+/// The usual nginx WebSocket recipe, with `proxy_read_timeout` raised so idle tunnels stay,
+/// enough `worker_connections` (two per proxied connection), and every path in `dir`.
+pub fn nginx_conf(setup: &Setup, addr: SocketAddr, dir: &Path) -> String {
+    let d = dir.display();
+    let mut c = String::new();
+    let _ = write!(
+        c,
+        "daemon off;\nmaster_process on;\nworker_processes {};\nworker_rlimit_nofile {};\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\n",
+        setup.workers, setup.nofile
+    );
+    let _ = write!(
+        c,
+        "events {{\n    worker_connections {};\n}}\n\n",
+        setup.nofile.saturating_sub(100)
+    );
+    let _ = write!(
+        c,
+        "http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+
+    upstream backend {{
+        server {up};
+    }}
+    map $http_upgrade $connection_upgrade {{
+        default upgrade; '' close;
+    }}
+    server {{
+        listen {addr};
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Host $host;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+            proxy_read_timeout 3600s;
+        }}
+    }}
+}}
+",
+        up = setup.upstream
+    );
+    c
+}
+
+/// HAProxy in HTTP mode: a `101` turns the connection into a tunnel, kept by `timeout tunnel`.
+pub fn haproxy_conf(setup: &Setup, addr: SocketAddr) -> String {
+    let maxconn = max_connections(setup.nofile);
+    format!(
+        "global
+    maxconn {maxconn}
+    nbthread {workers}
+
+defaults
+    mode http
+    maxconn {maxconn}
+    timeout connect 5s
+    timeout client 3600s
+    timeout server 3600s
+    timeout tunnel 3600s
+
+frontend bench
+    bind {addr}
+    default_backend upstream
+
+backend upstream
+    server up {up}
+",
+        workers = setup.workers,
+        up = setup.upstream
+    )
+}
+
+pub fn wsplice_conf(setup: &Setup, addr: SocketAddr) -> String {
+    format!(
+        "listen = [\"{addr}\"]
+workers = {workers}
+upstreams = \"upstreams.toml\"
+
+[timeouts]
+idle = \"1h\"
+
+[limits]
+max_connections = {max}
+
+[[route]]
+path = \"/\"
+upstream = \"backend\"
+",
+        workers = setup.workers,
+        max = max_connections(setup.nofile)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> Setup {
+        Setup {
+            upstream: "127.0.0.1:9000".parse().unwrap(),
+            cpus: vec![1],
+            workers: 1,
+            nofile: 20000,
+            nginx: "nginx".into(),
+            haproxy: "haproxy".into(),
+            wsplice: "wsplice".into(),
+        }
+    }
+
+    #[test]
+    fn configs_carry_the_recipe_and_the_limits() {
+        let addr = "127.0.0.1:8080".parse().unwrap();
+        let nginx = nginx_conf(&setup(), addr, Path::new("/tmp/x"));
+        for line in [
+            "worker_processes 1;",
+            "worker_connections 19900;",
+            "worker_rlimit_nofile 20000;",
+            "proxy_http_version 1.1;",
+            "proxy_set_header Upgrade $http_upgrade;",
+            "proxy_set_header Connection $connection_upgrade;",
+            "proxy_read_timeout 3600s;",
+            "server 127.0.0.1:9000;",
+            "listen 127.0.0.1:8080;",
+        ] {
+            assert!(nginx.contains(line), "nginx config lacks {line}");
+        }
+        let haproxy = haproxy_conf(&setup(), addr);
+        assert!(haproxy.contains("timeout tunnel 3600s"));
+        assert!(haproxy.contains("nbthread 1"));
+        assert!(haproxy.contains("maxconn 9000"));
+        let wsplice = wsplice_conf(&setup(), addr);
+        assert!(wsplice.contains("workers = 1"));
+        assert!(wsplice.contains("max_connections = 9000"));
+    }
+}

@@ -1,0 +1,544 @@
+//! The comparison's results: every run, the medians as one markdown table (with the machine,
+//! the versions and the issue's targets checked), and CSV files for plotting.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::proxies::Kind;
+use super::{Cell, Settings};
+use crate::client::LoadError;
+use crate::report::Report;
+
+/// The machine a comparison ran on.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub kernel: String,
+    /// UTC, `YYYY-MM-DD HH:MM`.
+    pub date: String,
+    /// The 1-minute load average when the comparison started: other work on the machine
+    /// shares the CPUs the run pins to.
+    pub loadavg: String,
+}
+
+impl Machine {
+    pub fn probe() -> Machine {
+        let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpus = cpuinfo
+            .lines()
+            .filter(|l| l.starts_with("processor"))
+            .count();
+        let cpu_model = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map_or("unknown CPU".into(), |(_, m)| m.trim().to_string());
+        let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map_or("unknown".into(), |k| k.trim().to_string());
+        let loadavg = fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split_whitespace().next().map(str::to_string))
+            .unwrap_or_default();
+        Machine {
+            cpus,
+            cpu_model,
+            kernel,
+            date: utc_now(),
+            loadavg,
+        }
+    }
+}
+
+/// `YYYY-MM-DD HH:MM` in UTC (days to civil date: Howard Hinnant's algorithm).
+fn utc_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+/// One contender in one cell of one round.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub target: Kind,
+    pub cell: Cell,
+    pub round: usize,
+    /// msgs/s (rr, rate, pipe), MB/s (bulk), handshakes/s, or bytes per idle connection.
+    pub value: f64,
+    /// Messages, handshakes, bytes (bulk) or connections (idle) counted.
+    pub ops: u64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    /// The proxy's CPU time inside the window (None for direct).
+    pub proxy_cpu_us: Option<f64>,
+    /// The client's and the upstream's CPU time inside the window (this process).
+    pub load_cpu_us: f64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    window: Duration,
+}
+
+impl Run {
+    pub fn from_report(
+        target: Kind,
+        cell: Cell,
+        round: usize,
+        result: Result<Report, LoadError>,
+        proxy_cpu_us: Option<f64>,
+        window: Duration,
+    ) -> Run {
+        let mut run = Run {
+            target,
+            cell,
+            round,
+            value: 0.0,
+            ops: 0,
+            p50_us: 0.0,
+            p99_us: 0.0,
+            proxy_cpu_us,
+            load_cpu_us: 0.0,
+            errors: 0,
+            first_error: None,
+            window,
+        };
+        match result {
+            Ok(report) => {
+                run.value = if cell == Cell::Bulk {
+                    report.mb_per_second()
+                } else {
+                    report.per_second()
+                };
+                run.ops = if cell == Cell::Bulk {
+                    report.bytes
+                } else {
+                    report.messages
+                };
+                run.p50_us = report.micros(0.5);
+                run.p99_us = report.micros(0.99);
+                run.errors = report.errors;
+                run.first_error = report.first_error;
+            }
+            Err(e) => {
+                run.errors = 1;
+                run.first_error = Some(e.to_string());
+            }
+        }
+        run
+    }
+
+    /// Proxy CPU µs per message or handshake (per MB for bulk).
+    pub fn cpu_per_op(&self) -> Option<f64> {
+        let units = if self.cell == Cell::Bulk {
+            self.ops as f64 / 1e6
+        } else {
+            self.ops as f64
+        };
+        self.proxy_cpu_us
+            .filter(|_| units > 0.0)
+            .map(|cpu| cpu / units)
+    }
+
+    /// The proxy's CPU use during the window, in percent of one CPU.
+    pub fn cpu_percent(&self) -> Option<f64> {
+        self.proxy_cpu_us.map(|cpu| self.percent(cpu))
+    }
+
+    /// The client's and upstream's CPU use during the window, in percent of one CPU.
+    pub fn load_percent(&self) -> f64 {
+        self.percent(self.load_cpu_us)
+    }
+
+    fn percent(&self, cpu_us: f64) -> f64 {
+        cpu_us / self.window.as_micros().max(1) as f64 * 100.0
+    }
+
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "{} {}: {:.1}",
+            self.target.name(),
+            self.cell.name(),
+            self.value
+        );
+        if self.p99_us > 0.0 && self.cell != Cell::Idle {
+            let _ = write!(s, ", p50 {:.1} us, p99 {:.1} us", self.p50_us, self.p99_us);
+        }
+        if let (Some(per), Some(pct)) = (self.cpu_per_op(), self.cpu_percent()) {
+            let _ = write!(s, ", proxy {per:.2} CPU-us/op at {pct:.0}% CPU");
+        }
+        if self.cell != Cell::Idle {
+            let _ = write!(s, ", client+upstream {:.0}% CPU", self.load_percent());
+        }
+        if self.errors > 0 {
+            let _ = write!(
+                s,
+                ", {} ERRORS (first: {})",
+                self.errors,
+                self.first_error.as_deref().unwrap_or("?")
+            );
+        }
+        s
+    }
+}
+
+/// Everything one comparison measured.
+#[derive(Debug)]
+pub struct Summary {
+    pub machine: Machine,
+    pub settings: Settings,
+    pub versions: Vec<(Kind, String)>,
+    pub runs: Vec<Run>,
+}
+
+/// One figure of the table: which cell, and what of each run.
+type Metric = (Cell, fn(&Run) -> Option<f64>);
+
+const RATE: Metric = (Cell::Rr, |r| Some(r.value));
+const RR_CPU: Metric = (Cell::Rr, Run::cpu_per_op);
+const RATE_P50: Metric = (Cell::Rate, |r| Some(r.p50_us));
+const RATE_P99: Metric = (Cell::Rate, |r| Some(r.p99_us));
+const RATE_CPU: Metric = (Cell::Rate, Run::cpu_per_op);
+const PIPE: Metric = (Cell::Pipe, |r| Some(r.value));
+const PIPE_CPU: Metric = (Cell::Pipe, Run::cpu_per_op);
+const BULK: Metric = (Cell::Bulk, |r| Some(r.value));
+const BULK_CPU: Metric = (Cell::Bulk, Run::cpu_per_op);
+const HANDSHAKES: Metric = (Cell::Handshake, |r| Some(r.value));
+const HANDSHAKE_CPU: Metric = (Cell::Handshake, Run::cpu_per_op);
+const IDLE_RSS: Metric = (Cell::Idle, |r| Some(r.value));
+
+impl Summary {
+    /// The median over rounds of `metric` for `target`, if it was measured.
+    pub fn median(&self, target: Kind, (cell, f): Metric) -> Option<f64> {
+        let mut values: Vec<f64> = self
+            .runs
+            .iter()
+            .filter(|r| r.target == target && r.cell == cell)
+            .filter_map(f)
+            .collect();
+        if values.is_empty() {
+            return None;
+        }
+        values.sort_by(f64::total_cmp);
+        let mid = values.len() / 2;
+        Some(if values.len() % 2 == 0 {
+            (values[mid - 1] + values[mid]) / 2.0
+        } else {
+            values[mid]
+        })
+    }
+
+    fn errors(&self, target: Kind) -> u64 {
+        self.runs
+            .iter()
+            .filter(|r| r.target == target)
+            .map(|r| r.errors)
+            .sum()
+    }
+
+    pub fn markdown(&self) -> String {
+        let s = &self.settings;
+        let o = &s.options;
+        let m = &self.machine;
+        let mut t = String::new();
+        let _ = writeln!(t, "### wsplice-bench compare, {} UTC\n", m.date);
+        let _ = writeln!(
+            t,
+            "Machine: {} CPUs ({}), Linux {}, load average {} at the start. Client + upstream on CPU {}, proxy on CPU {}, {} proxy worker(s).",
+            m.cpus, m.cpu_model, m.kernel, m.loadavg, o.load_cpus, o.proxy_cpus, s.workers
+        );
+        let versions: Vec<String> = self
+            .versions
+            .iter()
+            .filter(|(k, _)| *k != Kind::Direct)
+            .map(|(_, v)| {
+                v.replace("nginx version: ", "")
+                    .replace("HAProxy version", "HAProxy")
+            })
+            .map(|v| v.split(" - ").next().unwrap_or_default().to_string())
+            .collect();
+        let _ = writeln!(t, "Versions: {}.", versions.join(", "));
+        let _ = writeln!(
+            t,
+            "Each cell {} s after {} ms warm-up, {} round(s) in alternating order, median shown. {}-byte messages; rr {} connections, rate {} connections at {} msgs/s in total, pipe {} connections x {} in flight, bulk {} connections ({} KiB writes), handshake {} loops, idle {} connections held {} s{}.\n",
+            s.duration.as_secs_f64(),
+            s.warmup.as_millis(),
+            s.rounds,
+            o.size,
+            o.rr_connections,
+            o.rate_connections,
+            thousands(o.rate),
+            o.pipe_connections,
+            o.pipe_depth,
+            o.bulk_connections,
+            o.bulk_chunk / 1024,
+            o.handshake_connections,
+            thousands(s.idle as f64),
+            o.idle_hold.as_secs_f64(),
+            if s.idle < 8000 {
+                " (fewer than the 8,000 of the target)"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(
+            t,
+            "| target | rr msgs/s | rr proxy CPU µs/msg | p50 / p99 µs at {} msgs/s | proxy CPU µs/msg at that rate | pipe msgs/s | bulk MB/s | handshakes/s | RSS per idle connection | errors |",
+            thousands(o.rate)
+        );
+        let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for &(kind, _) in &self.versions {
+            let get = |metric| self.median(kind, metric);
+            let latency = match (get(RATE_P50), get(RATE_P99)) {
+                (Some(p50), Some(p99)) => format!("{p50:.1} / {p99:.1}"),
+                _ => "–".into(),
+            };
+            let _ = writeln!(
+                t,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                kind.name(),
+                opt(get(RATE), thousands),
+                opt(get(RR_CPU), |v| format!("{v:.2}")),
+                latency,
+                opt(get(RATE_CPU), |v| format!("{v:.2}")),
+                opt(get(PIPE), thousands),
+                opt(get(BULK), |v| format!("{v:.0}")),
+                opt(get(HANDSHAKES), thousands),
+                opt(get(IDLE_RSS), bytes),
+                self.errors(kind)
+            );
+        }
+        let _ = writeln!(
+            t,
+            "\nProxy CPU = utime + stime of all the proxy's processes during the window (read from each process's CPU-time clock: the figure /proc/PID/stat gives in 10 ms ticks, to the µs), per verified echo, each of which crosses the proxy both ways. RSS per idle connection = (RSS of all its processes, /proc/PID/statm, with the idle connections open - RSS before) / connections.\n"
+        );
+        let checks = self.checks();
+        if !checks.is_empty() {
+            let _ = writeln!(t, "Targets (issue 4), wsplice against nginx in this run:\n");
+            for (met, line) in checks {
+                let _ = writeln!(t, "- {} {line}", if met { "met:" } else { "MISSED:" });
+            }
+            t.push('\n');
+        }
+        let failed: Vec<&Run> = self.runs.iter().filter(|r| r.errors > 0).collect();
+        if !failed.is_empty() {
+            let _ = writeln!(t, "Errors:\n");
+            for r in failed {
+                let _ = writeln!(t, "- {}", r.describe());
+            }
+        }
+        t
+    }
+
+    /// The issue's targets, each with whether it was met and the figures behind it.
+    pub fn checks(&self) -> Vec<(bool, String)> {
+        let mut checks = Vec::new();
+        let w = |metric| self.median(Kind::Wsplice, metric);
+        let n = |metric| self.median(Kind::Nginx, metric);
+        let h = |metric| self.median(Kind::Haproxy, metric);
+        let d = |metric| self.median(Kind::Direct, metric);
+        if let (Some(w), Some(n)) = (w(RR_CPU), n(RR_CPU)) {
+            let below_haproxy = h(RR_CPU).is_none_or(|h| w < h);
+            checks.push((
+                w <= 0.5 * n && below_haproxy,
+                format!(
+                    "proxy CPU per message <= 0.5x nginx and below HAProxy: wsplice {w:.2} µs = {:.2}x nginx ({n:.2} µs){}",
+                    w / n,
+                    h(RR_CPU).map_or(String::new(), |h| format!(", HAProxy {h:.2} µs"))
+                ),
+            ));
+        }
+        if let Some(w) = w(IDLE_RSS) {
+            checks.push((
+                w <= 1024.0 && self.settings.idle >= 8000,
+                format!(
+                    "RSS per idle connection <= 1 KiB at 8,000: wsplice {} at {}{}{}",
+                    bytes(w),
+                    thousands(self.settings.idle as f64),
+                    n(IDLE_RSS).map_or(String::new(), |n| format!(", nginx {}", bytes(n))),
+                    h(IDLE_RSS).map_or(String::new(), |h| format!(", HAProxy {}", bytes(h)))
+                ),
+            ));
+        }
+        if let (Some(w), Some(n)) = (w(BULK), n(BULK)) {
+            let of_direct = d(BULK).map(|d| w / d);
+            checks.push((
+                w >= 2.0 * n && of_direct.is_none_or(|r| r >= 0.7),
+                format!(
+                    "bulk >= 2x nginx and >= 0.7x direct: wsplice {w:.0} MB/s = {:.2}x nginx ({n:.0} MB/s){}",
+                    w / n,
+                    of_direct.map_or(String::new(), |r| format!(", {r:.2}x direct"))
+                ),
+            ));
+        }
+        if let (Some(w), Some(n)) = (w(HANDSHAKES), n(HANDSHAKES)) {
+            checks.push((
+                w >= 1.5 * n,
+                format!(
+                    "handshakes/s >= 1.5x nginx: wsplice {} = {:.2}x nginx ({})",
+                    thousands(w),
+                    w / n,
+                    thousands(n)
+                ),
+            ));
+        }
+        if let (Some(w), Some(n)) = (w(RATE_P99), n(RATE_P99)) {
+            checks.push((
+                w < n,
+                format!(
+                    "p99 at {} msgs/s below nginx: wsplice {w:.1} µs, nginx {n:.1} µs",
+                    thousands(self.settings.options.rate)
+                ),
+            ));
+        }
+        checks
+    }
+
+    pub fn runs_csv(&self) -> String {
+        let mut c = String::from(
+            "target,cell,round,value,ops,p50_us,p99_us,proxy_cpu_us,cpu_us_per_op,proxy_cpu_percent,load_cpu_percent,errors,first_error\n",
+        );
+        for r in &self.runs {
+            let _ = writeln!(
+                c,
+                "{},{},{},{:.3},{},{:.1},{:.1},{},{},{},{:.1},{},\"{}\"",
+                r.target.name(),
+                r.cell.name(),
+                r.round,
+                r.value,
+                r.ops,
+                r.p50_us,
+                r.p99_us,
+                csv(r.proxy_cpu_us, 0),
+                csv(r.cpu_per_op(), 3),
+                csv(r.cpu_percent(), 1),
+                r.load_percent(),
+                r.errors,
+                r.first_error.as_deref().unwrap_or("").replace('"', "'")
+            );
+        }
+        c
+    }
+
+    pub fn summary_csv(&self) -> String {
+        let columns: [(&str, Metric); 12] = [
+            ("rr_msgs_per_s", RATE),
+            ("rr_cpu_us_per_msg", RR_CPU),
+            ("rate_p50_us", RATE_P50),
+            ("rate_p99_us", RATE_P99),
+            ("rate_cpu_us_per_msg", RATE_CPU),
+            ("pipe_msgs_per_s", PIPE),
+            ("pipe_cpu_us_per_msg", PIPE_CPU),
+            ("bulk_mb_per_s", BULK),
+            ("bulk_cpu_us_per_mb", BULK_CPU),
+            ("handshakes_per_s", HANDSHAKES),
+            ("handshake_cpu_us", HANDSHAKE_CPU),
+            ("rss_bytes_per_idle_conn", IDLE_RSS),
+        ];
+        let mut c = String::from("target");
+        for (name, _) in &columns {
+            c.push(',');
+            c.push_str(name);
+        }
+        c.push_str(",errors\n");
+        for &(kind, _) in &self.versions {
+            c.push_str(kind.name());
+            for &(_, metric) in &columns {
+                c.push(',');
+                c.push_str(&csv(self.median(kind, metric), 3));
+            }
+            let _ = writeln!(c, ",{}", self.errors(kind));
+        }
+        c
+    }
+
+    /// Writes table.md, summary.csv and runs.csv into a new dated folder under `root`.
+    pub fn write(&self, root: &Path) -> std::io::Result<PathBuf> {
+        let stamp: String = self
+            .machine
+            .date
+            .chars()
+            .map(|c| if c.is_ascii_digit() { c } else { '-' })
+            .collect();
+        let mut dir = root.join(&stamp);
+        let mut n = 1;
+        while dir.exists() {
+            n += 1;
+            dir = root.join(format!("{stamp}-{n}"));
+        }
+        fs::create_dir_all(&dir)?;
+        fs::write(dir.join("table.md"), self.markdown())?;
+        fs::write(dir.join("summary.csv"), self.summary_csv())?;
+        fs::write(dir.join("runs.csv"), self.runs_csv())?;
+        Ok(dir)
+    }
+}
+
+fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    v.map_or("–".into(), f)
+}
+
+/// A CSV field: empty when not measured.
+fn csv(v: Option<f64>, decimals: usize) -> String {
+    v.map_or(String::new(), |v| format!("{v:.decimals$}"))
+}
+
+/// 12345.6 -> "12,346".
+pub fn thousands(v: f64) -> String {
+    let digits = format!("{:.0}", v.abs());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if v < -0.5 { format!("-{out}") } else { out }
+}
+
+/// A per-connection memory figure: bytes below 10 KiB, KiB above.
+pub fn bytes(v: f64) -> String {
+    if v.abs() < 10.0 * 1024.0 {
+        format!("{v:.0} B")
+    } else {
+        format!("{:.1} KiB", v / 1024.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(thousands(0.0), "0");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(thousands(1234.4), "1,234");
+        assert_eq!(thousands(1234567.0), "1,234,567");
+        assert_eq!(bytes(870.0), "870 B");
+        assert_eq!(bytes(32.0 * 1024.0), "32.0 KiB");
+    }
+
+    #[test]
+    fn utc_date_is_well_formed() {
+        let d = utc_now();
+        assert_eq!(d.len(), 16, "{d}");
+        assert!(d.starts_with("20"), "{d}");
+    }
+}
