@@ -244,7 +244,7 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
         &mut out,
         "wsplice_relayed_bytes_total",
         "counter",
-        "Bytes relayed after the handshake, by direction.",
+        "Bytes relayed after the heads (bodies, tunnel bytes), by direction.",
     );
     for (i, direction) in [CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT].iter().enumerate() {
         let n = m.sum(|w| &w.bytes[i]);

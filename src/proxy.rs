@@ -324,11 +324,12 @@ async fn proxy(
         let (res, slice) = upstream.write_all(std::mem::take(req).slice(range)).await;
         *req = slice.into_inner();
         res.map_err(|_| HandshakeError::UpstreamFailed)?;
+        ctx.metrics().bytes[0].add(sent);
     }
 
     match request.upgrade {
         Some(switch) => upgrade(ctx, client, upstream, switch, request.head_len, req, out).await,
-        None => respond(ctx, client, &upstream, body_left, req, out).await,
+        None => respond(ctx, client, &upstream, [sent, body_left], req, out).await,
     }
 }
 
@@ -465,11 +466,16 @@ async fn upgrade(
     if status != 101 {
         req.clear();
         // The refusal ends with its body, so a keep-alive upstream cannot hold the client.
-        let body_left = write_closing_head(resp, resp_len, req, true);
+        let (copied, body_left) = write_closing_head(resp, resp_len, req, true);
         let (res, b) = client.write_all(std::mem::take(req)).await;
         *req = b;
         let report = match res {
-            Ok(()) => relay_response(ctx, client, upstream, resp, body_left).await,
+            Ok(()) => {
+                ctx.metrics().bytes[1].add(copied);
+                let mut report = relay_response(ctx, client, upstream, resp, body_left).await;
+                report.upstream_to_client += copied;
+                report
+            }
             Err(source) => failed_report(Side::Client, source),
         };
         return Ok(Done::Relayed { status, report });
@@ -512,7 +518,7 @@ async fn respond(
     ctx: &WorkerContext,
     client: &TcpStream,
     upstream: &TcpStream,
-    body_left: u64,
+    [body_sent, body_left]: [u64; 2],
     req: &mut Vec<u8>,
     resp: &mut Vec<u8>,
 ) -> Result<Done, HandshakeError> {
@@ -551,7 +557,7 @@ async fn respond(
     let (status, down) = down?;
     Ok(Done::Relayed {
         status,
-        report: relay::report(up, down, idled),
+        report: relay::report(plus(up, body_sent), down, idled),
     })
 }
 
@@ -596,12 +602,13 @@ async fn response_down(
     };
     let mut head = ctx.pool.get();
     // A plain request's upstream was told to close: its close ends the response.
-    write_closing_head(resp, len, &mut head, false);
+    let (copied, _) = write_closing_head(resp, len, &mut head, false);
     let (res, head) = client.write_all(head).await;
     ctx.pool.put(head);
     if let Err(source) = res {
         return Ok((status, client_failed(source)));
     }
+    ctx.metrics().bytes[1].add(copied);
     let down = relay::pump(
         Peer {
             stream: upstream,
@@ -617,7 +624,7 @@ async fn response_down(
         &ctx.metrics().bytes[1],
     )
     .await;
-    Ok((status, down))
+    Ok((status, plus(down, copied)))
 }
 
 /// Relays the rest of a response (at most `body_left` bytes) to the client after its head
@@ -656,8 +663,9 @@ async fn relay_response(
 
 /// Writes the response head in `resp[..len]`, made connection-closing, then what followed it
 /// into `out`. When `bounded` and the head gives the body's length, only up to the end of the
-/// body. Returns how many body bytes are still to come (`u64::MAX`: until the upstream closes).
-fn write_closing_head(resp: &[u8], len: usize, out: &mut Vec<u8>, bounded: bool) -> u64 {
+/// body. Returns the body bytes copied and how many are still to come (`u64::MAX`: until the
+/// upstream closes).
+fn write_closing_head(resp: &[u8], len: usize, out: &mut Vec<u8>, bounded: bool) -> (u64, u64) {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut body = u64::MAX;
     if let Ok(Parsed::Complete(head)) = parse_response(&resp[..len], &mut headers) {
@@ -669,7 +677,12 @@ fn write_closing_head(resp: &[u8], len: usize, out: &mut Vec<u8>, bounded: bool)
     let after = &resp[len..];
     let sent = usize::try_from(body).map_or(after.len(), |b| b.min(after.len()));
     out.extend_from_slice(&after[..sent]);
-    body.saturating_sub(sent as u64)
+    (sent as u64, body.saturating_sub(sent as u64))
+}
+
+/// A pump's result with `n` more bytes, relayed before it started.
+fn plus(res: PumpResult, n: u64) -> PumpResult {
+    res.map(|m| m + n).map_err(|(m, e)| (m + n, e))
 }
 
 /// Checks an upstream's `101` head against the switch the client asked for.
