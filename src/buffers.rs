@@ -8,7 +8,6 @@ use std::io;
 use std::os::fd::RawFd;
 
 use io_uring::{cqueue, opcode, squeue, types};
-use tokio_uring::buf::IoBuf;
 use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
 
 /// A free list of equally sized buffers, owned by one worker thread.
@@ -111,49 +110,44 @@ impl KernelBuffers {
             .await
     }
 
-    /// The first `len` bytes of buffer `id`, as a buffer tokio-uring can write from.
-    pub fn filled(&'static self, id: u16, len: usize) -> Filled {
-        assert!(id < self.count && len <= self.size);
-        Filled {
-            // SAFETY: `id < count`, so the offset stays inside the leaked allocation.
-            #[allow(unsafe_code)]
-            ptr: unsafe { self.base.add(usize::from(id) * self.size) },
-            len,
+    /// Start of buffer `id`.
+    fn start(&self, id: u16) -> *mut u8 {
+        assert!(id < self.count);
+        // SAFETY: `id < count`, so the offset stays inside the leaked allocation.
+        #[allow(unsafe_code)]
+        unsafe {
+            self.base.add(usize::from(id) * self.size)
         }
+    }
+
+    /// Writes the first `len` bytes of buffer `id` to `fd`, all of them.
+    /// The buffer is ours until `give_back` (the kernel reported it filled), and its memory
+    /// lives as long as the process, so the kernel may read it for as long as the send runs.
+    pub async fn send(&'static self, fd: RawFd, id: u16, len: usize) -> io::Result<()> {
+        assert!(len <= self.size);
+        let start = self.start(id);
+        let mut at = 0;
+        while at < len {
+            // SAFETY: `at < len <= size`, inside buffer `id` of the leaked allocation.
+            #[allow(unsafe_code)]
+            let ptr = unsafe { start.add(at) };
+            let sqe = opcode::Send::new(types::Fd(fd), ptr, (len - at) as u32)
+                .flags(libc::MSG_NOSIGNAL)
+                .build();
+            match UnsubmittedOneshot::new((), Completion, sqe).submit().await? {
+                0 => return Err(io::ErrorKind::WriteZero.into()),
+                n => at += n as usize,
+            }
+        }
+        Ok(())
     }
 
     /// Returns buffer `id` to the kernel. The completion needs no waiting for: tokio-uring
     /// keeps the finished op until the kernel reports it.
     pub fn give_back(&'static self, id: u16) {
-        let filled = self.filled(id, 0);
-        let sqe =
-            opcode::ProvideBuffers::new(filled.ptr, self.size as i32, 1, self.group, id).build();
+        let sqe = opcode::ProvideBuffers::new(self.start(id), self.size as i32, 1, self.group, id)
+            .build();
         drop(UnsubmittedOneshot::new((), Completion, sqe).submit());
-    }
-}
-
-/// Bytes the kernel received into one of a [`KernelBuffers`] group's buffers.
-#[derive(Debug)]
-pub struct Filled {
-    ptr: *mut u8,
-    len: usize,
-}
-
-// SAFETY: the pointer is into memory leaked for the life of the process, so it is stable and
-// valid however the value moves, and its buffer belongs to us (the kernel reported it filled
-// and gets it back only through `give_back`, after the write that uses it has completed).
-#[allow(unsafe_code)]
-unsafe impl IoBuf for Filled {
-    fn stable_ptr(&self) -> *const u8 {
-        self.ptr
-    }
-
-    fn bytes_init(&self) -> usize {
-        self.len
-    }
-
-    fn bytes_total(&self) -> usize {
-        self.len
     }
 }
 

@@ -548,7 +548,7 @@ async fn respond(
         out
     };
     let ((up, down), idled) = relay::idle_guard(
-        async { tokio::join!(body, response) },
+        std::pin::pin!(async { tokio::join!(body, response) }),
         ctx.shared.config.timeouts.idle,
         &activity,
         || relay::abort(client, upstream),
@@ -654,7 +654,7 @@ async fn relay_response(
         )
         .await
     };
-    let (down, idled) = relay::idle_guard(down, ctx.shared.config.timeouts.idle, &activity, || {
+    let (down, idled) = relay::idle_guard(std::pin::pin!(down), ctx.shared.config.timeouts.idle, &activity, || {
         relay::abort(client, upstream)
     })
     .await;

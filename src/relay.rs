@@ -8,6 +8,7 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::net::Shutdown;
+use std::pin::{Pin, pin};
 use std::time::Duration;
 
 use std::os::fd::AsRawFd;
@@ -159,17 +160,18 @@ pub struct Relay<'a> {
 }
 
 /// Copies from `src` to `dst` until end of stream through kernel-selected buffers: no
-/// buffer is held while waiting for bytes.
+/// buffer is held while waiting for bytes. Arguments are references and the rare paths are
+/// boxed, because this state is what every open tunnel keeps, twice.
 async fn forward(
-    src: Peer<'_>,
-    dst: Peer<'_>,
-    relay: Relay<'_>,
+    src: &Peer<'_>,
+    dst: &Peer<'_>,
+    relay: &Relay<'_>,
     activity: &Activity,
 ) -> Result<u64, (u64, RelayError)> {
     let bytes = &relay.bytes[usize::from(src.side == Side::Upstream)];
     let Some(kernel) = relay.kernel else {
         let mut buf = relay.pool.get();
-        let res = pump(src, dst, &mut buf, u64::MAX, activity, bytes).await;
+        let res = Box::pin(pump(*src, *dst, &mut buf, u64::MAX, activity, bytes)).await;
         relay.pool.put(buf);
         return res;
     };
@@ -177,7 +179,7 @@ async fn forward(
     loop {
         let n = match kernel.recv(src.stream.as_raw_fd()).await {
             Received::Data { id, len } => {
-                let (res, _) = dst.stream.write_all(kernel.filled(id, len)).await;
+                let res = kernel.send(dst.stream.as_raw_fd(), id, len).await;
                 kernel.give_back(id);
                 res.map(|()| len).map_err(|source| RelayError {
                     side: dst.side,
@@ -186,7 +188,7 @@ async fn forward(
             }
             Received::NoBuffer => {
                 let mut buf = relay.pool.get();
-                let res = copy_once(src, dst, &mut buf, usize::MAX).await;
+                let res = Box::pin(copy_once(*src, *dst, &mut buf, usize::MAX)).await;
                 relay.pool.put(buf);
                 res
             }
@@ -215,10 +217,11 @@ pub fn abort(client: &TcpStream, upstream: &TcpStream) {
 }
 
 /// Runs `work` to completion; if no read completes for `idle`, calls `on_idle` (which must
-/// make `work` finish, e.g. [`abort`]) and reports that the idle timeout fired.
+/// make `work` finish, e.g. [`abort`]) and reports that the idle timeout fired. `work` is
+/// pinned by the caller, so the (large) relay future is stored once, not moved in here.
 /// The check runs four times per period, so a quiet connection closes within 1.25 x `idle`.
 pub async fn idle_guard<F: Future>(
-    work: F,
+    mut work: Pin<&mut F>,
     idle: Option<Duration>,
     activity: &Activity,
     on_idle: impl FnOnce(),
@@ -226,7 +229,6 @@ pub async fn idle_guard<F: Future>(
     let Some(idle) = idle else {
         return (work.await, false);
     };
-    tokio::pin!(work);
     let tick = idle / 4;
     let mut seen = activity.0.get();
     let mut quiet_ticks = 0;
@@ -264,12 +266,12 @@ pub async fn tunnel(client: &TcpStream, upstream: &TcpStream, relay: Relay<'_>) 
         stream: upstream,
         side: Side::Upstream,
     };
-    let both = async {
+    let both = pin!(async {
         tokio::join!(
-            one_way(c, u, relay, &activity, client, upstream),
-            one_way(u, c, relay, &activity, client, upstream)
+            one_way(&c, &u, &relay, &activity),
+            one_way(&u, &c, &relay, &activity)
         )
-    };
+    });
     let ((up, down), idled) =
         idle_guard(both, relay.idle, &activity, || abort(client, upstream)).await;
     report(up, down, idled)
@@ -277,19 +279,17 @@ pub async fn tunnel(client: &TcpStream, upstream: &TcpStream, relay: Relay<'_>) 
 
 /// One direction of a tunnel: forward, then pass end of stream on, or end both on error.
 async fn one_way(
-    src: Peer<'_>,
-    dst: Peer<'_>,
-    relay: Relay<'_>,
+    src: &Peer<'_>,
+    dst: &Peer<'_>,
+    relay: &Relay<'_>,
     activity: &Activity,
-    client: &TcpStream,
-    upstream: &TcpStream,
 ) -> Result<u64, (u64, RelayError)> {
     let res = forward(src, dst, relay, activity).await;
     match &res {
         Ok(_) => {
             let _ = dst.stream.shutdown(Shutdown::Write);
         }
-        Err(_) => abort(client, upstream),
+        Err(_) => abort(src.stream, dst.stream),
     }
     res
 }

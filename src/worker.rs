@@ -26,7 +26,7 @@ use crate::upstream::UpstreamTable;
 /// Relay buffer size: large enough for bulk transfers, small enough for many tunnels.
 pub const RELAY_BUFFER: usize = 16 * 1024;
 /// Free buffers a worker keeps for reuse.
-const POOL_KEEP: usize = 1024;
+const POOL_KEEP: usize = 64;
 /// Kernel-selected receive buffers per worker: enough for that many reads in flight to a
 /// writer at once; beyond it, tunnels borrow from the pool.
 const KERNEL_BUFFERS: u16 = 256;
