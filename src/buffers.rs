@@ -134,7 +134,10 @@ impl KernelBuffers {
             let sqe = opcode::Send::new(types::Fd(fd), ptr, (len - at) as u32)
                 .flags(libc::MSG_NOSIGNAL)
                 .build();
-            match UnsubmittedOneshot::new((), Completion, sqe).submit().await? {
+            match UnsubmittedOneshot::new((), Completion, sqe)
+                .submit()
+                .await?
+            {
                 0 => return Err(io::ErrorKind::WriteZero.into()),
                 n => at += n as usize,
             }

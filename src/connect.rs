@@ -26,6 +26,9 @@ use crate::upstream::Group;
 pub enum ConnectError {
     #[error("connect timed out")]
     TimedOut,
+    /// This process is out of descriptors: no fault of the upstream's.
+    #[error("no descriptor for a socket: {0}")]
+    NoDescriptor(io::Error),
     #[error("{0}")]
     Failed(#[from] io::Error),
 }
@@ -58,7 +61,12 @@ pub async fn connect(
     addr: SocketAddr,
     timeout: Option<Duration>,
 ) -> Result<TcpStream, ConnectError> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(|e| match e
+        .raw_os_error()
+    {
+        Some(libc::EMFILE | libc::ENFILE) => ConnectError::NoDescriptor(e),
+        _ => ConnectError::Failed(e),
+    })?;
     socket.set_nonblocking(true)?;
     socket.set_tcp_nodelay(true)?;
     let fd = socket.as_raw_fd();
@@ -105,6 +113,10 @@ pub async fn connect_group(
             Ok(stream) => {
                 group.balancer.record_success(index);
                 return Ok((stream, addr));
+            }
+            Err(ConnectError::NoDescriptor(e)) => {
+                warn!(upstream = %addr, group = %group.name, "cannot connect: {e}");
+                return Err(HandshakeError::OutOfFiles);
             }
             Err(e) => {
                 all_timed_out &= matches!(e, ConnectError::TimedOut);

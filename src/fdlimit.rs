@@ -42,7 +42,19 @@ fn get() -> io::Result<libc::rlimit> {
     }
 }
 
-/// Descriptors needed to hold `max_connections` proxied connections plus `listeners` sockets.
-pub fn needed(max_connections: usize, listeners: usize) -> u64 {
-    2 * max_connections as u64 + listeners as u64 + RESERVE
+/// Descriptors each worker holds whatever its load: per `listen` address its listener, the
+/// duplicate kept for stopping and a spare for answering 503 when out of descriptors; plus
+/// its io_uring instance and its runtime's epoll and wake-up descriptors.
+pub fn per_worker(listen: usize) -> u64 {
+    3 * listen as u64 + 3
+}
+
+/// Descriptors needed to hold `max_connections` proxied connections on `workers` workers.
+pub fn needed(max_connections: usize, workers: usize, listen: usize) -> u64 {
+    2 * max_connections as u64 + fixed(workers, listen)
+}
+
+/// The part of [`needed`] that does not grow with connections.
+pub fn fixed(workers: usize, listen: usize) -> u64 {
+    workers as u64 * per_worker(listen) + RESERVE
 }

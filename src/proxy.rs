@@ -654,9 +654,12 @@ async fn relay_response(
         )
         .await
     };
-    let (down, idled) = relay::idle_guard(std::pin::pin!(down), ctx.shared.config.timeouts.idle, &activity, || {
-        relay::abort(client, upstream)
-    })
+    let (down, idled) = relay::idle_guard(
+        std::pin::pin!(down),
+        ctx.shared.config.timeouts.idle,
+        &activity,
+        || relay::abort(client, upstream),
+    )
     .await;
     relay::report(Ok(0), down, idled)
 }

@@ -25,7 +25,7 @@ use crate::{admin, cpus, fdlimit, listener, notify, reload};
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(
-        "limits.max_connections = {max_connections} needs about {needed} open files (2 per connection + {reserve} spare), but the open-files limit is {limit}; lower limits.max_connections to at most {fits} or raise the limit (ulimit -n, systemd LimitNOFILE)"
+        "limits.max_connections = {max_connections} needs about {needed} open files (2 per connection + {reserve} for listeners, rings and spares), but the open-files limit is {limit}; lower limits.max_connections to at most {fits} or raise the limit (ulimit -n, systemd LimitNOFILE)"
     )]
     FdLimit {
         max_connections: usize,
@@ -61,16 +61,16 @@ pub fn run(config: Config, table: UpstreamTable) -> Result<(), StartError> {
     } else {
         config.workers
     };
-    let listeners_total = workers * config.listen.len();
     let limit = fdlimit::raise().map_err(StartError::Rlimit)?;
-    let needed = fdlimit::needed(config.limits.max_connections, listeners_total);
+    let needed = fdlimit::needed(config.limits.max_connections, workers, config.listen.len());
     if needed > limit {
+        let fixed = fdlimit::fixed(workers, config.listen.len());
         return Err(StartError::FdLimit {
             max_connections: config.limits.max_connections,
             needed,
-            reserve: fdlimit::RESERVE,
+            reserve: fixed,
             limit,
-            fits: limit.saturating_sub(fdlimit::RESERVE + listeners_total as u64) / 2,
+            fits: limit.saturating_sub(fixed) / 2,
         });
     }
 

@@ -66,7 +66,7 @@ fn unit_stop_timeout_exceeds_the_drain_and_files_limit_fits() {
         "TimeoutStopSec {stop:?} must exceed timeouts.drain {drain:?}, or systemd cuts the drain"
     );
     let files: u64 = unit_value(&unit, "LimitNOFILE").parse().unwrap();
-    let needed = wsplice::fdlimit::needed(config.limits.max_connections, 256);
+    let needed = wsplice::fdlimit::needed(config.limits.max_connections, 256, config.listen.len());
     assert!(
         files >= needed,
         "LimitNOFILE {files} < {needed} (max_connections with 256 workers)"
