@@ -609,22 +609,28 @@ async fn response_down(
         return Ok((status, client_failed(source)));
     }
     ctx.metrics().bytes[1].add(copied);
-    let down = relay::pump(
-        Peer {
-            stream: upstream,
-            side: Side::Upstream,
-        },
-        Peer {
-            stream: client,
-            side: Side::Client,
-        },
-        resp,
-        u64::MAX,
-        activity,
-        &ctx.metrics().bytes[1],
-    )
-    .await;
+    let down = pump_down(ctx, client, upstream, resp, u64::MAX, activity).await;
     Ok((status, plus(down, copied)))
+}
+
+/// Relays at most `limit` more response bytes from the upstream to the client.
+async fn pump_down(
+    ctx: &WorkerContext,
+    client: &TcpStream,
+    upstream: &TcpStream,
+    resp: &mut Vec<u8>,
+    limit: u64,
+    activity: &Activity,
+) -> PumpResult {
+    let from = Peer {
+        stream: upstream,
+        side: Side::Upstream,
+    };
+    let to = Peer {
+        stream: client,
+        side: Side::Client,
+    };
+    relay::pump(from, to, resp, limit, activity, &ctx.metrics().bytes[1]).await
 }
 
 /// Relays the rest of a response (at most `body_left` bytes) to the client after its head
@@ -637,23 +643,7 @@ async fn relay_response(
     body_left: u64,
 ) -> Report {
     let activity = Activity::default();
-    let down = async {
-        relay::pump(
-            Peer {
-                stream: upstream,
-                side: Side::Upstream,
-            },
-            Peer {
-                stream: client,
-                side: Side::Client,
-            },
-            resp,
-            body_left,
-            &activity,
-            &ctx.metrics().bytes[1],
-        )
-        .await
-    };
+    let down = pump_down(ctx, client, upstream, resp, body_left, &activity);
     let (down, idled) = relay::idle_guard(
         std::pin::pin!(down),
         ctx.shared.config.timeouts.idle,
