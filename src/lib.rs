@@ -2,18 +2,21 @@
 //!
 //! ## Layout
 //! - [`config`]: the TOML config, raw serde types validated into [`config::Config`].
-//! - [`upstream`]: the upstream file as an immutable [`upstream::UpstreamTable`] with
-//!   round-robin picking; [`reload`] swaps it whole (arc-swap) on SIGHUP.
+//! - [`upstream`]: the upstream file as an immutable [`upstream::UpstreamTable`];
+//!   [`balancer`] picks (smooth weighted round robin, passive health); [`reload`] watches
+//!   the file (inotify) and swaps the table whole (arc-swap), also on SIGHUP.
 //! - [`server`]: start-up and stop; [`listener`] binds SO_REUSEPORT sockets, [`worker`] runs
 //!   one pinned thread per CPU with its own tokio-uring runtime and accept loop.
 //! - [`proxy`]: one connection: request head ([`handshake`], sans-IO) -> route -> upstream
 //!   ([`connect`]) -> response head -> tunnel after a `101` only.
-//! - [`relay`]: the two byte pumps with half-close and idle timeout, over [`buffers`].
+//! - [`relay`]: the two byte pumps with half-close and idle timeout, over [`buffers`]
+//!   (kernel-selected receive buffers, so an idle tunnel holds none).
 //! - [`deadline`]: timeouts that never drop a pending io_uring read.
 //! - [`metrics`] (per-worker counters), served by [`admin`] with `/healthz`; [`access_log`]
 //!   writes one line per connection from its own thread.
 //! - [`websocket`]: the RFC 6455 key and accept checks; no tunnel opens without them.
 //! - [`spare_fd`]: a descriptor in reserve, so a process out of them still answers 503.
+//! - [`cpus`], [`fdlimit`], [`notify`]: CPU pinning, the open-files budget, sd_notify.
 
 pub mod access_log;
 pub mod admin;
