@@ -2,11 +2,7 @@
 //! that inherited or leaked them would be: it starts (the limit fits `max_connections`) and
 //! then runs out of descriptors before reaching `max_connections`.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::Duration;
+use std::process::Command;
 
 use super::{BIN, Proxy, TestConfig, write_files};
 
@@ -25,47 +21,7 @@ pub fn start(
         taken.start,
         taken.end - 1
     );
-    let mut child = Command::new("bash")
-        .arg("-c")
-        .arg(script)
-        .arg(BIN)
-        .arg(&config_path)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start bash");
-    let stderr = child.stderr.take().unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = mpsc::channel();
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                let addr = rest.split_whitespace().next().unwrap_or_default();
-                let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
-            }
-            let mut log = sink.lock().unwrap();
-            log.push_str(&line);
-            log.push('\n');
-        }
-    });
-    let addr = match rx.recv_timeout(Duration::from_secs(20)) {
-        Ok(addr) => addr,
-        Err(_) => {
-            let _ = child.kill();
-            let status = child.wait().ok();
-            panic!(
-                "wsplice did not start under ulimit -n {nofile} ({status:?}):\n{}",
-                log.lock().unwrap()
-            );
-        }
-    };
-    Proxy {
-        child,
-        addr,
-        dir,
-        log,
-    }
+    let mut command = Command::new("bash");
+    command.arg("-c").arg(script).arg(BIN).arg(&config_path);
+    Proxy::spawn(command, dir, &format!(" under ulimit -n {nofile}"))
 }

@@ -108,9 +108,15 @@ impl Proxy {
     pub fn start_raw(config: &str, upstreams: &str) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let config_path = write_files(dir.path(), config, upstreams);
-        let mut child = Command::new(BIN)
-            .arg("--config")
-            .arg(&config_path)
+        let mut command = Command::new(BIN);
+        command.arg("--config").arg(&config_path);
+        Self::spawn(command, dir, "")
+    }
+
+    /// Runs `command` (wsplice, perhaps through a wrapper) and waits for its "listening on"
+    /// line; `what` says how it was started, for the panic message if it never listens.
+    pub fn spawn(mut command: Command, dir: tempfile::TempDir, what: &str) -> Proxy {
+        let mut child = command
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -136,7 +142,11 @@ impl Proxy {
             Ok(addr) => addr,
             Err(_) => {
                 let _ = child.kill();
-                panic!("wsplice did not start:\n{}", log.lock().unwrap());
+                let status = child.wait().ok();
+                panic!(
+                    "wsplice did not start{what} ({status:?}):\n{}",
+                    log.lock().unwrap()
+                );
             }
         };
         Proxy {
