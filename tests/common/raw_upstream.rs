@@ -21,23 +21,31 @@ where
         while let Ok((mut stream, _)) = listener.accept().await {
             let handler = handler.clone();
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let head_len = loop {
-                    let mut chunk = [0u8; 4096];
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break i + 4;
-                    }
-                };
-                let rest = buf.split_off(head_len);
-                handler(stream, buf, rest).await;
+                if let Some((head, rest)) = read_head(&mut stream).await {
+                    handler(stream, head, rest).await;
+                }
             });
         }
     });
     addr
+}
+
+/// Reads one request head; returns it and the bytes that came after it, or `None` if the
+/// connection ended first.
+pub async fn read_head(stream: &mut TcpStream) -> Option<(Vec<u8>, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let head_len = loop {
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let rest = buf.split_off(head_len);
+    Some((buf, rest))
 }
 
 /// The `101` for [`super::upgrade_request`]: its accept value is that of the key there.

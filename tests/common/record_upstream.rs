@@ -41,18 +41,10 @@ pub async fn start(answer: Vec<u8>, wait: Duration) -> RecordUpstream {
             count.fetch_add(1, Ordering::SeqCst);
             let (tx, answer) = (tx.clone(), answer.clone());
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let head_len = loop {
-                    let mut chunk = [0u8; 4096];
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break i + 4;
-                    }
+                let Some((buf, mut after)) = super::raw_upstream::read_head(&mut stream).await
+                else {
+                    return;
                 };
-                let mut after = buf.split_off(head_len);
                 let _ = stream.write_all(&answer).await;
                 let closed_by_proxy = tokio::time::timeout(wait, async {
                     let mut chunk = [0u8; 4096];
