@@ -8,10 +8,9 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::net::Shutdown;
+use std::os::fd::AsRawFd;
 use std::pin::{Pin, pin};
 use std::time::Duration;
-
-use std::os::fd::AsRawFd;
 
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
