@@ -353,9 +353,11 @@ async fn five_thousand_trickling_clients_do_not_hold_up_a_normal_one() {
     let opened = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
     let mut slow = Vec::with_capacity(SLOW);
     let connects = std::sync::Arc::new(tokio::sync::Semaphore::new(200));
-    for _ in 0..SLOW {
+    for i in 0..SLOW {
         let (addr, head, opened, connects) =
             (proxy.addr, head.clone(), opened.clone(), connects.clone());
+        // Spread over the second, as independent clients would be, not all in one burst.
+        let phase = Duration::from_secs(1) * i as u32 / SLOW as u32;
         slow.push(tokio::spawn(async move {
             let permit = connects.acquire_owned().await.unwrap();
             let mut stream = TcpStream::connect(addr).await.expect("connect");
@@ -363,7 +365,8 @@ async fn five_thousand_trickling_clients_do_not_hold_up_a_normal_one() {
             let started = Instant::now();
             let mut got = Vec::new();
             let mut buf = [0u8; 512];
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let first = tokio::time::Instant::now() + phase;
+            let mut tick = tokio::time::interval_at(first, Duration::from_secs(1));
             for (i, byte) in head.iter().enumerate() {
                 tokio::select! {
                     _ = tick.tick() => {
