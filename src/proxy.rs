@@ -242,7 +242,8 @@ fn asked_for_upgrade(head: &[u8]) -> bool {
 
 /// How long an answered client may go on sending before the connection is closed anyway.
 pub const LINGER: Duration = Duration::from_secs(1);
-/// The same when the process is out of descriptors and each one is wanted back soon.
+/// The same when turning clients away for want of room (over `max_connections`, out of
+/// descriptors): a flood of them must not hold descriptors for long.
 pub const SHORT_LINGER: Duration = Duration::from_millis(100);
 
 /// Answers `err` and closes. Reads what the client still sends for up to `linger` first, so

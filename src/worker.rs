@@ -180,7 +180,8 @@ async fn accept_loop(
                 if before >= max {
                     let err = HandshakeError::Overloaded;
                     let ctx = ctx.clone();
-                    let away = proxy::turn_away(ctx, client, info, err, proxy::LINGER, Some(slot));
+                    let away =
+                        proxy::turn_away(ctx, client, info, err, proxy::SHORT_LINGER, Some(slot));
                     tokio_uring::spawn(away);
                     continue;
                 }
