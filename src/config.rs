@@ -71,6 +71,7 @@ pub const DEFAULT_IDLE: Duration = Duration::from_secs(3600);
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_REQUEST_HEAD: usize = 16 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 9000;
+pub const DEFAULT_RECEIVE_BUFFERS: usize = 256;
 const MIN_REQUEST_HEAD: usize = 256;
 const MAX_REQUEST_HEAD: usize = 1024 * 1024;
 
@@ -106,6 +107,7 @@ struct RawTimeouts {
 struct RawLimits {
     max_request_head: Option<Spanned<i64>>,
     max_connections: Option<Spanned<i64>>,
+    receive_buffers: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -131,6 +133,8 @@ pub struct Timeouts {
 pub struct Limits {
     pub max_request_head: usize,
     pub max_connections: usize,
+    /// Kernel-selected 16 KiB receive buffers per worker, shared by its tunnels.
+    pub receive_buffers: u16,
 }
 
 /// One `[[route]]`: requests whose path starts with `path` go to group `upstream`.
@@ -324,6 +328,13 @@ impl Config {
                 1..=10_000_000,
             )
             .map_err(|(offset, msg)| err(offset, msg))?,
+            receive_buffers: parse_limit(
+                "limits.receive_buffers",
+                &raw.limits.receive_buffers,
+                DEFAULT_RECEIVE_BUFFERS,
+                1..=usize::from(u16::MAX),
+            )
+            .map_err(|(offset, msg)| err(offset, msg))? as u16,
         };
 
         if raw.routes.is_empty() {

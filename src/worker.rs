@@ -27,9 +27,6 @@ use crate::upstream::UpstreamTable;
 pub const RELAY_BUFFER: usize = 16 * 1024;
 /// Free buffers a worker keeps for reuse.
 const POOL_KEEP: usize = 64;
-/// Kernel-selected receive buffers per worker: enough for that many reads in flight to a
-/// writer at once; beyond it, tunnels borrow from the pool.
-const KERNEL_BUFFERS: u16 = 256;
 /// io_uring submission queue size per worker.
 const RING_ENTRIES: u32 = 1024;
 
@@ -85,8 +82,10 @@ pub fn spawn(
             };
             runtime.block_on(async move {
                 let buffer = RELAY_BUFFER.max(shared.config.limits.max_request_head);
-                let kernel_buffers =
-                    match KernelBuffers::provide(RELAY_BUFFER, KERNEL_BUFFERS, 0).await {
+                // Enough for that many reads in flight to a writer at once; beyond it,
+                // tunnels borrow from the pool.
+                let count = shared.config.limits.receive_buffers;
+                let kernel_buffers = match KernelBuffers::provide(RELAY_BUFFER, count, 0).await {
                         Ok(buffers) => Some(buffers),
                         Err(e) => {
                             warn!(

@@ -177,3 +177,37 @@ async fn idle_timeout_closes_a_quiet_tunnel_but_not_a_busy_one() {
     );
     busy_task.await.unwrap();
 }
+
+/// With a single kernel-selected buffer per worker, concurrent tunnels keep finding the group
+/// empty and fall back to pooled buffers: every byte still arrives, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_stay_intact_when_kernel_buffers_run_out() {
+    let up = raw_upstream::start(|s, _, rest| raw_upstream::raw_echo(s, rest)).await;
+    let config = TestConfig::default().workers(1).limit("receive_buffers", 1);
+    let proxy = Proxy::start(&config, &upstreams("backend", &[up]));
+    let mut tunnels = Vec::new();
+    for seed in 0..8u64 {
+        let stream = open_tunnel(&proxy).await;
+        tunnels.push(tokio::spawn(async move {
+            let data = common::pseudo_random(512 * 1024, seed + 100);
+            let (mut r, mut w) = stream.into_split();
+            let sent = data.clone();
+            let writer = tokio::spawn(async move {
+                for chunk in sent.chunks(7919) {
+                    w.write_all(chunk).await.unwrap();
+                }
+                w.shutdown().await.unwrap();
+            });
+            let mut got = Vec::with_capacity(data.len());
+            tokio::time::timeout(Duration::from_secs(30), r.read_to_end(&mut got))
+                .await
+                .expect("echo within 30 s")
+                .unwrap();
+            writer.await.unwrap();
+            assert_eq!(Sha1::digest(&got), Sha1::digest(&data), "tunnel {seed}");
+        }));
+    }
+    for t in tunnels {
+        t.await.unwrap();
+    }
+}

@@ -89,6 +89,7 @@ fn minimal_config_gets_defaults() {
         Limits {
             max_request_head: DEFAULT_MAX_REQUEST_HEAD,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            receive_buffers: DEFAULT_RECEIVE_BUFFERS as u16,
         }
     );
     assert_eq!(config.routes.len(), 1);
@@ -156,6 +157,7 @@ upstream = "backend"
         Limits {
             max_request_head: 4096,
             max_connections: 100,
+            receive_buffers: DEFAULT_RECEIVE_BUFFERS as u16,
         }
     );
     let routes: Vec<(&str, &str, usize)> = config
@@ -744,4 +746,16 @@ fn rejects_invalid_extra_upgrades() {
         let text = format!("{MAIN}extra_upgrades = {list}\n");
         assert_config_error(&text, 7, phrase);
     }
+}
+
+#[test]
+fn receive_buffers_is_read_and_bounded() {
+    let good = format!("{MAIN}\n[limits]\nreceive_buffers = 8\n");
+    assert_eq!(parse(&good).unwrap().limits.receive_buffers, 8);
+    let bad = format!("{MAIN}\n[limits]\nreceive_buffers = 0\n");
+    let err = parse(&bad).unwrap_err().to_string();
+    assert!(
+        err.contains("limits.receive_buffers: 0 is out of range; use 1 to 65535"),
+        "{err}"
+    );
 }
