@@ -45,10 +45,6 @@ impl BufferPool {
         }
     }
 
-    pub fn buffer_size(&self) -> usize {
-        self.size
-    }
-
     /// Free buffers currently held.
     pub fn idle(&self) -> usize {
         self.free.borrow().len()
@@ -93,10 +89,6 @@ impl KernelBuffers {
         let sqe = opcode::ProvideBuffers::new(buffers.base, size as i32, count, group, 0).build();
         let res = UnsubmittedOneshot::new((), Completion, sqe).submit().await;
         res.map(|_| buffers)
-    }
-
-    pub fn buffer_size(&self) -> usize {
-        self.size
     }
 
     /// Receives from `fd` into a buffer the kernel picks when bytes arrive.

@@ -161,6 +161,7 @@ impl Closing {
             .trace
             .route
             .map_or("-", |r| ctx.shared.config.routes.get(r).path.as_str());
+        let duration = self.started.elapsed();
         debug!(
             client = %self.info.peer,
             route,
@@ -168,7 +169,7 @@ impl Closing {
             status,
             client_to_upstream = up,
             upstream_to_client = down,
-            duration_ms = self.started.elapsed().as_millis() as u64,
+            duration_ms = duration.as_millis() as u64,
             end,
             "connection closed"
         );
@@ -180,7 +181,7 @@ impl Closing {
                 status,
                 client_to_upstream: up,
                 upstream_to_client: down,
-                duration: self.started.elapsed(),
+                duration,
                 end: &end,
             };
             if !log.record(&entry) {

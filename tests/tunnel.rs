@@ -44,27 +44,40 @@ async fn random_bytes_in_random_chunks_arrive_intact_both_ways() {
     let data = common::pseudo_random(4 << 20, 7);
     let sizes = common::pseudo_random(4096, 11);
     let stream = open_tunnel(&proxy).await;
+    let got = echo_through(stream, data.clone(), move |i| {
+        1 + (usize::from(sizes[i % sizes.len()]) * 257) % 65536
+    })
+    .await;
+    assert_eq!(got.len(), data.len());
+    assert_eq!(Sha1::digest(&got), Sha1::digest(&data));
+}
+
+/// Writes `data` into a raw-echo tunnel in chunks of `chunk(i)` bytes, half-closes, and
+/// returns everything read back until the tunnel closes.
+async fn echo_through(
+    stream: TcpStream,
+    data: Vec<u8>,
+    chunk: impl Fn(usize) -> usize + Send + 'static,
+) -> Vec<u8> {
     let (mut r, mut w) = stream.into_split();
-    let sent = data.clone();
+    let len = data.len();
     let writer = tokio::spawn(async move {
         let (mut at, mut i) = (0, 0);
-        while at < sent.len() {
-            let chunk = 1 + (usize::from(sizes[i % sizes.len()]) * 257) % 65536;
-            let end = (at + chunk).min(sent.len());
-            w.write_all(&sent[at..end]).await.unwrap();
+        while at < data.len() {
+            let end = (at + chunk(i)).min(data.len());
+            w.write_all(&data[at..end]).await.unwrap();
             at = end;
             i += 1;
         }
         w.shutdown().await.unwrap();
     });
-    let mut got = Vec::with_capacity(data.len());
+    let mut got = Vec::with_capacity(len);
     tokio::time::timeout(Duration::from_secs(30), r.read_to_end(&mut got))
         .await
         .expect("echo within 30 s")
         .unwrap();
     writer.await.unwrap();
-    assert_eq!(got.len(), data.len());
-    assert_eq!(Sha1::digest(&got), Sha1::digest(&data));
+    got
 }
 
 /// The client half-closes: the upstream sees end of stream after every byte, and its answer
@@ -190,20 +203,7 @@ async fn tunnels_stay_intact_when_kernel_buffers_run_out() {
         let stream = open_tunnel(&proxy).await;
         tunnels.push(tokio::spawn(async move {
             let data = common::pseudo_random(512 * 1024, seed + 100);
-            let (mut r, mut w) = stream.into_split();
-            let sent = data.clone();
-            let writer = tokio::spawn(async move {
-                for chunk in sent.chunks(7919) {
-                    w.write_all(chunk).await.unwrap();
-                }
-                w.shutdown().await.unwrap();
-            });
-            let mut got = Vec::with_capacity(data.len());
-            tokio::time::timeout(Duration::from_secs(30), r.read_to_end(&mut got))
-                .await
-                .expect("echo within 30 s")
-                .unwrap();
-            writer.await.unwrap();
+            let got = echo_through(stream, data.clone(), |_| 7919).await;
             assert_eq!(Sha1::digest(&got), Sha1::digest(&data), "tunnel {seed}");
         }));
     }
