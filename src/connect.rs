@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use io_uring::{cqueue, opcode, types};
 use socket2::{Domain, SockAddr, Socket, Type};
-use tokio_uring::net::TcpStream;
 use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
 
 use tracing::warn;
@@ -19,6 +18,7 @@ use tracing::warn;
 use crate::deadline::with_deadline;
 use crate::handshake::HandshakeError;
 use crate::metrics::Metrics;
+use crate::socket::Stream;
 use crate::upstream::Group;
 
 /// Why one connect attempt failed.
@@ -57,10 +57,7 @@ impl OneshotOutputTransform for ConnectTransform {
 }
 
 /// Connects to `addr` with TCP_NODELAY set, giving up after `timeout` (`None`: no limit).
-pub async fn connect(
-    addr: SocketAddr,
-    timeout: Option<Duration>,
-) -> Result<TcpStream, ConnectError> {
+pub async fn connect(addr: SocketAddr, timeout: Option<Duration>) -> Result<Stream, ConnectError> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(|e| match e
         .raw_os_error()
     {
@@ -95,7 +92,7 @@ pub async fn connect(
     .await;
     match res {
         _ if timed_out => Err(ConnectError::TimedOut),
-        Ok(()) => Ok(TcpStream::from_std(socket.into())),
+        Ok(()) => Ok(Stream::from_fd(socket.into())),
         Err(e) => Err(ConnectError::Failed(e)),
     }
 }
@@ -106,7 +103,7 @@ pub async fn connect_group(
     group: &Group,
     timeout: Option<std::time::Duration>,
     metrics: &Metrics,
-) -> Result<(TcpStream, SocketAddr), HandshakeError> {
+) -> Result<(Stream, SocketAddr), HandshakeError> {
     let mut all_timed_out = true;
     for (index, addr) in group.balancer.pick() {
         match connect(addr, timeout).await {

@@ -11,6 +11,7 @@
 //!   ([`connect`]) -> response head -> tunnel after a `101` only.
 //! - [`relay`]: the two byte pumps with half-close and idle timeout, over [`buffers`]
 //!   (kernel-selected receive buffers, so an idle tunnel holds none).
+//! - [`socket`]: the connection type, over a plain descriptor that can be handed over.
 //! - [`deadline`]: timeouts that never drop a pending io_uring read.
 //! - [`metrics`] (per-worker counters), served by [`admin`] with `/healthz`; [`access_log`]
 //!   writes one line per connection from its own thread.
@@ -35,6 +36,7 @@ pub mod proxy;
 pub mod relay;
 pub mod reload;
 pub mod server;
+pub mod socket;
 pub mod spare_fd;
 pub mod upstream;
 pub mod websocket;

@@ -7,7 +7,6 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use tokio_uring::buf::BoundedBuf;
-use tokio_uring::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use crate::access_log;
@@ -18,6 +17,7 @@ use crate::handshake::{
 };
 use crate::metrics::Upgrade;
 use crate::relay::{self, Report, Side};
+use crate::socket::Stream;
 use crate::websocket::{self, Accept, Expected};
 use crate::worker::{Slot, WorkerContext};
 
@@ -51,10 +51,7 @@ enum Done {
     Relayed { status: u16, report: Report },
     /// The upstream switched protocols: the tunnel takes both streams. `early` counts the
     /// bytes that came with the heads [client->upstream, upstream->client], already relayed.
-    Switched {
-        upstream: TcpStream,
-        early: [u64; 2],
-    },
+    Switched { upstream: Stream, early: [u64; 2] },
 }
 
 /// What the access log and the metrics learn about a connection on the way.
@@ -67,7 +64,7 @@ struct Trace {
 
 /// Serves one accepted client connection: the handshake here, then either the end of the
 /// exchange or a tunnel task of its own. `slot` is its place under `max_connections`.
-pub async fn serve(ctx: Rc<WorkerContext>, client: TcpStream, info: ClientInfo, slot: Slot) {
+pub async fn serve(ctx: Rc<WorkerContext>, client: Stream, info: ClientInfo, slot: Slot) {
     let started = Instant::now();
     let _ = client.set_nodelay(true);
     let mut a = ctx.pool.get();
@@ -197,8 +194,8 @@ impl Closing {
 /// A tunnel, from the upstream's `101` to both sides' close.
 async fn run_tunnel(
     ctx: Rc<WorkerContext>,
-    client: TcpStream,
-    upstream: TcpStream,
+    client: Stream,
+    upstream: Stream,
     early: [u64; 2],
     end: Closing,
 ) {
@@ -216,7 +213,7 @@ async fn run_tunnel(
 /// descriptors): answered, counted and logged like any other refusal.
 pub async fn turn_away(
     ctx: Rc<WorkerContext>,
-    client: TcpStream,
+    client: Stream,
     info: ClientInfo,
     err: HandshakeError,
     linger: Duration,
@@ -249,12 +246,7 @@ pub const SHORT_LINGER: Duration = Duration::from_millis(100);
 
 /// Answers `err` and closes. Reads what the client still sends for up to `linger` first, so
 /// that closing with unread bytes does not reset the connection before the answer is read.
-pub async fn reject(
-    client: &TcpStream,
-    err: HandshakeError,
-    scratch: &mut Vec<u8>,
-    linger: Duration,
-) {
+pub async fn reject(client: &Stream, err: HandshakeError, scratch: &mut Vec<u8>, linger: Duration) {
     let (res, _) = client.write_all(err.response()).await;
     if res.is_err() {
         return;
@@ -281,7 +273,7 @@ pub async fn reject(
 
 async fn proxy(
     ctx: &WorkerContext,
-    client: &TcpStream,
+    client: &Stream,
     info: &ClientInfo,
     req: &mut Vec<u8>,
     out: &mut Vec<u8>,
@@ -341,7 +333,7 @@ async fn proxy(
 /// `Ok(None)`: the client closed (or the handshake deadline shut it) before a whole head.
 async fn read_request(
     ctx: &WorkerContext,
-    client: &TcpStream,
+    client: &Stream,
     info: &ClientInfo,
     req: &mut Vec<u8>,
     out: &mut Vec<u8>,
@@ -399,7 +391,7 @@ async fn read_request(
 /// status and length. `Ok(None)`: the upstream closed (or the response deadline shut it)
 /// before a whole head.
 async fn read_response(
-    upstream: &TcpStream,
+    upstream: &Stream,
     buf: &mut Vec<u8>,
 ) -> Result<Option<(u16, usize)>, HandshakeError> {
     loop {
@@ -425,7 +417,7 @@ async fn read_response(
 /// Waits for the response head within `timeouts.response`.
 async fn await_response(
     ctx: &WorkerContext,
-    upstream: &TcpStream,
+    upstream: &Stream,
     buf: &mut Vec<u8>,
 ) -> Result<(u16, usize), HandshakeError> {
     let (res, timed_out) = with_deadline(
@@ -451,8 +443,8 @@ async fn await_response(
 /// sent after a refusal or a `101` that does not prove the upstream switched.
 async fn upgrade(
     ctx: &WorkerContext,
-    client: &TcpStream,
-    upstream_stream: TcpStream,
+    client: &Stream,
+    upstream_stream: Stream,
     switch: Switch,
     head_len: usize,
     req: &mut Vec<u8>,

@@ -13,10 +13,10 @@ use std::pin::{Pin, pin};
 use std::time::Duration;
 
 use tokio_uring::buf::BoundedBuf;
-use tokio_uring::net::TcpStream;
 
 use crate::buffers::{BufferPool, KernelBuffers, Received};
 use crate::metrics::Meter;
+use crate::socket::Stream;
 
 /// Labels of the two directions, shared by logs and metrics.
 pub const CLIENT_TO_UPSTREAM: &str = "client->upstream";
@@ -88,7 +88,7 @@ impl Activity {
 /// One endpoint of a pump: the stream and which side it is.
 #[derive(Clone, Copy)]
 pub struct Peer<'a> {
-    pub stream: &'a TcpStream,
+    pub stream: &'a Stream,
     pub side: Side,
 }
 
@@ -210,7 +210,7 @@ async fn forward(
 }
 
 /// Shuts both sockets down both ways, which completes every pending operation on them.
-pub fn abort(client: &TcpStream, upstream: &TcpStream) {
+pub fn abort(client: &Stream, upstream: &Stream) {
     let _ = client.shutdown(Shutdown::Both);
     let _ = upstream.shutdown(Shutdown::Both);
 }
@@ -255,7 +255,7 @@ pub async fn idle_guard<F: Future>(
 /// Relays an upgraded connection both ways until both directions end.
 /// End of stream on one side shuts down writing on the other; the other direction flows on.
 /// An error on either side ends both.
-pub async fn tunnel(client: &TcpStream, upstream: &TcpStream, relay: Relay<'_>) -> Report {
+pub async fn tunnel(client: &Stream, upstream: &Stream, relay: Relay<'_>) -> Report {
     let activity = Activity::default();
     let c = Peer {
         stream: client,

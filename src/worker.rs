@@ -21,6 +21,7 @@ use crate::handshake::{ClientInfo, HandshakeError};
 use crate::metrics::{Metrics, WorkerMetrics};
 use crate::proxy;
 use crate::relay::Relay;
+use crate::socket;
 use crate::upstream::UpstreamTable;
 
 /// Relay buffer size: large enough for bulk transfers, small enough for many tunnels.
@@ -101,7 +102,6 @@ pub fn spawn(
                     kernel_buffers,
                 });
                 for (listener, local) in listeners {
-                    let listener = tokio_uring::net::TcpListener::from_std(listener);
                     tokio_uring::spawn(accept_loop(ctx.clone(), listener, local));
                 }
                 let _ = ready.send(Ok(()));
@@ -163,16 +163,12 @@ impl Drop for Slot {
     }
 }
 
-async fn accept_loop(
-    ctx: Rc<WorkerContext>,
-    listener: tokio_uring::net::TcpListener,
-    local: SocketAddr,
-) {
+async fn accept_loop(ctx: Rc<WorkerContext>, listener: TcpListener, local: SocketAddr) {
     let max = ctx.shared.config.limits.max_connections;
     let mut last_fd_warning: Option<Instant> = None;
     let mut spare = crate::spare_fd::SpareFd::open();
     loop {
-        match listener.accept().await {
+        match socket::accept(&listener).await {
             Ok((client, peer)) => {
                 let (slot, before) = Slot::take(&ctx);
                 let info = ClientInfo { peer, local };
@@ -198,7 +194,7 @@ async fn accept_loop(
                 }
                 // The spare's descriptor takes one waiting client, to tell it 503.
                 if spare.release()
-                    && let Ok((client, peer)) = listener.accept().await
+                    && let Ok((client, peer)) = socket::accept(&listener).await
                 {
                     let info = ClientInfo { peer, local };
                     let err = HandshakeError::OutOfFiles;

@@ -4,19 +4,19 @@
 use std::net::Shutdown;
 
 use tokio_uring::buf::BoundedBuf;
-use tokio_uring::net::TcpStream;
 
 use super::{Done, await_response};
 use crate::handshake::{HandshakeError, MAX_HEADERS, Parsed, parse_response};
 use crate::relay::{self, Activity, Peer, Report, Side};
+use crate::socket::Stream;
 use crate::worker::WorkerContext;
 
 /// A plain request: the rest of the body flows up while the response head is awaited, then
 /// the response flows down until the upstream closes, and the connection ends.
 pub(super) async fn respond(
     ctx: &WorkerContext,
-    client: &TcpStream,
-    upstream: &TcpStream,
+    client: &Stream,
+    upstream: &Stream,
     [body_sent, body_left]: [u64; 2],
     req: &mut Vec<u8>,
     resp: &mut Vec<u8>,
@@ -66,8 +66,8 @@ type PumpResult = Result<u64, (u64, relay::RelayError)>;
 /// response head made connection-closing, then the rest until the upstream closes.
 async fn response_down(
     ctx: &WorkerContext,
-    client: &TcpStream,
-    upstream: &TcpStream,
+    client: &Stream,
+    upstream: &Stream,
     resp: &mut Vec<u8>,
     activity: &Activity,
 ) -> Result<(u16, PumpResult), HandshakeError> {
@@ -115,8 +115,8 @@ async fn response_down(
 /// Relays at most `limit` more response bytes from the upstream to the client.
 async fn pump_down(
     ctx: &WorkerContext,
-    client: &TcpStream,
-    upstream: &TcpStream,
+    client: &Stream,
+    upstream: &Stream,
     resp: &mut Vec<u8>,
     limit: u64,
     activity: &Activity,
@@ -136,8 +136,8 @@ async fn pump_down(
 /// was passed on.
 pub(super) async fn relay_response(
     ctx: &WorkerContext,
-    client: &TcpStream,
-    upstream: &TcpStream,
+    client: &Stream,
+    upstream: &Stream,
     resp: &mut Vec<u8>,
     body_left: u64,
 ) -> Report {
