@@ -38,6 +38,7 @@ pub mod reload;
 pub mod server;
 pub mod socket;
 pub mod spare_fd;
+pub mod tunnels;
 pub mod upstream;
 pub mod websocket;
 pub mod worker;

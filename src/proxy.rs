@@ -85,8 +85,9 @@ pub async fn serve(ctx: Rc<WorkerContext>, client: Stream, info: ClientInfo, slo
                 started,
                 _slot: Some(slot),
             };
-            // Its own task, so an open tunnel keeps only its small state, not the handshake's.
-            tokio_uring::spawn(run_tunnel(ctx, client, upstream, early, end));
+            // From here on, the tunnel is an entry in the worker's tunnel loop: no task of its
+            // own, and nothing of the handshake's state.
+            open_tunnel(&ctx, client, upstream, early, end);
             return;
         }
         Ok(Done::ClientLeft) => {
@@ -191,22 +192,46 @@ impl Closing {
     }
 }
 
-/// A tunnel, from the upstream's `101` to both sides' close.
-async fn run_tunnel(
-    ctx: Rc<WorkerContext>,
+/// What a tunnel gives back to its connection when it ends: the log line's facts, the bytes
+/// relayed with the heads, and when it opened.
+pub struct TunnelEnd {
+    end: Closing,
+    early: [u64; 2],
+    opened: Instant,
+}
+
+impl TunnelEnd {
+    /// Counts and logs a tunnel that ended (called by the worker's tunnel loop).
+    pub fn finish(self, ctx: &WorkerContext, mut report: Report) {
+        report.client_to_upstream += self.early[0];
+        report.upstream_to_client += self.early[1];
+        ctx.metrics().tunnels.sub(1);
+        ctx.metrics().tunnel_ended(self.opened.elapsed());
+        self.end.log(ctx, 101, Some(&report));
+    }
+}
+
+/// Hands an upgraded connection to the worker's tunnel loop, which relays it from the
+/// upstream's `101` to both sides' close.
+fn open_tunnel(
+    ctx: &WorkerContext,
     client: Stream,
     upstream: Stream,
     early: [u64; 2],
     end: Closing,
 ) {
-    let opened = Instant::now();
     ctx.metrics().tunnels.add(1);
-    let mut report = relay::tunnel(&client, &upstream, ctx.relay()).await;
-    report.client_to_upstream += early[0];
-    report.upstream_to_client += early[1];
-    ctx.metrics().tunnels.sub(1);
-    ctx.metrics().tunnel_ended(opened.elapsed());
-    end.log(&ctx, 101, Some(&report));
+    let payload = TunnelEnd {
+        end,
+        early,
+        opened: Instant::now(),
+    };
+    if let Err(e) = ctx
+        .tunnels
+        .open(client.into_fd(), upstream.into_fd(), payload)
+    {
+        warn!("tunnel ring submit failed (retried on the next completion): {e}");
+    }
 }
 
 /// Turns a client away before reading anything (over the connection limit, out of

@@ -1,5 +1,6 @@
-//! Transparent byte-stream forwarder for the time after the handshake: two one-direction
-//! pumps, half-close propagation, and an idle watchdog. Frames are never decoded.
+//! Byte pumps for plain responses (after a non-`101` answer), with an idle watchdog, and the
+//! report type tunnels share. Tunnels themselves run in [`crate::tunnels`]. Frames are never
+//! decoded.
 //!
 //! tokio-uring does not cancel a dropped read, so nothing here drops a pending read: timeouts
 //! shut the sockets down, which makes every pending operation complete, and the pumps are
@@ -8,13 +9,11 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::net::Shutdown;
-use std::os::fd::AsRawFd;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::time::Duration;
 
 use tokio_uring::buf::BoundedBuf;
 
-use crate::buffers::{BufferPool, KernelBuffers, Received};
 use crate::metrics::Meter;
 use crate::socket::Stream;
 
@@ -147,68 +146,6 @@ async fn copy_once(
     })
 }
 
-/// What a relay takes from its worker: buffers (kernel-selected ones when the worker has
-/// them, owned ones from the pool otherwise or when the kernel group runs dry), the byte
-/// counters [client->upstream, upstream->client], and the idle timeout.
-#[derive(Clone, Copy)]
-pub struct Relay<'a> {
-    pub kernel: Option<&'static KernelBuffers>,
-    pub pool: &'a BufferPool,
-    pub bytes: &'a [Meter; 2],
-    pub idle: Option<Duration>,
-}
-
-/// Copies from `src` to `dst` until end of stream through kernel-selected buffers: no
-/// buffer is held while waiting for bytes. Arguments are references and the rare paths are
-/// boxed, because this state is what every open tunnel keeps, twice.
-async fn forward(
-    src: &Peer<'_>,
-    dst: &Peer<'_>,
-    relay: &Relay<'_>,
-    activity: &Activity,
-) -> Result<u64, (u64, RelayError)> {
-    let bytes = &relay.bytes[usize::from(src.side == Side::Upstream)];
-    let Some(kernel) = relay.kernel else {
-        let mut buf = relay.pool.get();
-        let res = Box::pin(pump(*src, *dst, &mut buf, u64::MAX, activity, bytes)).await;
-        relay.pool.put(buf);
-        return res;
-    };
-    let mut total = 0u64;
-    loop {
-        let n = match kernel.recv(src.stream.as_raw_fd()).await {
-            Received::Data { id, len } => {
-                let res = kernel.send(dst.stream.as_raw_fd(), id, len).await;
-                kernel.give_back(id);
-                res.map(|()| len).map_err(|source| RelayError {
-                    side: dst.side,
-                    source,
-                })
-            }
-            Received::NoBuffer => {
-                let mut buf = relay.pool.get();
-                let res = Box::pin(copy_once(*src, *dst, &mut buf, usize::MAX)).await;
-                relay.pool.put(buf);
-                res
-            }
-            Received::Eof => Ok(0),
-            Received::Failed(source) => Err(RelayError {
-                side: src.side,
-                source,
-            }),
-        };
-        match n {
-            Ok(0) => return Ok(total),
-            Ok(n) => {
-                activity.touch();
-                bytes.add(n as u64);
-                total += n as u64;
-            }
-            Err(e) => return Err((total, e)),
-        }
-    }
-}
-
 /// Shuts both sockets down both ways, which completes every pending operation on them.
 pub fn abort(client: &Stream, upstream: &Stream) {
     let _ = client.shutdown(Shutdown::Both);
@@ -250,47 +187,6 @@ pub async fn idle_guard<F: Future>(
             }
         }
     }
-}
-
-/// Relays an upgraded connection both ways until both directions end.
-/// End of stream on one side shuts down writing on the other; the other direction flows on.
-/// An error on either side ends both.
-pub async fn tunnel(client: &Stream, upstream: &Stream, relay: Relay<'_>) -> Report {
-    let activity = Activity::default();
-    let c = Peer {
-        stream: client,
-        side: Side::Client,
-    };
-    let u = Peer {
-        stream: upstream,
-        side: Side::Upstream,
-    };
-    let both = pin!(async {
-        tokio::join!(
-            one_way(&c, &u, &relay, &activity),
-            one_way(&u, &c, &relay, &activity)
-        )
-    });
-    let ((up, down), idled) =
-        idle_guard(both, relay.idle, &activity, || abort(client, upstream)).await;
-    report(up, down, idled)
-}
-
-/// One direction of a tunnel: forward, then pass end of stream on, or end both on error.
-async fn one_way(
-    src: &Peer<'_>,
-    dst: &Peer<'_>,
-    relay: &Relay<'_>,
-    activity: &Activity,
-) -> Result<u64, (u64, RelayError)> {
-    let res = forward(src, dst, relay, activity).await;
-    match &res {
-        Ok(_) => {
-            let _ = dst.stream.shutdown(Shutdown::Write);
-        }
-        Err(_) => abort(src.stream, dst.stream),
-    }
-    res
 }
 
 /// Builds the report from the two directions' results.

@@ -15,13 +15,13 @@ use arc_swap::ArcSwap;
 use tracing::{error, warn};
 
 use crate::access_log::AccessLog;
-use crate::buffers::{BufferPool, KernelBuffers};
+use crate::buffers::BufferPool;
 use crate::config::Config;
 use crate::handshake::{ClientInfo, HandshakeError};
 use crate::metrics::{Metrics, WorkerMetrics};
 use crate::proxy;
-use crate::relay::Relay;
 use crate::socket;
+use crate::tunnels::Tunnels;
 use crate::upstream::UpstreamTable;
 
 /// Relay buffer size: large enough for bulk transfers, small enough for many tunnels.
@@ -50,9 +50,8 @@ pub struct WorkerContext {
     pub id: usize,
     pub shared: Arc<Shared>,
     pub pool: BufferPool,
-    /// Tunnels' receive buffers; `None` where the kernel refused them (tunnels then use
-    /// owned buffers from `pool`, one per direction).
-    pub kernel_buffers: Option<&'static KernelBuffers>,
+    /// Every open tunnel of this worker, relayed by one task over a ring of their own.
+    pub tunnels: Rc<Tunnels<proxy::TunnelEnd>>,
 }
 
 /// Starts worker `id` on its own thread, pinned to `cpu`. It reports on `ready` once its
@@ -84,23 +83,33 @@ pub fn spawn(
             runtime.block_on(async move {
                 let buffer = RELAY_BUFFER.max(shared.config.limits.max_request_head);
                 // Enough for that many reads in flight to a writer at once; beyond it,
-                // tunnels borrow from the pool.
+                // tunnels borrow heap buffers.
                 let count = shared.config.limits.receive_buffers;
-                let kernel_buffers = match KernelBuffers::provide(RELAY_BUFFER, count, 0).await {
-                        Ok(buffers) => Some(buffers),
-                        Err(e) => {
-                            warn!(
-                                "worker {id}: no kernel-selected buffers ({e}); idle tunnels will hold two buffers each"
-                            );
-                            None
-                        }
-                    };
+                let tunnels = match Tunnels::new(shared.clone(), id, RELAY_BUFFER as u32, count) {
+                    Ok(t) => Rc::new(t),
+                    Err(e) => {
+                        let _ = ready.send(Err(format!(
+                            "worker {id}: cannot create the tunnels' io_uring instance: {e}"
+                        )));
+                        return;
+                    }
+                };
+                let idle = shared.config.timeouts.idle;
                 let ctx = Rc::new(WorkerContext {
                     id,
                     shared,
                     pool: BufferPool::new(buffer, POOL_KEEP),
-                    kernel_buffers,
+                    tunnels: tunnels.clone(),
                 });
+                let owner = ctx.clone();
+                tokio_uring::spawn(
+                    tunnels
+                        .clone()
+                        .run(move |end, report| end.finish(&owner, report)),
+                );
+                if let Some(idle) = idle {
+                    tokio_uring::spawn(tunnels.sweep_idle(idle));
+                }
                 for (listener, local) in listeners {
                     tokio_uring::spawn(accept_loop(ctx.clone(), listener, local));
                 }
@@ -130,16 +139,6 @@ impl WorkerContext {
     /// This worker's own counters.
     pub fn metrics(&self) -> &WorkerMetrics {
         &self.shared.metrics.workers[self.id]
-    }
-
-    /// What a relay on this worker uses.
-    pub fn relay(&self) -> Relay<'_> {
-        Relay {
-            kernel: self.kernel_buffers,
-            pool: &self.pool,
-            bytes: &self.metrics().bytes,
-            idle: self.shared.config.timeouts.idle,
-        }
     }
 }
 

@@ -1,0 +1,591 @@
+//! Every open tunnel of one worker, relayed by one task over a second io_uring ring of the
+//! worker's own. A tunnel is one slab entry (its two descriptors, where each direction
+//! stands, its byte counts): no task, future or waker per tunnel, so an idle upgraded
+//! connection costs a few hundred bytes, and completions are handled in batches straight
+//! off the completion queue. Receives take kernel-selected buffers from a ring-mapped buffer
+//! ring (IORING_REGISTER_PBUF_RING): a buffer is taken only when bytes arrive and handed back
+//! with one store once they are written on, so an idle tunnel pins no buffer. When the ring
+//! runs dry, a direction borrows a heap buffer for one read.
+//!
+//! Each direction has exactly one operation in flight (a receive, or the send of what it
+//! received), so bytes keep their order and a slow reader holds at most one buffer per
+//! direction. Timeouts and errors shut the sockets down, which completes whatever is
+//! pending; a tunnel's descriptors are closed only once nothing of it is in flight.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::Shutdown;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+use io_uring::types::{BufRingEntry, Fd};
+use io_uring::{IoUring, cqueue, opcode, squeue};
+use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
+
+use crate::relay::{End, RelayError, Report, Side};
+use crate::worker::Shared;
+
+/// Submission queue size; a full queue is submitted and refilled, so this bounds batching only.
+const SQ_ENTRIES: u32 = 1024;
+/// Completion queue size: completions arriving between two turns of the loop. The kernel
+/// keeps any overflow (IORING_FEAT_NODROP), so this is a batching size, not a limit.
+const CQ_ENTRIES: u32 = 8192;
+/// The buffer group of the receive buffers (the ring has only this one).
+const GROUP: u16 = 0;
+/// Heap buffers kept for reuse once the kernel ring ran dry.
+const SPILL_KEEP: usize = 16;
+
+const RECV: u64 = 0;
+const SEND: u64 = 1;
+
+/// The tunnels of one worker. `P` is what the owner wants back when a tunnel ends.
+pub struct Tunnels<P> {
+    engine: RefCell<Engine<P>>,
+    /// Signalled by the kernel when completions arrive; the loop sleeps on it.
+    wake: OwnedFd,
+}
+
+struct Engine<P> {
+    ring: IoUring,
+    buffers: Option<BufferRing>,
+    spill: Spill,
+    slab: Vec<Option<Tunnel<P>>>,
+    free: Vec<u32>,
+    ended: Vec<(P, Report)>,
+    cqes: Vec<cqueue::Entry>,
+    shared: Arc<Shared>,
+    worker: usize,
+}
+
+struct Tunnel<P> {
+    /// [client, upstream].
+    fds: [OwnedFd; 2],
+    /// [client->upstream, upstream->client]; direction `d` reads `fds[d]`, writes the other.
+    dirs: [Direction; 2],
+    in_flight: u8,
+    /// A read completed since the idle sweep last looked.
+    active: bool,
+    /// Idle sweeps in a row that found no read.
+    quiet: u8,
+    aborted: bool,
+    idled: bool,
+    error: Option<RelayError>,
+    payload: P,
+}
+
+#[derive(Default)]
+struct Direction {
+    buf: Buf,
+    len: u32,
+    sent: u32,
+    bytes: u64,
+    /// The kernel ring was empty at the last read: the next one borrows a heap buffer.
+    spill_next: bool,
+}
+
+#[derive(Default, Clone, Copy)]
+enum Buf {
+    #[default]
+    None,
+    Ring(u16),
+    Spill(u32),
+}
+
+impl<P> Tunnels<P> {
+    /// A ring of its own with `count` receive buffers of `size` bytes. Without ring-mapped
+    /// buffers (kernels before 5.19) every read borrows a heap buffer instead.
+    pub fn new(shared: Arc<Shared>, worker: usize, size: u32, count: u16) -> io::Result<Self> {
+        let ring = build_ring()?;
+        let buffers = match BufferRing::register(&ring, size, count) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::warn!(
+                    "worker {worker}: no kernel-selected buffers ({e}); tunnels read into heap buffers"
+                );
+                None
+            }
+        };
+        // SAFETY: eventfd(2) has no memory arguments; the result is checked before use.
+        #[allow(unsafe_code)]
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and is owned by nobody else.
+        #[allow(unsafe_code)]
+        let wake = unsafe { OwnedFd::from_raw_fd(fd) };
+        ring.submitter().register_eventfd(wake.as_raw_fd())?;
+        Ok(Tunnels {
+            engine: RefCell::new(Engine {
+                ring,
+                buffers,
+                spill: Spill::new(size as usize),
+                slab: Vec::new(),
+                free: Vec::new(),
+                ended: Vec::new(),
+                cqes: Vec::with_capacity(256),
+                shared,
+                worker,
+            }),
+            wake,
+        })
+    }
+
+    /// Starts relaying between `client` and `upstream` until both directions end.
+    pub fn open(&self, client: OwnedFd, upstream: OwnedFd, payload: P) -> io::Result<()> {
+        let mut engine = self.engine.borrow_mut();
+        let tunnel = Tunnel {
+            fds: [client, upstream],
+            dirs: Default::default(),
+            in_flight: 0,
+            active: false,
+            quiet: 0,
+            aborted: false,
+            idled: false,
+            error: None,
+            payload,
+        };
+        let index = match engine.free.pop() {
+            Some(i) => {
+                engine.slab[i as usize] = Some(tunnel);
+                i
+            }
+            None => {
+                engine.slab.push(Some(tunnel));
+                (engine.slab.len() - 1) as u32
+            }
+        };
+        engine.recv(index, 0);
+        engine.recv(index, 1);
+        engine.ring.submit().map(drop)
+    }
+
+    /// Tunnels open now.
+    pub fn len(&self) -> usize {
+        let engine = self.engine.borrow();
+        engine.slab.len() - engine.free.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The relay loop: handles completions, hands each ended tunnel's payload and report to
+    /// `on_end`, and sleeps on the eventfd in between. Runs for the worker's life.
+    pub async fn run(self: Rc<Self>, mut on_end: impl FnMut(P, Report)) {
+        let mut ended = Vec::new();
+        loop {
+            {
+                let mut engine = self.engine.borrow_mut();
+                engine.turn();
+                std::mem::swap(&mut ended, &mut engine.ended);
+            }
+            for (payload, report) in ended.drain(..) {
+                on_end(payload, report);
+            }
+            if let Err(e) = read_eventfd(self.wake.as_raw_fd()).await {
+                tracing::error!("tunnel loop cannot wait for completions: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+
+    /// Closes tunnels in which no read completed for `idle` (checked four times per period,
+    /// so a quiet tunnel ends within 1.25 x `idle`). Runs for the worker's life.
+    pub async fn sweep_idle(self: Rc<Self>, idle: Duration) {
+        let tick = idle / 4;
+        loop {
+            tokio::time::sleep(tick).await;
+            let mut engine = self.engine.borrow_mut();
+            for tunnel in engine.slab.iter_mut().flatten() {
+                if std::mem::take(&mut tunnel.active) {
+                    tunnel.quiet = 0;
+                    continue;
+                }
+                tunnel.quiet = tunnel.quiet.saturating_add(1);
+                if tunnel.quiet >= 4 && !tunnel.aborted {
+                    tunnel.idled = true;
+                    tunnel.abort();
+                }
+            }
+        }
+    }
+}
+
+impl<P> Engine<P> {
+    /// Submits what is queued and handles completions until none is left.
+    fn turn(&mut self) {
+        loop {
+            if let Err(e) = self.ring.submit() {
+                tracing::error!("tunnel ring submit failed: {e}");
+            }
+            self.cqes.clear();
+            self.cqes.extend(self.ring.completion());
+            if self.cqes.is_empty() {
+                return;
+            }
+            for i in 0..self.cqes.len() {
+                let cqe = self.cqes[i].clone();
+                self.complete(&cqe);
+            }
+        }
+    }
+
+    fn push(&mut self, sqe: squeue::Entry) {
+        // SAFETY: every entry points at memory that outlives the operation: buffer-ring
+        // memory is never freed, a spill buffer stays in `spill` until its direction's
+        // operation completed, and the descriptors stay open until the tunnel has nothing
+        // in flight.
+        #[allow(unsafe_code)]
+        while unsafe { self.ring.submission().push(&sqe) }.is_err() {
+            if let Err(e) = self.ring.submit() {
+                tracing::error!("tunnel ring submit failed: {e}");
+            }
+        }
+    }
+
+    fn tunnel(&mut self, index: u32) -> &mut Tunnel<P> {
+        self.slab[index as usize]
+            .as_mut()
+            .expect("completion for a closed tunnel")
+    }
+
+    /// Reads direction `d` of tunnel `index`: into a buffer the kernel picks when bytes
+    /// arrive, or into a borrowed heap buffer when the kernel ran out.
+    fn recv(&mut self, index: u32, d: usize) {
+        let ring_size = self.buffers.as_ref().map(|b| b.size);
+        let tunnel = self.slab[index as usize].as_mut().expect("open tunnel");
+        let fd = Fd(tunnel.fds[d].as_raw_fd());
+        let dir = &mut tunnel.dirs[d];
+        let sqe = match ring_size {
+            Some(size) if !dir.spill_next => opcode::Recv::new(fd, std::ptr::null_mut(), size)
+                .buf_group(GROUP)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT),
+            _ => {
+                let (id, ptr) = self.spill.take();
+                dir.buf = Buf::Spill(id);
+                opcode::Recv::new(fd, ptr, self.spill.size as u32).build()
+            }
+        };
+        tunnel.in_flight += 1;
+        self.push(sqe.user_data(user_data(index, d, RECV)));
+    }
+
+    /// Sends what direction `d` received and has not yet written.
+    fn send(&mut self, index: u32, d: usize) {
+        let tunnel = self.slab[index as usize].as_mut().expect("open tunnel");
+        let dir = &tunnel.dirs[d];
+        let start = match dir.buf {
+            Buf::Ring(id) => self.buffers.as_ref().expect("ring buffer").start(id),
+            Buf::Spill(id) => self.spill.start(id),
+            Buf::None => unreachable!("send without a buffer"),
+        };
+        // SAFETY: `sent < len <= buffer size`, inside the buffer.
+        #[allow(unsafe_code)]
+        let ptr = unsafe { start.add(dir.sent as usize) };
+        let fd = Fd(tunnel.fds[1 - d].as_raw_fd());
+        let sqe = opcode::Send::new(fd, ptr, dir.len - dir.sent)
+            .flags(libc::MSG_NOSIGNAL)
+            .build();
+        tunnel.in_flight += 1;
+        self.push(sqe.user_data(user_data(index, d, SEND)));
+    }
+
+    fn release(&mut self, index: u32, d: usize) {
+        let tunnel = self.slab[index as usize].as_mut().expect("open tunnel");
+        match std::mem::take(&mut tunnel.dirs[d].buf) {
+            Buf::Ring(id) => self.buffers.as_mut().expect("ring buffer").give_back(id),
+            Buf::Spill(id) => self.spill.put(id),
+            Buf::None => {}
+        }
+    }
+
+    fn complete(&mut self, cqe: &cqueue::Entry) {
+        let (index, d, op) = parse_user_data(cqe.user_data());
+        let res = cqe.result();
+        let tunnel = self.tunnel(index);
+        tunnel.in_flight -= 1;
+        if let Some(id) = cqueue::buffer_select(cqe.flags()) {
+            tunnel.dirs[d].buf = Buf::Ring(id);
+        }
+        let aborted = tunnel.aborted;
+        match op {
+            RECV if res > 0 && !aborted => {
+                tunnel.active = true;
+                let dir = &mut tunnel.dirs[d];
+                dir.spill_next = false;
+                dir.len = res as u32;
+                dir.sent = 0;
+                dir.bytes += res as u64;
+                self.shared.metrics.workers[self.worker].bytes[d].add(res as u64);
+                self.send(index, d);
+            }
+            RECV if res == -libc::ENOBUFS && !aborted => {
+                self.release(index, d);
+                self.tunnel(index).dirs[d].spill_next = true;
+                self.recv(index, d);
+            }
+            RECV => {
+                self.release(index, d);
+                let tunnel = self.tunnel(index);
+                if !aborted {
+                    if res == 0 {
+                        let _ = shutdown(tunnel.fds[1 - d].as_raw_fd(), Shutdown::Write);
+                    } else {
+                        tunnel.fail(side_of(d), io::Error::from_raw_os_error(-res));
+                    }
+                }
+            }
+            _ if res > 0 && !aborted => {
+                let dir = &mut tunnel.dirs[d];
+                dir.sent += res as u32;
+                if dir.sent < dir.len {
+                    self.send(index, d);
+                } else {
+                    self.release(index, d);
+                    self.recv(index, d);
+                }
+            }
+            _ => {
+                self.release(index, d);
+                let tunnel = self.tunnel(index);
+                if !aborted {
+                    let error = if res == 0 {
+                        io::ErrorKind::WriteZero.into()
+                    } else {
+                        io::Error::from_raw_os_error(-res)
+                    };
+                    tunnel.fail(side_of(1 - d), error);
+                }
+            }
+        }
+        if self.tunnel(index).in_flight == 0 {
+            self.finish(index);
+        }
+    }
+
+    /// Both directions are over and nothing is in flight: close and report.
+    fn finish(&mut self, index: u32) {
+        let tunnel = self.slab[index as usize].take().expect("open tunnel");
+        self.free.push(index);
+        let end = if tunnel.idled {
+            End::Idle
+        } else if let Some(e) = tunnel.error {
+            End::Error(e)
+        } else {
+            End::Closed
+        };
+        let report = Report {
+            client_to_upstream: tunnel.dirs[0].bytes,
+            upstream_to_client: tunnel.dirs[1].bytes,
+            end,
+        };
+        drop(tunnel.fds);
+        self.ended.push((tunnel.payload, report));
+    }
+}
+
+impl<P> Tunnel<P> {
+    /// An error on either side ends both directions.
+    fn fail(&mut self, side: Side, source: io::Error) {
+        self.error = Some(RelayError { side, source });
+        self.abort();
+    }
+
+    /// Shuts both sockets down both ways, which completes every pending operation on them.
+    fn abort(&mut self) {
+        self.aborted = true;
+        for fd in &self.fds {
+            let _ = shutdown(fd.as_raw_fd(), Shutdown::Both);
+        }
+    }
+}
+
+impl<P> std::fmt::Debug for Tunnels<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tunnels")
+            .field("open", &self.len())
+            .finish()
+    }
+}
+
+fn side_of(d: usize) -> Side {
+    if d == 0 { Side::Client } else { Side::Upstream }
+}
+
+fn user_data(index: u32, d: usize, op: u64) -> u64 {
+    (u64::from(index) << 2) | ((d as u64) << 1) | op
+}
+
+fn parse_user_data(data: u64) -> (u32, usize, u64) {
+    ((data >> 2) as u32, ((data >> 1) & 1) as usize, data & 1)
+}
+
+fn shutdown(fd: RawFd, how: Shutdown) -> io::Result<()> {
+    let how = match how {
+        Shutdown::Read => libc::SHUT_RD,
+        Shutdown::Write => libc::SHUT_WR,
+        Shutdown::Both => libc::SHUT_RDWR,
+    };
+    // SAFETY: shutdown(2) touches no memory of ours; `fd` is open (owned by a live tunnel).
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::shutdown(fd, how) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// A ring with SINGLE_ISSUER and COOP_TASKRUN (no submit locking, no interrupts to run
+/// completions), or a plain one on kernels without them.
+fn build_ring() -> io::Result<IoUring> {
+    IoUring::builder()
+        .setup_cqsize(CQ_ENTRIES)
+        .setup_single_issuer()
+        .setup_coop_taskrun()
+        .build(SQ_ENTRIES)
+        .or_else(|_| {
+            IoUring::builder()
+                .setup_cqsize(CQ_ENTRIES)
+                .build(SQ_ENTRIES)
+        })
+}
+
+/// Waits until the eventfd was signalled (through the worker's main ring) and resets it.
+async fn read_eventfd(fd: RawFd) -> io::Result<()> {
+    let buf = Box::new([0u8; 8]);
+    let ptr = buf.as_ptr().cast_mut();
+    let sqe = opcode::Read::new(Fd(fd), ptr, 8).build();
+    UnsubmittedOneshot::new(buf, Completion, sqe).submit().await
+}
+
+struct Completion;
+
+impl OneshotOutputTransform for Completion {
+    type Output = io::Result<()>;
+    type StoredData = Box<[u8; 8]>;
+
+    fn transform_oneshot_output(self, _: Box<[u8; 8]>, cqe: cqueue::Entry) -> io::Result<()> {
+        if cqe.result() >= 0 {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(-cqe.result()))
+        }
+    }
+}
+
+/// Receive buffers lent to the kernel through a ring-mapped buffer ring. The memory is
+/// leaked on purpose: the kernel may hold any buffer until the ring goes away, and a
+/// worker's ring lives as long as the process.
+struct BufferRing {
+    entries: *mut BufRingEntry,
+    mask: u16,
+    tail: u16,
+    base: *mut u8,
+    size: u32,
+}
+
+impl BufferRing {
+    fn register(ring: &IoUring, size: u32, count: u16) -> io::Result<Self> {
+        let slots = count.next_power_of_two();
+        let layout = std::alloc::Layout::from_size_align(
+            usize::from(slots) * std::mem::size_of::<BufRingEntry>(),
+            4096,
+        )
+        .map_err(io::Error::other)?;
+        // SAFETY: the layout has a non-zero size.
+        #[allow(unsafe_code)]
+        let entries = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<BufRingEntry>();
+        if entries.is_null() {
+            return Err(io::ErrorKind::OutOfMemory.into());
+        }
+        let memory = Vec::leak(vec![0u8; size as usize * usize::from(count)]);
+        // SAFETY: `entries` is page-aligned, zeroed, `slots` entries long, and never freed.
+        #[allow(unsafe_code)]
+        unsafe {
+            ring.submitter()
+                .register_buf_ring(entries as u64, slots, GROUP)?;
+        }
+        let mut buffers = BufferRing {
+            entries,
+            mask: slots - 1,
+            tail: 0,
+            base: memory.as_mut_ptr(),
+            size,
+        };
+        for id in 0..count {
+            buffers.give_back(id);
+        }
+        Ok(buffers)
+    }
+
+    fn start(&self, id: u16) -> *mut u8 {
+        // SAFETY: ids handed out by the kernel are ones we provided, all inside the memory.
+        #[allow(unsafe_code)]
+        unsafe {
+            self.base.add(usize::from(id) * self.size as usize)
+        }
+    }
+
+    /// Hands buffer `id` back to the kernel: one entry and a tail store, no system call.
+    fn give_back(&mut self, id: u16) {
+        let addr = self.start(id) as u64;
+        // SAFETY: `tail & mask` indexes inside the entries; the kernel reads only entries
+        // before the published tail, and this one is published after it is written.
+        #[allow(unsafe_code)]
+        unsafe {
+            let entry = &mut *self.entries.add(usize::from(self.tail & self.mask));
+            entry.set_addr(addr);
+            entry.set_len(self.size);
+            entry.set_bid(id);
+            self.tail = self.tail.wrapping_add(1);
+            let tail = BufRingEntry::tail(self.entries).cast_mut();
+            AtomicU16::from_ptr(tail).store(self.tail, Ordering::Release);
+        }
+    }
+}
+
+/// Heap buffers for reads when the kernel ring is empty, each lent for one read and send.
+struct Spill {
+    buffers: Vec<Vec<u8>>,
+    free: Vec<u32>,
+    size: usize,
+}
+
+impl Spill {
+    fn new(size: usize) -> Self {
+        Spill {
+            buffers: Vec::new(),
+            free: Vec::new(),
+            size,
+        }
+    }
+
+    fn take(&mut self) -> (u32, *mut u8) {
+        let id = self.free.pop().unwrap_or_else(|| {
+            self.buffers.push(Vec::new());
+            (self.buffers.len() - 1) as u32
+        });
+        let buf = &mut self.buffers[id as usize];
+        if buf.capacity() < self.size {
+            *buf = vec![0u8; self.size];
+        }
+        (id, buf.as_mut_ptr())
+    }
+
+    fn start(&mut self, id: u32) -> *mut u8 {
+        self.buffers[id as usize].as_mut_ptr()
+    }
+
+    fn put(&mut self, id: u32) {
+        if self.free.len() >= SPILL_KEEP {
+            self.buffers[id as usize] = Vec::new();
+        }
+        self.free.push(id);
+    }
+}
