@@ -15,7 +15,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::net::Shutdown;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -23,7 +23,8 @@ use std::time::Duration;
 
 use io_uring::types::{BufRingEntry, Fd};
 use io_uring::{IoUring, cqueue, opcode, squeue};
-use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 
 use crate::relay::{End, RelayError, Report, Side};
 use crate::worker::Shared;
@@ -35,6 +36,9 @@ const SQ_ENTRIES: u32 = 1024;
 const CQ_ENTRIES: u32 = 8192;
 /// The buffer group of the receive buffers (the ring has only this one).
 const GROUP: u16 = 0;
+/// Completions one turn of the loop handles before it lets the worker's other tasks (accepts,
+/// handshakes) run: under steady load the completion queue never runs empty.
+const TURN_BUDGET: usize = 1024;
 /// Heap buffers kept for reuse once the kernel ring ran dry.
 const SPILL_KEEP: usize = 16;
 
@@ -44,8 +48,6 @@ const SEND: u64 = 1;
 /// The tunnels of one worker. `P` is what the owner wants back when a tunnel ends.
 pub struct Tunnels<P> {
     engine: RefCell<Engine<P>>,
-    /// Signalled by the kernel when completions arrive; the loop sleeps on it.
-    wake: OwnedFd,
 }
 
 struct Engine<P> {
@@ -108,16 +110,6 @@ impl<P> Tunnels<P> {
                 None
             }
         };
-        // SAFETY: eventfd(2) has no memory arguments; the result is checked before use.
-        #[allow(unsafe_code)]
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just created and is owned by nobody else.
-        #[allow(unsafe_code)]
-        let wake = unsafe { OwnedFd::from_raw_fd(fd) };
-        ring.submitter().register_eventfd(wake.as_raw_fd())?;
         Ok(Tunnels {
             engine: RefCell::new(Engine {
                 ring,
@@ -130,7 +122,6 @@ impl<P> Tunnels<P> {
                 shared,
                 worker,
             }),
-            wake,
         })
     }
 
@@ -160,7 +151,7 @@ impl<P> Tunnels<P> {
         };
         engine.recv(index, 0);
         engine.recv(index, 1);
-        engine.ring.submit().map(drop)
+        engine.submit().map(drop)
     }
 
     /// Tunnels open now.
@@ -174,21 +165,30 @@ impl<P> Tunnels<P> {
     }
 
     /// The relay loop: handles completions, hands each ended tunnel's payload and report to
-    /// `on_end`, and sleeps on the eventfd in between. Runs for the worker's life.
-    pub async fn run(self: Rc<Self>, mut on_end: impl FnMut(P, Report)) {
+    /// `on_end`, and sleeps in between until the ring has completions (its descriptor polled
+    /// by the runtime's epoll, as tokio-uring polls its own ring's). Runs for the worker's life.
+    pub async fn run(self: Rc<Self>, mut on_end: impl FnMut(P, Report)) -> io::Result<()> {
+        let ring = RingFd(self.engine.borrow().ring.as_raw_fd());
+        // SAFETY: the ring's descriptor stays open as long as `self`, which this loop holds.
+        #[allow(unsafe_code)]
+        let ready = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE)? };
         let mut ended = Vec::new();
         loop {
-            {
+            let drained = {
                 let mut engine = self.engine.borrow_mut();
-                engine.turn();
+                let drained = engine.turn();
                 std::mem::swap(&mut ended, &mut engine.ended);
-            }
+                drained
+            };
             for (payload, report) in ended.drain(..) {
                 on_end(payload, report);
             }
-            if let Err(e) = read_eventfd(self.wake.as_raw_fd()).await {
-                tracing::error!("tunnel loop cannot wait for completions: {e}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
+            if drained {
+                // Readiness is cleared before the next turn looks, so a completion that
+                // arrives after that look wakes the loop again.
+                ready.readable().await?.clear_ready();
+            } else {
+                tokio::task::yield_now().await;
             }
         }
     }
@@ -216,22 +216,34 @@ impl<P> Tunnels<P> {
 }
 
 impl<P> Engine<P> {
-    /// Submits what is queued and handles completions until none is left.
-    fn turn(&mut self) {
+    /// Submits what is queued and handles completions until none is left (`true`) or the
+    /// turn's budget is spent (`false`).
+    fn turn(&mut self) -> bool {
+        let mut handled = 0;
         loop {
-            if let Err(e) = self.ring.submit() {
+            if let Err(e) = self.submit() {
                 tracing::error!("tunnel ring submit failed: {e}");
             }
             self.cqes.clear();
             self.cqes.extend(self.ring.completion());
             if self.cqes.is_empty() {
-                return;
+                return true;
             }
             for i in 0..self.cqes.len() {
                 let cqe = self.cqes[i].clone();
                 self.complete(&cqe);
             }
+            handled += self.cqes.len();
+            if handled >= TURN_BUDGET {
+                return false;
+            }
         }
+    }
+
+    /// Submits what is queued. Entering the kernel also runs the completion work it has for
+    /// this thread, so completions are ready to reap after it.
+    fn submit(&mut self) -> io::Result<usize> {
+        self.ring.submit()
     }
 
     fn push(&mut self, sqe: squeue::Entry) {
@@ -241,7 +253,7 @@ impl<P> Engine<P> {
         // in flight.
         #[allow(unsafe_code)]
         while unsafe { self.ring.submission().push(&sqe) }.is_err() {
-            if let Err(e) = self.ring.submit() {
+            if let Err(e) = self.submit() {
                 tracing::error!("tunnel ring submit failed: {e}");
             }
         }
@@ -441,8 +453,9 @@ fn shutdown(fd: RawFd, how: Shutdown) -> io::Result<()> {
     }
 }
 
-/// A ring with SINGLE_ISSUER and COOP_TASKRUN (no submit locking, no interrupts to run
-/// completions), or a plain one on kernels without them.
+/// A ring with SINGLE_ISSUER and COOP_TASKRUN (no submit locking, no interrupt to run
+/// completion work: it runs when the thread next enters the kernel), or a plain one.
+/// (DEFER_TASKRUN measured no better here: 7.01 vs 7.12 µs per rr message, noise.)
 fn build_ring() -> io::Result<IoUring> {
     IoUring::builder()
         .setup_cqsize(CQ_ENTRIES)
@@ -456,26 +469,12 @@ fn build_ring() -> io::Result<IoUring> {
         })
 }
 
-/// Waits until the eventfd was signalled (through the worker's main ring) and resets it.
-async fn read_eventfd(fd: RawFd) -> io::Result<()> {
-    let buf = Box::new([0u8; 8]);
-    let ptr = buf.as_ptr().cast_mut();
-    let sqe = opcode::Read::new(Fd(fd), ptr, 8).build();
-    UnsubmittedOneshot::new(buf, Completion, sqe).submit().await
-}
+/// The ring's descriptor, for the runtime's epoll.
+struct RingFd(RawFd);
 
-struct Completion;
-
-impl OneshotOutputTransform for Completion {
-    type Output = io::Result<()>;
-    type StoredData = Box<[u8; 8]>;
-
-    fn transform_oneshot_output(self, _: Box<[u8; 8]>, cqe: cqueue::Entry) -> io::Result<()> {
-        if cqe.result() >= 0 {
-            Ok(())
-        } else {
-            Err(io::Error::from_raw_os_error(-cqe.result()))
-        }
+impl AsRawFd for RingFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
     }
 }
 

@@ -102,11 +102,12 @@ pub fn spawn(
                     tunnels: tunnels.clone(),
                 });
                 let owner = ctx.clone();
-                tokio_uring::spawn(
-                    tunnels
-                        .clone()
-                        .run(move |end, report| end.finish(&owner, report)),
-                );
+                let relay = tunnels.clone().run(move |end, report| end.finish(&owner, report));
+                tokio_uring::spawn(async move {
+                    if let Err(e) = relay.await {
+                        error!("worker {id}: the tunnel loop stopped: {e}");
+                    }
+                });
                 if let Some(idle) = idle {
                     tokio_uring::spawn(tunnels.sweep_idle(idle));
                 }
