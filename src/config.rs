@@ -72,6 +72,8 @@ pub const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_REQUEST_HEAD: usize = 16 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 9000;
 pub const DEFAULT_RECEIVE_BUFFERS: usize = 256;
+/// The most buffers one io_uring buffer ring holds (2^15).
+pub const MAX_RECEIVE_BUFFERS: usize = 32768;
 const MIN_REQUEST_HEAD: usize = 256;
 const MAX_REQUEST_HEAD: usize = 1024 * 1024;
 
@@ -332,7 +334,7 @@ impl Config {
                 "limits.receive_buffers",
                 &raw.limits.receive_buffers,
                 DEFAULT_RECEIVE_BUFFERS,
-                1..=usize::from(u16::MAX),
+                1..=MAX_RECEIVE_BUFFERS,
             )
             .map_err(|(offset, msg)| err(offset, msg))? as u16,
         };

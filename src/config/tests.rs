@@ -755,7 +755,13 @@ fn receive_buffers_is_read_and_bounded() {
     let bad = format!("{MAIN}\n[limits]\nreceive_buffers = 0\n");
     let err = parse(&bad).unwrap_err().to_string();
     assert!(
-        err.contains("limits.receive_buffers: 0 is out of range; use 1 to 65535"),
+        err.contains("limits.receive_buffers: 0 is out of range; use 1 to 32768"),
+        "{err}"
+    );
+    let bad = format!("{MAIN}\n[limits]\nreceive_buffers = 32769\n");
+    let err = parse(&bad).unwrap_err().to_string();
+    assert!(
+        err.contains("limits.receive_buffers: 32769 is out of range; use 1 to 32768"),
         "{err}"
     );
 }
