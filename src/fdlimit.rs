@@ -44,9 +44,17 @@ fn get() -> io::Result<libc::rlimit> {
 
 /// Descriptors each worker holds whatever its load: per `listen` address its listener, the
 /// duplicate kept for stopping and a spare for answering 503 when out of descriptors; plus
-/// its io_uring instance and its runtime's epoll and wake-up descriptors.
+/// its two io_uring instances (the runtime's and the tunnels') and its runtime's epoll and
+/// wake-up descriptors.
 pub fn per_worker(listen: usize) -> u64 {
-    3 * listen as u64 + 3
+    3 * listen as u64 + 4
+}
+
+/// Pipes (two descriptors each) a worker may open for spliced tunnel directions out of the
+/// `headroom` left once `limits.max_connections` and the fixed descriptors are counted, so
+/// splicing never takes a descriptor a connection was promised.
+pub fn pipes_per_worker(headroom: u64, workers: usize) -> usize {
+    (headroom / 2 / workers.max(1) as u64) as usize
 }
 
 /// Descriptors needed to hold `max_connections` proxied connections on `workers` workers.

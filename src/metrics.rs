@@ -81,6 +81,8 @@ pub struct WorkerMetrics {
     pub accepted: Meter,
     pub active: Meter,
     pub tunnels: Meter,
+    /// Tunnel directions moved to splice(2) after sustained bulk traffic.
+    pub spliced: Meter,
     upgrades: [Meter; 4],
     /// Responses by status, 100..=599.
     responses: Box<[Meter]>,
@@ -97,6 +99,7 @@ impl Default for WorkerMetrics {
             accepted: Meter::default(),
             active: Meter::default(),
             tunnels: Meter::default(),
+            spliced: Meter::default(),
             upgrades: Default::default(),
             responses: (100..600).map(|_| Meter::default()).collect(),
             bytes: Default::default(),
@@ -292,6 +295,18 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
             w.tunnels.get()
         );
     }
+
+    header(
+        &mut out,
+        "wsplice_spliced_directions_total",
+        "counter",
+        "Tunnel directions that moved to splice(2) (zero-copy through a pipe) after sustained bulk traffic.",
+    );
+    let _ = writeln!(
+        out,
+        "wsplice_spliced_directions_total {}",
+        m.sum(|w| &w.spliced)
+    );
 
     header(
         &mut out,

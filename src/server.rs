@@ -99,6 +99,7 @@ pub fn run(config: Config, table: UpstreamTable) -> Result<(), StartError> {
         reloads: ReloadStats::started(read_file(&config_upstreams).ok()),
         metrics: Metrics::new(workers),
         access_log,
+        pipes_per_worker: fdlimit::pipes_per_worker(limit - needed, workers),
     });
 
     signals.block_on(async {

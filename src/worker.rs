@@ -42,6 +42,8 @@ pub struct Shared {
     pub reloads: crate::reload::ReloadStats,
     pub metrics: Metrics,
     pub access_log: Option<AccessLog>,
+    /// Pipes each worker may hold for spliced tunnel directions.
+    pub pipes_per_worker: usize,
 }
 
 /// One worker's own state, reachable from each of its connection tasks.
@@ -85,7 +87,8 @@ pub fn spawn(
                 // Enough for that many reads in flight to a writer at once; beyond it,
                 // tunnels borrow heap buffers.
                 let count = shared.config.limits.receive_buffers;
-                let tunnels = match Tunnels::new(shared.clone(), id, RELAY_BUFFER as u32, count) {
+                let pipes = shared.pipes_per_worker;
+                let tunnels = match Tunnels::new(shared.clone(), id, RELAY_BUFFER as u32, count, pipes) {
                     Ok(t) => Rc::new(t),
                     Err(e) => {
                         let _ = ready.send(Err(format!(

@@ -442,7 +442,7 @@ async fn out_of_file_descriptors_is_503_and_service_resumes() {
     let (up, _) = echo_upstream::start("127.0.0.1:0").await.unwrap();
     let config = TestConfig::default()
         .timeout("handshake", "30s")
-        .limit("max_connections", 90);
+        .limit("max_connections", 89);
     let proxy = common::limited::start(&config, &upstreams("backend", &[up]), 256, 20..201);
 
     let mut clients = Vec::new();

@@ -299,10 +299,10 @@ impl Summary {
         );
         let _ = writeln!(
             t,
-            "| target | rr msgs/s | rr proxy CPU µs/msg | p50 / p99 µs at {} msgs/s | proxy CPU µs/msg at that rate | pipe msgs/s | bulk MB/s | handshakes/s | RSS per idle connection | errors |",
+            "| target | rr msgs/s | rr proxy CPU µs/msg | p50 / p99 µs at {} msgs/s | proxy CPU µs/msg at that rate | pipe msgs/s | bulk MB/s | bulk proxy CPU µs/MB | handshakes/s | RSS per idle connection | errors |",
             thousands(o.rate)
         );
-        let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for &(kind, _) in &self.versions {
             let get = |metric| self.median(kind, metric);
             let latency = match (get(RATE_P50), get(RATE_P99)) {
@@ -311,7 +311,7 @@ impl Summary {
             };
             let _ = writeln!(
                 t,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 kind.name(),
                 opt(get(RATE), thousands),
                 opt(get(RR_CPU), |v| format!("{v:.2}")),
@@ -319,6 +319,7 @@ impl Summary {
                 opt(get(RATE_CPU), |v| format!("{v:.2}")),
                 opt(get(PIPE), thousands),
                 opt(get(BULK), |v| format!("{v:.0}")),
+                opt(get(BULK_CPU), |v| format!("{v:.0}")),
                 opt(get(HANDSHAKES), thousands),
                 opt(get(IDLE_RSS), bytes),
                 self.errors(kind)
@@ -381,9 +382,16 @@ impl Summary {
             checks.push((
                 w >= 2.0 * n && of_direct.is_none_or(|r| r >= 0.7),
                 format!(
-                    "bulk >= 2x nginx and >= 0.7x direct: wsplice {w:.0} MB/s = {:.2}x nginx ({n:.0} MB/s){}",
+                    "bulk >= 2x nginx and >= 0.7x direct: wsplice {w:.0} MB/s = {:.2}x nginx ({n:.0} MB/s){}{}",
                     w / n,
-                    of_direct.map_or(String::new(), |r| format!(", {r:.2}x direct"))
+                    of_direct.map_or(String::new(), |r| format!(", {r:.2}x direct")),
+                    match (self.median(Kind::Wsplice, BULK_CPU), self.median(Kind::Nginx, BULK_CPU)) {
+                        (Some(wc), Some(nc)) => format!(
+                            "; proxy CPU per MB {wc:.0} vs {nc:.0} µs ({:.2}x)",
+                            wc / nc
+                        ),
+                        _ => String::new(),
+                    }
                 ),
             ));
         }
