@@ -266,11 +266,7 @@ async fn idle_tunnels_pin_no_buffers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_tunnels_splice_and_stay_intact() {
     let up = raw_upstream::start(|s, _, rest| raw_upstream::raw_echo(s, rest)).await;
-    let config = format!(
-        "admin = \"127.0.0.1:0\"\n{}",
-        TestConfig::default().workers(1).toml()
-    );
-    let proxy = Proxy::start_raw(&config, &upstreams("backend", &[up]));
+    let proxy = Proxy::start_raw(&with_admin(), &upstreams("backend", &[up]));
     let mut tunnels = Vec::new();
     for seed in 0..2u64 {
         let stream = open_tunnel(&proxy).await;
@@ -284,6 +280,62 @@ async fn bulk_tunnels_splice_and_stay_intact() {
     for t in tunnels {
         t.await.unwrap();
     }
+    assert_eq!(
+        spliced_directions(&proxy).await,
+        4,
+        "both directions of both tunnels"
+    );
+}
+
+/// Splicing one direction leaves the other on buffered reads of the same, now non-blocking,
+/// sockets: replies that come later and slowly still arrive, and so do more client bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spliced_upload_leaves_slow_replies_flowing() {
+    const UPLOAD: usize = 8 << 20;
+    let up = raw_upstream::start(|mut s, _, mut rest| async move {
+        s.write_all(raw_upstream::SWITCHING).await.unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        while rest.len() < UPLOAD {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "upload cut short at {}", rest.len());
+            rest.extend_from_slice(&buf[..n]);
+        }
+        for i in 0..3 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            s.write_all(format!("reply {i};").as_bytes()).await.unwrap();
+        }
+        let mut tail = [0u8; 5];
+        s.read_exact(&mut tail).await.unwrap();
+        s.write_all(&tail).await.unwrap();
+        let digest = Sha1::digest(&rest[..UPLOAD]);
+        s.write_all(&digest).await.unwrap();
+    })
+    .await;
+    let proxy = Proxy::start_raw(&with_admin(), &upstreams("backend", &[up]));
+    let mut stream = open_tunnel(&proxy).await;
+    let data = common::pseudo_random(UPLOAD, 400);
+    for chunk in data.chunks(64 * 1024) {
+        stream.write_all(chunk).await.unwrap();
+    }
+    let mut replies = vec![0u8; "reply 0;reply 1;reply 2;".len()];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut replies))
+        .await
+        .expect("replies within 10 s")
+        .unwrap();
+    assert_eq!(replies, b"reply 0;reply 1;reply 2;");
+    stream.write_all(b"tail!").await.unwrap();
+    let mut back = [0u8; 5 + 20];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut back))
+        .await
+        .expect("tail and digest within 10 s")
+        .unwrap();
+    assert_eq!(&back[..5], b"tail!");
+    assert_eq!(&back[5..], Sha1::digest(&data).as_slice());
+    assert_eq!(spliced_directions(&proxy).await, 1, "the upload only");
+}
+
+/// `wsplice_spliced_directions_total` from the proxy's admin endpoint.
+async fn spliced_directions(proxy: &Proxy) -> u64 {
     let log = proxy.log();
     let admin: std::net::SocketAddr = log
         .split("admin endpoint on http://")
@@ -293,13 +345,19 @@ async fn bulk_tunnels_splice_and_stay_intact() {
         .parse()
         .unwrap();
     let scrape = common::raw_exchange(admin, b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n").await;
-    let scrape = String::from_utf8_lossy(&scrape);
-    let spliced: u64 = scrape
+    String::from_utf8_lossy(&scrape)
         .lines()
         .find_map(|l| l.strip_prefix("wsplice_spliced_directions_total "))
         .expect("spliced metric")
         .trim()
         .parse()
-        .unwrap();
-    assert_eq!(spliced, 4, "both directions of both tunnels");
+        .unwrap()
+}
+
+/// A one-worker test config with the admin endpoint on.
+fn with_admin() -> String {
+    format!(
+        "admin = \"127.0.0.1:0\"\n{}",
+        TestConfig::default().workers(1).toml()
+    )
 }
