@@ -9,14 +9,18 @@
 //!   one pinned thread per CPU with its own tokio-uring runtime and accept loop.
 //! - [`proxy`]: one connection: request head ([`handshake`], sans-IO) -> route -> upstream
 //!   ([`connect`]) -> response head -> tunnel after a `101` only.
-//! - [`relay`]: the two byte pumps with half-close and idle timeout, over [`buffers`]
-//!   (kernel-selected receive buffers, so an idle tunnel holds none).
-//! - [`socket`]: the connection type, over a plain descriptor that can be handed over.
+//! - [`tunnels`]: every open tunnel of a worker, relayed by one loop over a ring of their
+//!   own (kernel-selected receive buffers, so an idle tunnel holds none; splice for bulk).
+//! - [`relay`]: byte pumps for plain responses, with idle timeout; [`buffers`] the pool
+//!   of head and response buffers.
+//! - [`socket`]: the connection type, over a plain descriptor handed to [`tunnels`] after
+//!   the handshake.
 //! - [`deadline`]: timeouts that never drop a pending io_uring read.
 //! - [`metrics`] (per-worker counters), served by [`admin`] with `/healthz`; [`access_log`]
 //!   writes one line per connection from its own thread.
 //! - [`websocket`]: the RFC 6455 key and accept checks; no tunnel opens without them.
 //! - [`spare_fd`]: a descriptor in reserve, so a process out of them still answers 503.
+//! - [`memory`]: freed memory goes back to the OS once a burst of handshakes is over.
 //! - [`cpus`], [`fdlimit`], [`notify`]: CPU pinning, the open-files budget, sd_notify.
 
 pub mod access_log;
@@ -30,6 +34,7 @@ pub mod deadline;
 pub mod fdlimit;
 pub mod handshake;
 pub mod listener;
+pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod proxy;
