@@ -80,7 +80,7 @@ pub async fn serve(ctx: Rc<WorkerContext>, client: Stream, info: ClientInfo, slo
             metrics.response(101);
             metrics.upgrade(Upgrade::Tunnelled);
             let end = Closing {
-                info,
+                peer: info.peer,
                 trace,
                 started,
                 _slot: Some(slot),
@@ -123,7 +123,7 @@ pub async fn serve(ctx: Rc<WorkerContext>, client: Stream, info: ClientInfo, slo
         metrics.response(status);
     }
     let end = Closing {
-        info,
+        peer: info.peer,
         trace,
         started,
         _slot: Some(slot),
@@ -135,7 +135,7 @@ pub async fn serve(ctx: Rc<WorkerContext>, client: Stream, info: ClientInfo, slo
 
 /// What is known when a connection closes, for its log line.
 struct Closing {
-    info: ClientInfo,
+    peer: SocketAddr,
     trace: Trace,
     started: Instant,
     /// Held until the connection's last task ends (none when turned away out of fds).
@@ -161,7 +161,7 @@ impl Closing {
             .map_or("-", |r| ctx.shared.config.routes.get(r).path.as_str());
         let duration = self.started.elapsed();
         debug!(
-            client = %self.info.peer,
+            client = %self.peer,
             route,
             upstream = ?self.trace.upstream,
             status,
@@ -173,7 +173,7 @@ impl Closing {
         );
         if let Some(log) = &ctx.shared.access_log {
             let entry = access_log::Entry {
-                client: self.info.peer,
+                client: self.peer,
                 route,
                 upstream: self.trace.upstream,
                 status,
@@ -192,19 +192,16 @@ impl Closing {
     }
 }
 
-/// What a tunnel gives back to its connection when it ends: the log line's facts, the bytes
-/// relayed with the heads, and when it opened.
+/// What a tunnel gives back to its connection when it ends: the log line's facts and when
+/// it opened. Kept in the tunnel's table entry, so it stays small.
 pub struct TunnelEnd {
     end: Closing,
-    early: [u64; 2],
     opened: Instant,
 }
 
 impl TunnelEnd {
     /// Counts and logs a tunnel that ended (called by the worker's tunnel loop).
-    pub fn finish(self, ctx: &WorkerContext, mut report: Report) {
-        report.client_to_upstream += self.early[0];
-        report.upstream_to_client += self.early[1];
+    pub fn finish(self, ctx: &WorkerContext, report: Report) {
         ctx.metrics().tunnels.sub(1);
         ctx.metrics().tunnel_ended(self.opened.elapsed());
         self.end.log(ctx, 101, Some(&report));
@@ -223,13 +220,10 @@ fn open_tunnel(
     ctx.metrics().tunnels.add(1);
     let payload = TunnelEnd {
         end,
-        early,
         opened: Instant::now(),
     };
-    if let Err(e) = ctx
-        .tunnels
-        .open(client.into_fd(), upstream.into_fd(), payload)
-    {
+    let fds = [client.into_fd(), upstream.into_fd()];
+    if let Err(e) = ctx.tunnels.open(fds, early, payload) {
         warn!("tunnel ring submit failed (retried on the next completion): {e}");
     }
 }
@@ -249,7 +243,7 @@ pub async fn turn_away(
     reject(&client, err, &mut scratch, linger).await;
     ctx.metrics().response(err.status());
     let end = Closing {
-        info,
+        peer: info.peer,
         trace: Trace::default(),
         started: Instant::now(),
         _slot: slot,

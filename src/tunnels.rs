@@ -167,12 +167,23 @@ impl<P> Tunnels<P> {
         })
     }
 
-    /// Starts relaying between `client` and `upstream` until both directions end.
-    pub fn open(&self, client: OwnedFd, upstream: OwnedFd, payload: P) -> io::Result<()> {
+    /// Starts relaying between `[client, upstream]` until both directions end. `early`:
+    /// bytes already relayed each way with the heads, counted in the report.
+    pub fn open(&self, fds: [OwnedFd; 2], early: [u64; 2], payload: P) -> io::Result<()> {
         let mut engine = self.engine.borrow_mut();
+        let [up, down] = early;
         let tunnel = Tunnel {
-            fds: [client, upstream],
-            dirs: Default::default(),
+            fds,
+            dirs: [
+                Direction {
+                    bytes: up,
+                    ..Direction::default()
+                },
+                Direction {
+                    bytes: down,
+                    ..Direction::default()
+                },
+            ],
             in_flight: 0,
             active: false,
             quiet: 0,
