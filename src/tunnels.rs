@@ -3,22 +3,25 @@
 //! stands, its byte counts): no task, future or waker per tunnel, so an idle upgraded
 //! connection costs a few hundred bytes, and completions are handled in batches straight
 //! off the completion queue. Receives take kernel-selected buffers from a ring-mapped buffer
-//! ring (IORING_REGISTER_PBUF_RING): a buffer is taken only when bytes arrive and handed back
-//! with one store once they are written on, so an idle tunnel pins no buffer. When the ring
-//! runs dry, a direction borrows a heap buffer for one read.
+//! ring (IORING_REGISTER_PBUF_RING): a waiting receive consumes no buffer, one is taken when
+//! bytes arrive and handed back with one store once they are written on, so an idle tunnel
+//! pins no buffer. When the ring is empty, a direction waits for readiness without a buffer
+//! and then borrows a heap buffer for the one read that is sure to find bytes.
 //!
-//! Each direction has exactly one operation in flight (a receive, or the send of what it
-//! received), so bytes keep their order and a slow reader holds at most one buffer per
-//! direction. Timeouts and errors shut the sockets down, which completes whatever is
-//! pending; a tunnel's descriptors are closed only once nothing of it is in flight.
+//! Each direction has exactly one operation in flight (a receive, the send of what it
+//! received, or a readiness poll), so bytes keep their order and a slow reader holds at most
+//! one buffer per direction. Timeouts and errors shut the sockets down, which completes
+//! whatever is pending; a tunnel's descriptors are closed only once nothing of it is in
+//! flight.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use io_uring::types::{BufRingEntry, Fd};
@@ -32,8 +35,9 @@ use crate::worker::Shared;
 /// Submission queue size; a full queue is submitted and refilled, so this bounds batching only.
 const SQ_ENTRIES: u32 = 1024;
 /// Completion queue bounds. It is sized for every operation a worker may have in flight
-/// (two per tunnel, up to `limits.max_connections` tunnels), so completions never overflow
-/// into the kernel's slower backlog even when every tunnel ends at once.
+/// (two per tunnel, up to `limits.max_connections` tunnels, as far as the kernel's 65,536
+/// allows), so completions do not spill into the kernel's slower overflow list (where none
+/// is lost either) even when every tunnel ends at once.
 const CQ_MIN: u32 = 4096;
 const CQ_MAX: u32 = 65536;
 /// The buffer group of the receive buffers (the ring has only this one).
@@ -41,6 +45,8 @@ const GROUP: u16 = 0;
 /// Completions one turn of the loop handles before it lets the worker's other tasks (accepts,
 /// handshakes) run: under steady load the completion queue never runs empty.
 const TURN_BUDGET: usize = 1024;
+/// How long the loop waits before retrying a submission the kernel refused.
+const SUBMIT_RETRY: Duration = Duration::from_millis(1);
 /// Heap buffers kept for reuse once the kernel ring ran dry.
 const SPILL_KEEP: usize = 16;
 
@@ -64,6 +70,8 @@ const POLL: u64 = 2;
 /// The tunnels of one worker. `P` is what the owner wants back when a tunnel ends.
 pub struct Tunnels<P> {
     engine: RefCell<Engine<P>>,
+    /// The parked loop, for `open` to wake when its submission failed.
+    parked: Cell<Option<Waker>>,
 }
 
 struct Engine<P> {
@@ -74,6 +82,8 @@ struct Engine<P> {
     free: Vec<u32>,
     ended: Vec<(P, Report)>,
     cqes: Vec<cqueue::Entry>,
+    /// Entries the submission queue had no room for while the kernel refused to take any.
+    backlog: Vec<squeue::Entry>,
     /// Pipes this worker may still open for spliced directions (their descriptors come out
     /// of the open-files headroom left over `limits.max_connections`).
     pipes_left: usize,
@@ -107,6 +117,8 @@ struct Direction {
     spill_next: bool,
     /// Bytes of the current run of reads of at least [`BULK_READ`].
     streak: u32,
+    /// A readiness poll found bytes waiting (the ring was empty when last asked).
+    readable: bool,
     /// Set once the direction moves its bytes with splice(2) through this pipe.
     pipe: Option<Box<Pipe>>,
 }
@@ -163,7 +175,9 @@ impl<P> Tunnels<P> {
                 pipes_left: pipes,
                 shared,
                 worker,
+                backlog: Vec::new(),
             }),
+            parked: Cell::new(None),
         })
     }
 
@@ -204,7 +218,13 @@ impl<P> Tunnels<P> {
         };
         engine.recv(index, 0);
         engine.recv(index, 1);
-        engine.submit().map(drop)
+        let submitted = engine.submit().map(drop);
+        if submitted.is_err()
+            && let Some(loop_task) = self.parked.take()
+        {
+            loop_task.wake();
+        }
+        submitted
     }
 
     /// Tunnels open now.
@@ -227,26 +247,40 @@ impl<P> Tunnels<P> {
         let ready = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE)? };
         let mut ended = Vec::new();
         loop {
-            let drained = {
+            let turn = {
                 let mut engine = self.engine.borrow_mut();
-                let drained = engine.turn();
+                let turn = engine.turn();
                 std::mem::swap(&mut ended, &mut engine.ended);
-                drained
+                turn
             };
             for (payload, report) in ended.drain(..) {
                 on_end(payload, report);
             }
-            if drained {
+            match turn {
                 // Readiness is cleared before the next turn looks, so a completion that
                 // arrives after that look wakes the loop again.
-                ready.readable().await?.clear_ready();
-            } else {
-                tokio::task::yield_now().await;
+                Turn::Drained => {
+                    std::future::poll_fn(|cx| {
+                        self.parked.set(Some(cx.waker().clone()));
+                        match ready.poll_read_ready(cx) {
+                            Poll::Ready(Ok(mut guard)) => {
+                                guard.clear_ready();
+                                Poll::Ready(Ok(()))
+                            }
+                            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                            Poll::Pending => Poll::Pending,
+                        }
+                    })
+                    .await?;
+                    self.parked.set(None);
+                }
+                Turn::Budget => tokio::task::yield_now().await,
+                Turn::Stalled => tokio::time::sleep(SUBMIT_RETRY).await,
             }
         }
     }
 
-    /// Closes tunnels in which no read completed for `idle` (checked four times per period,
+    /// Closes tunnels in which no bytes were read for `idle` (checked four times per period,
     /// so a quiet tunnel ends within 1.25 x `idle`). Runs for the worker's life.
     pub async fn sweep_idle(self: Rc<Self>, idle: Duration) {
         let tick = idle / 4;
@@ -269,18 +303,24 @@ impl<P> Tunnels<P> {
 }
 
 impl<P> Engine<P> {
-    /// Submits what is queued and handles completions until none is left (`true`) or the
-    /// turn's budget is spent (`false`).
-    fn turn(&mut self) -> bool {
+    /// Submits what is queued and handles completions until none is left, the turn's budget
+    /// is spent, or the kernel refuses submissions.
+    fn turn(&mut self) -> Turn {
         let mut handled = 0;
         loop {
+            self.refill_from_backlog();
             if let Err(e) = self.submit() {
-                tracing::error!("tunnel ring submit failed: {e}");
+                tracing::error!("tunnel ring submit failed (retrying): {e}");
+                return Turn::Stalled;
             }
             self.cqes.clear();
-            self.cqes.extend(self.ring.completion());
+            let room = TURN_BUDGET - handled;
+            self.cqes.extend(self.ring.completion().take(room));
             if self.cqes.is_empty() {
-                return true;
+                if self.backlog.is_empty() {
+                    return Turn::Drained;
+                }
+                continue;
             }
             for i in 0..self.cqes.len() {
                 let cqe = self.cqes[i].clone();
@@ -288,7 +328,19 @@ impl<P> Engine<P> {
             }
             handled += self.cqes.len();
             if handled >= TURN_BUDGET {
-                return false;
+                return Turn::Budget;
+            }
+        }
+    }
+
+    /// Moves entries that found the submission queue full back into it, as far as they fit.
+    fn refill_from_backlog(&mut self) {
+        while let Some(sqe) = self.backlog.pop() {
+            // SAFETY: as in `push`.
+            #[allow(unsafe_code)]
+            if unsafe { self.ring.submission().push(&sqe) }.is_err() {
+                self.backlog.push(sqe);
+                return;
             }
         }
     }
@@ -305,10 +357,15 @@ impl<P> Engine<P> {
         // operation completed, and the descriptors stay open until the tunnel has nothing
         // in flight.
         #[allow(unsafe_code)]
-        while unsafe { self.ring.submission().push(&sqe) }.is_err() {
-            if let Err(e) = self.submit() {
-                tracing::error!("tunnel ring submit failed: {e}");
-            }
+        if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
+            return;
+        }
+        // Full: hand the queue to the kernel. If it takes none, keep the entry for `turn`.
+        let _ = self.submit();
+        // SAFETY: as above.
+        #[allow(unsafe_code)]
+        if unsafe { self.ring.submission().push(&sqe) }.is_err() {
+            self.backlog.push(sqe);
         }
     }
 
@@ -383,6 +440,7 @@ impl<P> Engine<P> {
                 tunnel.active = true;
                 let dir = &mut tunnel.dirs[d];
                 dir.spill_next = false;
+                dir.readable = false;
                 dir.streak = if res as u32 >= BULK_READ {
                     dir.streak.saturating_add(res as u32)
                 } else {
@@ -395,9 +453,15 @@ impl<P> Engine<P> {
                 self.send(index, d);
             }
             RECV if res == -libc::ENOBUFS && !aborted => {
-                self.release(index, d);
-                self.tunnel(index).dirs[d].spill_next = true;
-                self.recv(index, d);
+                // The ring was empty when the receive was issued. Wait for bytes without a
+                // buffer; once they are there, a heap buffer is borrowed for that one read.
+                let dir = &mut tunnel.dirs[d];
+                if std::mem::take(&mut dir.readable) {
+                    dir.spill_next = true;
+                    self.recv(index, d);
+                } else {
+                    self.poll(index, d, tunnel_fd(self, index, d), libc::POLLIN);
+                }
             }
             RECV => {
                 self.release(index, d);
@@ -418,7 +482,7 @@ impl<P> Engine<P> {
                 } else {
                     self.release(index, d);
                     if self.start_splice(index, d) {
-                        self.splice(index, d);
+                        self.splice(index, d, false);
                     } else {
                         self.recv(index, d);
                     }
@@ -433,7 +497,11 @@ impl<P> Engine<P> {
                 };
                 tunnel.fail(side, io::Error::from_raw_os_error(-res));
             }
-            POLL => self.splice(index, d),
+            POLL if tunnel.dirs[d].pipe.is_some() => self.splice(index, d, true),
+            POLL => {
+                tunnel.dirs[d].readable = true;
+                self.recv(index, d);
+            }
             _ => {
                 self.release(index, d);
                 let tunnel = self.tunnel(index);
@@ -457,15 +525,12 @@ impl<P> Engine<P> {
     /// non-blocking so a splice never waits (io_uring operations on them do not mind).
     /// `false`: the direction stays on buffered reads (not bulk, or no pipe to be had).
     fn start_splice(&mut self, index: u32, d: usize) -> bool {
-        if self.pipes_left == 0 {
-            return false;
-        }
         let tunnel = self.slab[index as usize].as_mut().expect("open tunnel");
         let dir = &mut tunnel.dirs[d];
         if dir.pipe.is_some() {
             return true;
         }
-        if dir.streak < BULK_STREAK {
+        if dir.streak < BULK_STREAK || self.pipes_left == 0 {
             return false;
         }
         dir.streak = 0;
@@ -492,9 +557,15 @@ impl<P> Engine<P> {
 
     /// Moves what direction `d` can without waiting, then waits for readiness of its source
     /// (pipe empty) or destination (pipe not yet written on): one poll in flight, as a
-    /// buffered direction has one read or send in flight.
-    fn splice(&mut self, index: u32, d: usize) {
+    /// buffered direction has one read or send in flight. `polled`: called because a poll
+    /// completed.
+    ///
+    /// A source reported readable that still will not splice is stopped at TCP urgent data
+    /// (splice stops at the mark, a plain read skips the byte): one buffered read, into a
+    /// heap buffer since bytes are sure to be there, gets it past; splicing resumes after.
+    fn splice(&mut self, index: u32, d: usize, polled: bool) {
         let tunnel = self.slab[index as usize].as_mut().expect("open tunnel");
+        let waited_for_bytes = polled && tunnel.dirs[d].pipe.as_ref().is_some_and(|p| p.held == 0);
         let src = tunnel.fds[d].as_raw_fd();
         let dst = tunnel.fds[1 - d].as_raw_fd();
         let pipe = tunnel.dirs[d].pipe.as_mut().expect("a spliced direction");
@@ -511,7 +582,14 @@ impl<P> Engine<P> {
                         pipe.held = n;
                         moved += n as u64;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if waited_for_bytes && moved == 0 {
+                            tunnel.dirs[d].spill_next = true;
+                            self.recv(index, d);
+                            return;
+                        }
+                        break;
+                    }
                     Err(e) => {
                         outcome = Err((side_of(d), e));
                         break;
@@ -542,16 +620,19 @@ impl<P> Engine<P> {
             self.shared.metrics.workers[self.worker].bytes[d].add(moved);
         }
         match outcome {
-            Ok(None) => {
-                tunnel.in_flight += 1;
-                let sqe = opcode::PollAdd::new(Fd(fd), events as u32).build();
-                self.push(sqe.user_data(user_data(index, d, POLL)));
-            }
+            Ok(None) => self.poll(index, d, fd, events),
             Ok(Some(how)) => {
                 let _ = shutdown(dst, how);
             }
             Err((side, e)) => tunnel.fail(side, e),
         }
+    }
+
+    /// Waits, with no buffer held, until `fd` is ready for `events` (for direction `d`).
+    fn poll(&mut self, index: u32, d: usize, fd: RawFd, events: libc::c_short) {
+        self.tunnel(index).in_flight += 1;
+        let sqe = opcode::PollAdd::new(Fd(fd), events as u32).build();
+        self.push(sqe.user_data(user_data(index, d, POLL)));
     }
 
     /// Both directions are over and nothing is in flight: close and report.
@@ -590,6 +671,25 @@ impl<P> Tunnel<P> {
             let _ = shutdown(fd.as_raw_fd(), Shutdown::Both);
         }
     }
+}
+
+/// How a turn of the loop ended.
+enum Turn {
+    /// No completion left: sleep until the ring has one.
+    Drained,
+    /// The budget is spent: let the worker's other tasks run, then go on.
+    Budget,
+    /// The kernel took no submissions: retry shortly.
+    Stalled,
+}
+
+/// The descriptor direction `d` of tunnel `index` reads.
+fn tunnel_fd<P>(engine: &Engine<P>, index: u32, d: usize) -> RawFd {
+    engine.slab[index as usize]
+        .as_ref()
+        .expect("open tunnel")
+        .fds[d]
+        .as_raw_fd()
 }
 
 impl<P> std::fmt::Debug for Tunnels<P> {
@@ -767,13 +867,19 @@ impl BufferRing {
     fn give_back(&mut self, id: u16) {
         let addr = self.start(id) as u64;
         // SAFETY: `tail & mask` indexes inside the entries; the kernel reads only entries
-        // before the published tail, and this one is published after it is written.
+        // before the published tail, and this one is published after it is written. The
+        // entry is written through raw pointers to its `addr`, `len` and `bid` fields only
+        // (struct io_uring_buf: u64 addr, u32 len, u16 bid, u16 resv): entry 0's `resv` is
+        // the ring's tail, which no reference may cover.
         #[allow(unsafe_code)]
         unsafe {
-            let entry = &mut *self.entries.add(usize::from(self.tail & self.mask));
-            entry.set_addr(addr);
-            entry.set_len(self.size);
-            entry.set_bid(id);
+            let entry = self
+                .entries
+                .add(usize::from(self.tail & self.mask))
+                .cast::<u8>();
+            entry.cast::<u64>().write(addr);
+            entry.add(8).cast::<u32>().write(self.size);
+            entry.add(12).cast::<u16>().write(id);
             self.tail = self.tail.wrapping_add(1);
             let tail = BufRingEntry::tail(self.entries).cast_mut();
             AtomicU16::from_ptr(tail).store(self.tail, Ordering::Release);
@@ -782,9 +888,13 @@ impl BufferRing {
 }
 
 /// Heap buffers for reads when the kernel ring is empty, each lent for one read and send.
+/// Ids stay valid for good; up to [`SPILL_KEEP`] of them keep their memory for reuse.
 struct Spill {
     buffers: Vec<Vec<u8>>,
-    free: Vec<u32>,
+    /// Free ids whose buffer kept its memory.
+    kept: Vec<u32>,
+    /// Free ids whose memory was given back.
+    empty: Vec<u32>,
     size: usize,
 }
 
@@ -792,16 +902,21 @@ impl Spill {
     fn new(size: usize) -> Self {
         Spill {
             buffers: Vec::new(),
-            free: Vec::new(),
+            kept: Vec::new(),
+            empty: Vec::new(),
             size,
         }
     }
 
     fn take(&mut self) -> (u32, *mut u8) {
-        let id = self.free.pop().unwrap_or_else(|| {
-            self.buffers.push(Vec::new());
-            (self.buffers.len() - 1) as u32
-        });
+        let id = self
+            .kept
+            .pop()
+            .or_else(|| self.empty.pop())
+            .unwrap_or_else(|| {
+                self.buffers.push(Vec::new());
+                (self.buffers.len() - 1) as u32
+            });
         let buf = &mut self.buffers[id as usize];
         if buf.capacity() < self.size {
             *buf = vec![0u8; self.size];
@@ -814,9 +929,11 @@ impl Spill {
     }
 
     fn put(&mut self, id: u32) {
-        if self.free.len() >= SPILL_KEEP {
+        if self.kept.len() < SPILL_KEEP {
+            self.kept.push(id);
+        } else {
             self.buffers[id as usize] = Vec::new();
+            self.empty.push(id);
         }
-        self.free.push(id);
     }
 }

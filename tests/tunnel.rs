@@ -361,3 +361,35 @@ fn with_admin() -> String {
         TestConfig::default().workers(1).toml()
     )
 }
+
+/// TCP urgent data on a spliced direction (splice stops at the urgent mark, a plain read
+/// skips the byte): the tunnel gets past it instead of stalling, and bytes after it arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn urgent_data_does_not_stall_a_spliced_direction() {
+    let up = raw_upstream::start(|s, _, rest| raw_upstream::raw_echo(s, rest)).await;
+    let proxy = Proxy::start_raw(&with_admin(), &upstreams("backend", &[up]));
+    let stream = open_tunnel(&proxy).await;
+    let (mut r, mut w) = stream.into_split();
+    let bulk = common::pseudo_random(2 << 20, 500);
+    let expected = [bulk.clone(), b"after the mark".to_vec()].concat();
+    let reader = tokio::spawn(async move {
+        let mut got = vec![0u8; expected.len()];
+        tokio::time::timeout(Duration::from_secs(10), r.read_exact(&mut got))
+            .await
+            .expect("every byte within 10 s")
+            .unwrap();
+        assert!(got == expected, "bytes differ");
+    });
+    for chunk in bulk.chunks(64 * 1024) {
+        w.write_all(chunk).await.unwrap();
+    }
+    assert!(
+        spliced_directions(&proxy).await >= 1,
+        "the upload is spliced"
+    );
+    socket2::SockRef::from(w.as_ref())
+        .send_out_of_band(b"!")
+        .unwrap();
+    w.write_all(b"after the mark").await.unwrap();
+    reader.await.unwrap();
+}
