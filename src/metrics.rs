@@ -178,24 +178,20 @@ pub struct Snapshot {
 /// The Prometheus text exposition (format 0.0.4) of everything.
 pub fn render(m: &Metrics, s: &Snapshot) -> String {
     let mut out = String::with_capacity(4096);
-    header(
+    single(
         &mut out,
         "wsplice_connections_accepted_total",
         "counter",
         "Client connections accepted.",
+        m.sum(|w| &w.accepted),
     );
-    let _ = writeln!(
-        out,
-        "wsplice_connections_accepted_total {}",
-        m.sum(|w| &w.accepted)
-    );
-    header(
+    single(
         &mut out,
         "wsplice_connections_active",
         "gauge",
         "Client connections open now.",
+        m.sum(|w| &w.active),
     );
-    let _ = writeln!(out, "wsplice_connections_active {}", m.sum(|w| &w.active));
 
     header(
         &mut out,
@@ -296,16 +292,12 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
         );
     }
 
-    header(
+    single(
         &mut out,
         "wsplice_spliced_directions_total",
         "counter",
         "Tunnel directions that moved to splice(2) (zero-copy through a pipe) after sustained bulk traffic.",
-    );
-    let _ = writeln!(
-        out,
-        "wsplice_spliced_directions_total {}",
-        m.sum(|w| &w.spliced)
+        m.sum(|w| &w.spliced),
     );
 
     header(
@@ -324,46 +316,44 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
         "wsplice_upstream_reloads_total{{result=\"failure\"}} {}",
         s.reloads_failed
     );
-    header(
+    single(
         &mut out,
         "wsplice_upstream_last_reload_success_timestamp_seconds",
         "gauge",
         "Unix time the upstream table in use was loaded.",
+        s.last_reload_unix,
     );
-    let _ = writeln!(
-        out,
-        "wsplice_upstream_last_reload_success_timestamp_seconds {}",
-        s.last_reload_unix
-    );
-    header(
+    single(
         &mut out,
         "wsplice_upstream_table_version",
         "gauge",
         "Version of the upstream table in use (1 at start, +1 per accepted reload).",
+        s.table_version,
     );
-    let _ = writeln!(out, "wsplice_upstream_table_version {}", s.table_version);
 
-    header(
+    single(
         &mut out,
         "wsplice_access_log_dropped_total",
         "counter",
         "Access log lines dropped because the writer fell behind.",
+        m.access_log_dropped.load(Ordering::Relaxed),
     );
-    let _ = writeln!(
-        out,
-        "wsplice_access_log_dropped_total {}",
-        m.access_log_dropped.load(Ordering::Relaxed)
-    );
-    header(
+    single(
         &mut out,
         "wsplice_draining",
         "gauge",
         "1 while stopping (draining open connections), else 0.",
+        u8::from(s.draining),
     );
-    let _ = writeln!(out, "wsplice_draining {}", u8::from(s.draining));
     out
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A metric with one unlabelled value.
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    header(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
 }

@@ -168,7 +168,9 @@ impl<P> Tunnels<P> {
                 ring,
                 buffers,
                 spill: Spill::new(size as usize),
-                slab: Vec::new(),
+                // Reserved up front: address space only until tunnels fill it, and no
+                // reallocation (a copy, and a freed block) while connections pile in.
+                slab: Vec::with_capacity(shared.config.limits.max_connections),
                 free: Vec::new(),
                 ended: Vec::new(),
                 cqes: Vec::with_capacity(256),
