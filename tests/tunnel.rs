@@ -393,3 +393,112 @@ async fn urgent_data_does_not_stall_a_spliced_direction() {
     w.write_all(b"after the mark").await.unwrap();
     reader.await.unwrap();
 }
+
+/// One worker, the admin endpoint, an access log file, and `timeouts.idle`.
+fn logged(idle: &str) -> String {
+    format!(
+        "admin = \"127.0.0.1:0\"\naccess_log = \"access.log\"\n{}",
+        TestConfig::default()
+            .workers(1)
+            .timeout("idle", idle)
+            .toml()
+    )
+}
+
+/// Sends `len` bulk bytes through `stream` and reads their echo, so both directions splice.
+async fn bulk_echo(stream: &mut TcpStream, len: usize) {
+    let data = common::pseudo_random(len, 600);
+    let (mut r, mut w) = stream.split();
+    let write = async {
+        for chunk in data.chunks(64 * 1024) {
+            w.write_all(chunk).await.unwrap();
+        }
+    };
+    let mut got = vec![0u8; len];
+    let read = tokio::time::timeout(Duration::from_secs(10), r.read_exact(&mut got));
+    let ((), read) = tokio::join!(write, read);
+    read.expect("echo within 10 s").unwrap();
+    assert!(got == data, "echo differs");
+}
+
+/// A spliced tunnel that goes quiet is closed by the idle timeout like any other, and its
+/// log line counts every byte that went through the pipes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_closes_a_spliced_tunnel() {
+    let up = raw_upstream::start(|s, _, rest| raw_upstream::raw_echo(s, rest)).await;
+    let proxy = Proxy::start_raw(&logged("600ms"), &upstreams("backend", &[up]));
+    let mut stream = open_tunnel(&proxy).await;
+    bulk_echo(&mut stream, 1 << 20).await;
+    assert_eq!(spliced_directions(&proxy).await, 2);
+    let quiet_since = Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+        .await
+        .expect("closed within 5 s")
+        .unwrap();
+    let closed_after = quiet_since.elapsed();
+    assert!(rest.is_empty());
+    assert!(
+        closed_after >= Duration::from_millis(550),
+        "closed too early: {closed_after:?}"
+    );
+    let line = access_line(&proxy, "status=101").await;
+    assert!(line.contains("end=\"idle timeout\""), "{line}");
+    assert!(
+        line.contains("client_to_upstream=1048576 upstream_to_client=1048576"),
+        "{line}"
+    );
+}
+
+/// An upstream that resets the connection in the middle of a spliced upload ends the
+/// tunnel: the client is closed, and the log line blames the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_reset_ends_a_spliced_tunnel_with_an_upstream_error() {
+    let up = raw_upstream::start(|mut s, _, mut rest| async move {
+        s.write_all(raw_upstream::SWITCHING).await.unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        while rest.len() < 1 << 20 {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            rest.extend_from_slice(&buf[..n]);
+        }
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(s);
+    })
+    .await;
+    let proxy = Proxy::start_raw(&logged("1h"), &upstreams("backend", &[up]));
+    let stream = open_tunnel(&proxy).await;
+    let (mut r, mut w) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        let chunk = vec![7u8; 64 * 1024];
+        // Until the proxy closes the client: at most 64 MiB.
+        for _ in 0..1024 {
+            if w.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), r.read_to_end(&mut sink))
+        .await
+        .expect("the client is closed within 10 s");
+    writer.await.unwrap();
+    assert!(spliced_directions(&proxy).await >= 1);
+    let line = access_line(&proxy, "status=101").await;
+    assert!(line.contains("end=\"error: upstream:"), "{line}");
+}
+
+/// The first access log line that contains `needle`, waiting up to 5 s for it.
+async fn access_line(proxy: &Proxy, needle: &str) -> String {
+    let path = proxy.dir.path().join("access.log");
+    for _ in 0..250 {
+        let log = tokio::fs::read_to_string(&path).await.unwrap_or_default();
+        if let Some(line) = log.lines().find(|l| l.contains(needle)) {
+            return line.to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no access log line with {needle:?} in 5 s");
+}
