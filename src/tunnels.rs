@@ -64,7 +64,8 @@ const SPLICE_ROUNDS: usize = 4;
 
 const RECV: u64 = 0;
 const SEND: u64 = 1;
-/// Readiness of a spliced direction's source (in) or destination (out).
+/// Readiness: of a spliced direction's source (in) or destination (out), or of a buffered
+/// direction's source while the buffer ring is empty.
 const POLL: u64 = 2;
 
 /// The tunnels of one worker. `P` is what the owner wants back when a tunnel ends.
@@ -97,9 +98,9 @@ struct Tunnel<P> {
     /// [client->upstream, upstream->client]; direction `d` reads `fds[d]`, writes the other.
     dirs: [Direction; 2],
     in_flight: u8,
-    /// A read completed since the idle sweep last looked.
+    /// Bytes were read since the idle sweep last looked.
     active: bool,
-    /// Idle sweeps in a row that found no read.
+    /// Idle sweeps in a row that found no bytes read.
     quiet: u8,
     aborted: bool,
     idled: bool,
@@ -113,7 +114,8 @@ struct Direction {
     len: u32,
     sent: u32,
     bytes: u64,
-    /// The kernel ring was empty at the last read: the next one borrows a heap buffer.
+    /// The next read borrows a heap buffer: bytes are waiting and the kernel ring was empty,
+    /// or a spliced source is stopped at urgent data.
     spill_next: bool,
     /// Bytes of the current run of reads of at least [`BULK_READ`].
     streak: u32,
