@@ -17,20 +17,25 @@
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::Shutdown;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use io_uring::types::{BufRingEntry, Fd};
+use io_uring::types::Fd;
 use io_uring::{IoUring, cqueue, opcode, squeue};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 use crate::relay::{End, RelayError, Report, Side};
 use crate::worker::Shared;
+
+mod buffers;
+mod splice;
+
+use buffers::{BufferRing, GROUP, Spill};
+use splice::Pipe;
 
 /// Submission queue size; a full queue is submitted and refilled, so this bounds batching only.
 const SQ_ENTRIES: u32 = 1024;
@@ -40,27 +45,15 @@ const SQ_ENTRIES: u32 = 1024;
 /// is lost either) even when every tunnel ends at once.
 const CQ_MIN: u32 = 4096;
 const CQ_MAX: u32 = 65536;
-/// The buffer group of the receive buffers (the ring has only this one).
-const GROUP: u16 = 0;
 /// Completions one turn of the loop handles before it lets the worker's other tasks (accepts,
 /// handshakes) run: under steady load the completion queue never runs empty.
 const TURN_BUDGET: usize = 1024;
 /// How long the loop waits before retrying a submission the kernel refused.
 const SUBMIT_RETRY: Duration = Duration::from_millis(1);
-/// Heap buffers kept for reuse once the kernel ring ran dry.
-const SPILL_KEEP: usize = 16;
 
-/// Bytes a direction must move in reads of at least [`BULK_READ`] in a row before it
-/// switches to splice. Message traffic (even pipelined) never gets there; a bulk stream gets
-/// there whether the proxy is ahead of it (reads of what just arrived) or behind (full reads).
-const BULK_STREAK: u32 = 256 * 1024;
+/// Reads of at least this many bytes in a row count towards switching a direction to
+/// splice (see `splice::BULK_STREAK`).
 const BULK_READ: u32 = 4096;
-/// Bytes one splice(2) moves at most: a default pipe's capacity. (A 256 KiB pipe measured
-/// no better: 1,418 vs 1,583 MB/s in the bulk cell, both bound by the load generator.)
-const SPLICE_CHUNK: usize = 64 * 1024;
-/// Socket-to-pipe-to-socket rounds one completion may run before the direction waits its
-/// turn again, so a bulk tunnel cannot hold the loop.
-const SPLICE_ROUNDS: usize = 4;
 
 const RECV: u64 = 0;
 const SEND: u64 = 1;
@@ -123,13 +116,6 @@ struct Direction {
     readable: bool,
     /// Set once the direction moves its bytes with splice(2) through this pipe.
     pipe: Option<Box<Pipe>>,
-}
-
-/// A spliced direction's pipe and the bytes in it not yet written on.
-struct Pipe {
-    read: OwnedFd,
-    write: OwnedFd,
-    held: usize,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -524,114 +510,6 @@ impl<P> Engine<P> {
         }
     }
 
-    /// After a run of large reads, moves direction `d` to splice(2): bytes go socket -> pipe
-    /// -> socket as page references, never copied through user space. Both sockets become
-    /// non-blocking so a splice never waits (io_uring operations on them do not mind).
-    /// `false`: the direction stays on buffered reads (not bulk, or no pipe to be had).
-    fn start_splice(&mut self, index: u32, d: usize) -> bool {
-        let tunnel = self.slab[index as usize].as_mut().expect("open tunnel");
-        let dir = &mut tunnel.dirs[d];
-        if dir.pipe.is_some() {
-            return true;
-        }
-        if dir.streak < BULK_STREAK || self.pipes_left == 0 {
-            return false;
-        }
-        dir.streak = 0;
-        let pipe = match new_pipe() {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::debug!("no pipe for a bulk tunnel, staying on buffered reads: {e}");
-                return false;
-            }
-        };
-        if let Err(e) = tunnel
-            .fds
-            .iter()
-            .try_for_each(|fd| set_nonblocking(fd.as_raw_fd()))
-        {
-            tracing::debug!("cannot make a bulk tunnel's sockets non-blocking: {e}");
-            return false;
-        }
-        tunnel.dirs[d].pipe = Some(Box::new(pipe));
-        self.pipes_left -= 1;
-        self.shared.metrics.workers[self.worker].spliced.add(1);
-        true
-    }
-
-    /// Moves what direction `d` can without waiting, then waits for readiness of its source
-    /// (pipe empty) or destination (pipe not yet written on): one poll in flight, as a
-    /// buffered direction has one read or send in flight. `polled`: called because a poll
-    /// completed.
-    ///
-    /// A source reported readable that still will not splice is stopped at TCP urgent data
-    /// (splice stops at the mark, a plain read skips the byte): one buffered read, into a
-    /// heap buffer since bytes are sure to be there, gets it past; splicing resumes after.
-    fn splice(&mut self, index: u32, d: usize, polled: bool) {
-        let tunnel = self.slab[index as usize].as_mut().expect("open tunnel");
-        let waited_for_bytes = polled && tunnel.dirs[d].pipe.as_ref().is_some_and(|p| p.held == 0);
-        let src = tunnel.fds[d].as_raw_fd();
-        let dst = tunnel.fds[1 - d].as_raw_fd();
-        let pipe = tunnel.dirs[d].pipe.as_mut().expect("a spliced direction");
-        let mut moved = 0u64;
-        let mut outcome = Ok(None);
-        for _ in 0..SPLICE_ROUNDS {
-            if pipe.held == 0 {
-                match splice(src, pipe.write.as_raw_fd(), SPLICE_CHUNK) {
-                    Ok(0) => {
-                        outcome = Ok(Some(Shutdown::Write));
-                        break;
-                    }
-                    Ok(n) => {
-                        pipe.held = n;
-                        moved += n as u64;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        if waited_for_bytes && moved == 0 {
-                            tunnel.dirs[d].spill_next = true;
-                            self.recv(index, d);
-                            return;
-                        }
-                        break;
-                    }
-                    Err(e) => {
-                        outcome = Err((side_of(d), e));
-                        break;
-                    }
-                }
-            }
-            match splice(pipe.read.as_raw_fd(), dst, pipe.held) {
-                Ok(0) => {
-                    outcome = Err((side_of(1 - d), io::ErrorKind::WriteZero.into()));
-                    break;
-                }
-                Ok(n) => pipe.held -= n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    outcome = Err((side_of(1 - d), e));
-                    break;
-                }
-            }
-        }
-        let (fd, events) = if pipe.held == 0 {
-            (src, libc::POLLIN)
-        } else {
-            (dst, libc::POLLOUT)
-        };
-        if moved > 0 {
-            tunnel.active = true;
-            tunnel.dirs[d].bytes += moved;
-            self.shared.metrics.workers[self.worker].bytes[d].add(moved);
-        }
-        match outcome {
-            Ok(None) => self.poll(index, d, fd, events),
-            Ok(Some(how)) => {
-                let _ = shutdown(dst, how);
-            }
-            Err((side, e)) => tunnel.fail(side, e),
-        }
-    }
-
     /// Waits, with no buffer held, until `fd` is ready for `events` (for direction `d`).
     fn poll(&mut self, index: u32, d: usize, fd: RawFd, events: libc::c_short) {
         self.tunnel(index).in_flight += 1;
@@ -716,63 +594,6 @@ fn parse_user_data(data: u64) -> (u32, usize, u64) {
     ((data >> 3) as u32, ((data >> 2) & 1) as usize, data & 3)
 }
 
-fn new_pipe() -> io::Result<Pipe> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2(2) writes two descriptors into the array we pass.
-    #[allow(unsafe_code)]
-    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors were just created and belong to nobody else.
-    #[allow(unsafe_code)]
-    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    Ok(Pipe {
-        read,
-        write,
-        held: 0,
-    })
-}
-
-fn set_nonblocking(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl(2) on a descriptor we own, with integer arguments only.
-    #[allow(unsafe_code)]
-    let rc = unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags < 0 {
-            flags
-        } else {
-            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK)
-        }
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-/// One non-blocking splice(2) of up to `len` bytes; `WouldBlock` when nothing can move now.
-fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
-    // SAFETY: no offsets are passed (both null), only descriptors we own.
-    #[allow(unsafe_code)]
-    let n = unsafe {
-        libc::splice(
-            from,
-            std::ptr::null_mut(),
-            to,
-            std::ptr::null_mut(),
-            len,
-            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
 fn shutdown(fd: RawFd, how: Shutdown) -> io::Result<()> {
     let how = match how {
         Shutdown::Read => libc::SHUT_RD,
@@ -811,133 +632,5 @@ struct RingFd(RawFd);
 impl AsRawFd for RingFd {
     fn as_raw_fd(&self) -> RawFd {
         self.0
-    }
-}
-
-/// Receive buffers lent to the kernel through a ring-mapped buffer ring. The memory is
-/// leaked on purpose: the kernel may hold any buffer until the ring goes away, and a
-/// worker's ring lives as long as the process.
-struct BufferRing {
-    entries: *mut BufRingEntry,
-    mask: u16,
-    tail: u16,
-    base: *mut u8,
-    size: u32,
-}
-
-impl BufferRing {
-    fn register(ring: &IoUring, size: u32, count: u16) -> io::Result<Self> {
-        let slots = count.next_power_of_two();
-        let layout = std::alloc::Layout::from_size_align(
-            usize::from(slots) * std::mem::size_of::<BufRingEntry>(),
-            4096,
-        )
-        .map_err(io::Error::other)?;
-        // SAFETY: the layout has a non-zero size.
-        #[allow(unsafe_code)]
-        let entries = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<BufRingEntry>();
-        if entries.is_null() {
-            return Err(io::ErrorKind::OutOfMemory.into());
-        }
-        let memory = Vec::leak(vec![0u8; size as usize * usize::from(count)]);
-        // SAFETY: `entries` is page-aligned, zeroed, `slots` entries long, and never freed.
-        #[allow(unsafe_code)]
-        unsafe {
-            ring.submitter()
-                .register_buf_ring(entries as u64, slots, GROUP)?;
-        }
-        let mut buffers = BufferRing {
-            entries,
-            mask: slots - 1,
-            tail: 0,
-            base: memory.as_mut_ptr(),
-            size,
-        };
-        for id in 0..count {
-            buffers.give_back(id);
-        }
-        Ok(buffers)
-    }
-
-    fn start(&self, id: u16) -> *mut u8 {
-        // SAFETY: ids handed out by the kernel are ones we provided, all inside the memory.
-        #[allow(unsafe_code)]
-        unsafe {
-            self.base.add(usize::from(id) * self.size as usize)
-        }
-    }
-
-    /// Hands buffer `id` back to the kernel: one entry and a tail store, no system call.
-    fn give_back(&mut self, id: u16) {
-        let addr = self.start(id) as u64;
-        // SAFETY: `tail & mask` indexes inside the entries; the kernel reads only entries
-        // before the published tail, and this one is published after it is written. The
-        // entry is written through raw pointers to its `addr`, `len` and `bid` fields only
-        // (struct io_uring_buf: u64 addr, u32 len, u16 bid, u16 resv): entry 0's `resv` is
-        // the ring's tail, which no reference may cover.
-        #[allow(unsafe_code)]
-        unsafe {
-            let entry = self
-                .entries
-                .add(usize::from(self.tail & self.mask))
-                .cast::<u8>();
-            entry.cast::<u64>().write(addr);
-            entry.add(8).cast::<u32>().write(self.size);
-            entry.add(12).cast::<u16>().write(id);
-            self.tail = self.tail.wrapping_add(1);
-            let tail = BufRingEntry::tail(self.entries).cast_mut();
-            AtomicU16::from_ptr(tail).store(self.tail, Ordering::Release);
-        }
-    }
-}
-
-/// Heap buffers for reads when the kernel ring is empty, each lent for one read and send.
-/// Ids stay valid for good; up to [`SPILL_KEEP`] of them keep their memory for reuse.
-struct Spill {
-    buffers: Vec<Vec<u8>>,
-    /// Free ids whose buffer kept its memory.
-    kept: Vec<u32>,
-    /// Free ids whose memory was given back.
-    empty: Vec<u32>,
-    size: usize,
-}
-
-impl Spill {
-    fn new(size: usize) -> Self {
-        Spill {
-            buffers: Vec::new(),
-            kept: Vec::new(),
-            empty: Vec::new(),
-            size,
-        }
-    }
-
-    fn take(&mut self) -> (u32, *mut u8) {
-        let id = self
-            .kept
-            .pop()
-            .or_else(|| self.empty.pop())
-            .unwrap_or_else(|| {
-                self.buffers.push(Vec::new());
-                (self.buffers.len() - 1) as u32
-            });
-        let buf = &mut self.buffers[id as usize];
-        if buf.capacity() < self.size {
-            *buf = vec![0u8; self.size];
-        }
-        (id, buf.as_mut_ptr())
-    }
-
-    fn start(&mut self, id: u32) -> *mut u8 {
-        self.buffers[id as usize].as_mut_ptr()
-    }
-
-    fn put(&mut self, id: u32) {
-        if self.kept.len() < SPILL_KEEP {
-            self.kept.push(id);
-        } else {
-            self.buffers[id as usize] = Vec::new();
-            self.empty.push(id);
-        }
     }
 }
