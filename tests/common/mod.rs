@@ -286,10 +286,18 @@ pub fn upgrade_request(path: &str) -> String {
     )
 }
 
-/// An address nothing listens on (bound, then released).
+/// An address nothing listens on, for the rest of the test process: its port stays bound
+/// (never listening), so connects to it are refused, and an outgoing connection cannot get
+/// it as its local port (a loopback self-connect would "succeed"). SO_REUSEADDR lets a test
+/// that wants the server back listen there (tokio's listeners set it too).
 pub fn dead_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_reuse_address(true).unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    socket.bind(&any.into()).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    std::mem::forget(socket);
+    addr
 }
 
 /// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
