@@ -47,12 +47,7 @@ impl OneshotOutputTransform for ConnectTransform {
     type StoredData = ConnectData;
 
     fn transform_oneshot_output(self, data: ConnectData, cqe: cqueue::Entry) -> Self::Output {
-        let res = if cqe.result() >= 0 {
-            Ok(())
-        } else {
-            Err(io::Error::from_raw_os_error(-cqe.result()))
-        };
-        (res, data.socket)
+        (crate::socket::result(&cqe).map(drop), data.socket)
     }
 }
 

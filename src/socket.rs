@@ -162,7 +162,8 @@ impl OneshotOutputTransform for Accepted {
     }
 }
 
-fn result(cqe: &cqueue::Entry) -> io::Result<i32> {
+/// A completion's result: the count or descriptor, or the error the kernel reported.
+pub(crate) fn result(cqe: &cqueue::Entry) -> io::Result<i32> {
     if cqe.result() >= 0 {
         Ok(cqe.result())
     } else {

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use io_uring::types::Fd;
 use io_uring::{IoUring, cqueue, opcode, squeue};
+use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
@@ -458,7 +459,7 @@ impl<P> Engine<P> {
                 let tunnel = self.tunnel(index);
                 if !aborted {
                     if res == 0 {
-                        let _ = shutdown(tunnel.fds[1 - d].as_raw_fd(), Shutdown::Write);
+                        let _ = SockRef::from(&tunnel.fds[1 - d]).shutdown(Shutdown::Write);
                     } else {
                         tunnel.fail(side_of(d), io::Error::from_raw_os_error(-res));
                     }
@@ -550,7 +551,7 @@ impl<P> Tunnel<P> {
     fn abort(&mut self) {
         self.aborted = true;
         for fd in &self.fds {
-            let _ = shutdown(fd.as_raw_fd(), Shutdown::Both);
+            let _ = SockRef::from(fd).shutdown(Shutdown::Both);
         }
     }
 }
@@ -592,22 +593,6 @@ fn user_data(index: u32, d: usize, op: u64) -> u64 {
 
 fn parse_user_data(data: u64) -> (u32, usize, u64) {
     ((data >> 3) as u32, ((data >> 2) & 1) as usize, data & 3)
-}
-
-fn shutdown(fd: RawFd, how: Shutdown) -> io::Result<()> {
-    let how = match how {
-        Shutdown::Read => libc::SHUT_RD,
-        Shutdown::Write => libc::SHUT_WR,
-        Shutdown::Both => libc::SHUT_RDWR,
-    };
-    // SAFETY: shutdown(2) touches no memory of ours; `fd` is open (owned by a live tunnel).
-    #[allow(unsafe_code)]
-    let rc = unsafe { libc::shutdown(fd, how) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 /// A ring with SINGLE_ISSUER and COOP_TASKRUN (no submit locking, no interrupt to run

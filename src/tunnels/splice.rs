@@ -6,7 +6,9 @@ use std::io;
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use super::{Engine, shutdown, side_of};
+use socket2::SockRef;
+
+use super::{Engine, side_of};
 
 /// Bytes a direction must move in reads of at least `BULK_READ` (4 KiB) in a row before it
 /// switches to splice. Message traffic (even pipelined) never gets there; a bulk stream gets
@@ -51,7 +53,7 @@ impl<P> Engine<P> {
         if let Err(e) = tunnel
             .fds
             .iter()
-            .try_for_each(|fd| set_nonblocking(fd.as_raw_fd()))
+            .try_for_each(|fd| SockRef::from(fd).set_nonblocking(true))
         {
             tracing::debug!("cannot make a bulk tunnel's sockets non-blocking: {e}");
             return false;
@@ -129,7 +131,7 @@ impl<P> Engine<P> {
         match outcome {
             Ok(None) => self.poll(index, d, fd, events),
             Ok(Some(how)) => {
-                let _ = shutdown(dst, how);
+                let _ = SockRef::from(&tunnel.fds[1 - d]).shutdown(how);
             }
             Err((side, e)) => tunnel.fail(side, e),
         }
@@ -152,24 +154,6 @@ fn new_pipe() -> io::Result<Pipe> {
         write,
         held: 0,
     })
-}
-
-fn set_nonblocking(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl(2) on a descriptor we own, with integer arguments only.
-    #[allow(unsafe_code)]
-    let rc = unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags < 0 {
-            flags
-        } else {
-            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK)
-        }
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
 }
 
 /// One non-blocking splice(2) of up to `len` bytes; `WouldBlock` when nothing can move now.
