@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -29,54 +28,6 @@ async fn mixed_upstream() -> SocketAddr {
     .await
 }
 
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n");
-    let response = common::raw_exchange(addr, request.as_bytes()).await;
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (status_of(&response), body)
-}
-
-/// Samples of one scrape, keyed by `name{label="value",...}` with labels sorted.
-async fn scrape(admin: SocketAddr) -> HashMap<String, f64> {
-    let (status, body) = get(admin, "/metrics").await;
-    assert_eq!(status, 200);
-    let lines = body.lines().map(|l| Ok(l.to_string()));
-    let parsed = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
-    let mut out = HashMap::new();
-    for sample in parsed.samples {
-        let mut labels: Vec<String> = sample
-            .labels
-            .iter()
-            .map(|(k, v)| format!("{k}=\"{v}\""))
-            .collect();
-        labels.sort();
-        let key = if labels.is_empty() {
-            sample.metric.clone()
-        } else {
-            format!("{}{{{}}}", sample.metric, labels.join(","))
-        };
-        let value = match sample.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            prometheus_parse::Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
-            prometheus_parse::Value::Summary(_) => continue,
-        };
-        out.insert(key, value);
-    }
-    out
-}
-
-fn admin_addr(proxy: &Proxy) -> SocketAddr {
-    let log = proxy.log();
-    let rest = log
-        .split("admin endpoint on http://")
-        .nth(1)
-        .expect("admin line");
-    rest.split_whitespace().next().unwrap().parse().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_a_known_mix_exactly() {
     let up = mixed_upstream().await;
@@ -98,7 +49,7 @@ async fn metrics_count_a_known_mix_exactly() {
             .wait_log("admin endpoint on", Duration::from_secs(5))
             .await
     );
-    let admin = admin_addr(&proxy);
+    let admin = proxy.admin_addr();
 
     // 3 tunnels, 1000 bytes each way.
     for i in 0..3u8 {
@@ -159,13 +110,13 @@ async fn metrics_count_a_known_mix_exactly() {
         ("wsplice_draining", 0.0),
     ];
     // Connections close asynchronously; give the counters a moment to settle.
-    let mut samples = scrape(admin).await;
+    let mut samples = common::scrape(admin).await;
     for _ in 0..100 {
         if expected.iter().all(|(k, v)| samples.get(*k) == Some(v)) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-        samples = scrape(admin).await;
+        samples = common::scrape(admin).await;
     }
     for (key, value) in expected {
         assert_eq!(samples.get(*key), Some(value), "{key} in {samples:#?}");
@@ -227,9 +178,12 @@ async fn healthz_turns_503_while_draining() {
             .wait_log("admin endpoint on", Duration::from_secs(5))
             .await
     );
-    let admin = admin_addr(&proxy);
-    assert_eq!(get(admin, "/healthz").await, (200, "ok\n".to_string()));
-    assert_eq!(get(admin, "/nope").await.0, 404);
+    let admin = proxy.admin_addr();
+    assert_eq!(
+        common::admin_get(admin, "/healthz").await,
+        (200, "ok\n".to_string())
+    );
+    assert_eq!(common::admin_get(admin, "/nope").await.0, 404);
 
     let mut tunnel = TcpStream::connect(proxy.addr).await.unwrap();
     tunnel
@@ -247,8 +201,11 @@ async fn healthz_turns_503_while_draining() {
             .await
     );
     assert_eq!(
-        get(admin, "/healthz").await,
+        common::admin_get(admin, "/healthz").await,
         (503, "draining\n".to_string())
     );
-    assert_eq!(scrape(admin).await.get("wsplice_draining"), Some(&1.0));
+    assert_eq!(
+        common::scrape(admin).await.get("wsplice_draining"),
+        Some(&1.0)
+    );
 }

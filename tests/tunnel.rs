@@ -266,7 +266,7 @@ async fn idle_tunnels_pin_no_buffers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_tunnels_splice_and_stay_intact() {
     let up = raw_upstream::start(|s, _, rest| raw_upstream::raw_echo(s, rest)).await;
-    let proxy = Proxy::start_raw(&with_admin(), &upstreams("backend", &[up]));
+    let proxy = Proxy::start_raw(&observed("1h"), &upstreams("backend", &[up]));
     let mut tunnels = Vec::new();
     for seed in 0..2u64 {
         let stream = open_tunnel(&proxy).await;
@@ -311,7 +311,7 @@ async fn a_spliced_upload_leaves_slow_replies_flowing() {
         s.write_all(&digest).await.unwrap();
     })
     .await;
-    let proxy = Proxy::start_raw(&with_admin(), &upstreams("backend", &[up]));
+    let proxy = Proxy::start_raw(&observed("1h"), &upstreams("backend", &[up]));
     let mut stream = open_tunnel(&proxy).await;
     let data = common::pseudo_random(UPLOAD, 400);
     for chunk in data.chunks(64 * 1024) {
@@ -336,29 +336,19 @@ async fn a_spliced_upload_leaves_slow_replies_flowing() {
 
 /// `wsplice_spliced_directions_total` from the proxy's admin endpoint.
 async fn spliced_directions(proxy: &Proxy) -> u64 {
-    let log = proxy.log();
-    let admin: std::net::SocketAddr = log
-        .split("admin endpoint on http://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("admin line")
-        .parse()
-        .unwrap();
-    let scrape = common::raw_exchange(admin, b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n").await;
-    String::from_utf8_lossy(&scrape)
-        .lines()
-        .find_map(|l| l.strip_prefix("wsplice_spliced_directions_total "))
-        .expect("spliced metric")
-        .trim()
-        .parse()
-        .unwrap()
+    let samples = common::scrape(proxy.admin_addr()).await;
+    samples["wsplice_spliced_directions_total"] as u64
 }
 
-/// A one-worker test config with the admin endpoint on.
-fn with_admin() -> String {
+/// A one-worker config with the admin endpoint and an access log file (`access.log` in the
+/// proxy's folder), and `timeouts.idle`.
+fn observed(idle: &str) -> String {
     format!(
-        "admin = \"127.0.0.1:0\"\n{}",
-        TestConfig::default().workers(1).toml()
+        "admin = \"127.0.0.1:0\"\naccess_log = \"access.log\"\n{}",
+        TestConfig::default()
+            .workers(1)
+            .timeout("idle", idle)
+            .toml()
     )
 }
 
@@ -367,7 +357,7 @@ fn with_admin() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn urgent_data_does_not_stall_a_spliced_direction() {
     let up = raw_upstream::start(|s, _, rest| raw_upstream::raw_echo(s, rest)).await;
-    let proxy = Proxy::start_raw(&with_admin(), &upstreams("backend", &[up]));
+    let proxy = Proxy::start_raw(&observed("1h"), &upstreams("backend", &[up]));
     let stream = open_tunnel(&proxy).await;
     let (mut r, mut w) = stream.into_split();
     let bulk = common::pseudo_random(2 << 20, 500);
@@ -394,17 +384,6 @@ async fn urgent_data_does_not_stall_a_spliced_direction() {
     reader.await.unwrap();
 }
 
-/// One worker, the admin endpoint, an access log file, and `timeouts.idle`.
-fn logged(idle: &str) -> String {
-    format!(
-        "admin = \"127.0.0.1:0\"\naccess_log = \"access.log\"\n{}",
-        TestConfig::default()
-            .workers(1)
-            .timeout("idle", idle)
-            .toml()
-    )
-}
-
 /// Sends `len` bulk bytes through `stream` and reads their echo, so both directions splice.
 async fn bulk_echo(stream: &mut TcpStream, len: usize) {
     let data = common::pseudo_random(len, 600);
@@ -426,7 +405,7 @@ async fn bulk_echo(stream: &mut TcpStream, len: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_timeout_closes_a_spliced_tunnel() {
     let up = raw_upstream::start(|s, _, rest| raw_upstream::raw_echo(s, rest)).await;
-    let proxy = Proxy::start_raw(&logged("600ms"), &upstreams("backend", &[up]));
+    let proxy = Proxy::start_raw(&observed("600ms"), &upstreams("backend", &[up]));
     let mut stream = open_tunnel(&proxy).await;
     bulk_echo(&mut stream, 1 << 20).await;
     assert_eq!(spliced_directions(&proxy).await, 2);
@@ -468,7 +447,7 @@ async fn upstream_reset_ends_a_spliced_tunnel_with_an_upstream_error() {
         drop(s);
     })
     .await;
-    let proxy = Proxy::start_raw(&logged("1h"), &upstreams("backend", &[up]));
+    let proxy = Proxy::start_raw(&observed("1h"), &upstreams("backend", &[up]));
     let stream = open_tunnel(&proxy).await;
     let (mut r, mut w) = stream.into_split();
     let writer = tokio::spawn(async move {

@@ -166,6 +166,16 @@ impl Proxy {
         self.log.lock().unwrap().clone()
     }
 
+    /// The admin endpoint's address, from the start-up log (the config asks for port 0).
+    pub fn admin_addr(&self) -> SocketAddr {
+        let log = self.log();
+        let rest = log
+            .split("admin endpoint on http://")
+            .nth(1)
+            .expect("admin line");
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
     /// Waits until the log contains `needle`.
     pub async fn wait_log(&self, needle: &str, limit: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
@@ -193,14 +203,7 @@ impl Proxy {
 
     /// Waits for the process to exit; `None` if it is still running after `limit`.
     pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = tokio::time::Instant::now() + limit;
-        while tokio::time::Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        None
+        wait_child_exit(&mut self.child, limit).await
     }
 
     /// Path of the upstream file, for reload tests.
@@ -311,4 +314,59 @@ pub fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+/// GET `path` from the admin endpoint: the status and the body.
+pub async fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n");
+    let response = raw_exchange(addr, request.as_bytes()).await;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status_of(&response), body)
+}
+
+/// Samples of one scrape, keyed by `name{label="value",...}` with labels sorted.
+pub async fn scrape(admin: SocketAddr) -> std::collections::HashMap<String, f64> {
+    let (status, body) = admin_get(admin, "/metrics").await;
+    assert_eq!(status, 200);
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    let parsed = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+    let mut out = std::collections::HashMap::new();
+    for sample in parsed.samples {
+        let mut labels: Vec<String> = sample
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{v}\""))
+            .collect();
+        labels.sort();
+        let key = if labels.is_empty() {
+            sample.metric.clone()
+        } else {
+            format!("{}{{{}}}", sample.metric, labels.join(","))
+        };
+        let value = match sample.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
+            prometheus_parse::Value::Summary(_) => continue,
+        };
+        out.insert(key, value);
+    }
+    out
+}
+
+/// Waits up to `limit` for `child` to exit; its status, or `None` if it is still running.
+pub async fn wait_child_exit(
+    child: &mut Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
 }
