@@ -5,9 +5,9 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use wsplice::balancer::{Balancer, Health};
-use wsplice::buffers::BufferPool;
-use wsplice::handshake::{ClientInfo, MAX_HEADERS, Parsed, parse_request, parse_response};
+use wsplice::http::{ClientInfo, MAX_HEADERS, Parsed, parse_request, parse_response};
+use wsplice::upstream::balancer::{Balancer, Health};
+use wsplice::uring::buffers::BufferPool;
 
 const SMALL_UPGRADE: &[u8] = b"GET /chat HTTP/1.1\r\n\
 Host: server.example.com\r\n\

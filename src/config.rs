@@ -10,9 +10,6 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::access_log;
-use crate::upstream::UpstreamTable;
-
 /// What went wrong with a config or upstream file, always pointing at a place in it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -187,6 +184,14 @@ impl Routes {
     }
 }
 
+/// Where access log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Off,
+    Stdout,
+    File(PathBuf),
+}
+
 /// The validated main config.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -197,22 +202,13 @@ pub struct Config {
     pub upstreams_path: PathBuf,
     /// Where `/metrics` and `/healthz` are served; `None`: nowhere.
     pub admin: Option<SocketAddr>,
-    pub access_log: access_log::Target,
+    pub access_log: AccessLogTarget,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub routes: Routes,
 }
 
 impl Config {
-    /// Loads the main config and the upstream file it names, and checks them against each other.
-    /// Start-up and `--check` both come through here.
-    pub fn load(path: &Path) -> Result<(Config, UpstreamTable), ConfigError> {
-        let text = read_file(path)?;
-        let config = Config::parse(path, &text)?;
-        let table = UpstreamTable::load(&config.upstreams_path, &config)?;
-        Ok((config, table))
-    }
-
     /// Parses and validates the main config's text; `path` names it in errors and anchors
     /// the relative `upstreams` path.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
@@ -292,15 +288,15 @@ impl Config {
             ));
         }
         let access_log = match raw.access_log.as_ref().map(|a| a.get_ref().trim()) {
-            None | Some("off") => access_log::Target::Off,
-            Some("stdout") => access_log::Target::Stdout,
+            None | Some("off") => AccessLogTarget::Off,
+            Some("stdout") => AccessLogTarget::Stdout,
             Some("") => {
                 return Err(err(
                     raw.access_log.as_ref().map_or(0, |a| a.span().start),
                     "access_log: write \"off\", \"stdout\" or a file path".into(),
                 ));
             }
-            Some(file) => access_log::Target::File(base.join(file)),
+            Some(file) => AccessLogTarget::File(base.join(file)),
         };
 
         let t = &raw.timeouts;
@@ -479,5 +475,4 @@ fn parse_limit(
 }
 
 #[cfg(test)]
-#[path = "config/tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use wsplice::config::Config;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -42,7 +41,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    wsplice::memory::purge_at_once();
+    wsplice::os::memory::purge_at_once();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -52,7 +51,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
-    let (config, table) = match Config::load(&cli.config) {
+    let (config, table) = match wsplice::upstream::load(&cli.config) {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("wsplice: {e}");

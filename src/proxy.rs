@@ -9,19 +9,23 @@ use std::time::{Duration, Instant};
 use tokio_uring::buf::BoundedBuf;
 use tracing::{debug, info, warn};
 
-use crate::access_log;
-use crate::connect::connect_group;
-use crate::deadline::with_deadline;
-use crate::handshake::{
+use crate::http::websocket::{self, Accept, Expected};
+use crate::http::{
     Body, ClientInfo, HandshakeError, MAX_HEADERS, Parsed, parse_request, parse_response,
 };
-use crate::metrics::Upgrade;
-use crate::relay::{self, Report, Side};
-use crate::socket::Stream;
-use crate::websocket::{self, Accept, Expected};
-use crate::worker::{Slot, WorkerContext};
+use crate::observe::access_log;
+use crate::observe::metrics::Upgrade;
+use crate::tunnel::{RelayError, Report, Side};
+use crate::uring::deadline::with_deadline;
+use crate::uring::stream::Stream;
 
+mod connect;
+mod context;
+mod pump;
 mod respond;
+
+use connect::connect_group;
+pub use context::{Shared, Slot, WorkerContext};
 use respond::{relay_response, respond, write_closing_head};
 
 /// What the request head told us.
@@ -539,5 +543,5 @@ fn check_switch(head: &[u8], expected: &Expected<'_>) -> Result<(), HandshakeErr
 }
 
 fn failed_report(side: Side, source: std::io::Error) -> Report {
-    relay::report(Ok(0), Err((0, relay::RelayError { side, source })), false)
+    pump::report(Ok(0), Err((0, RelayError { side, source })), false)
 }

@@ -12,14 +12,17 @@ use arc_swap::ArcSwap;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
-use crate::access_log::AccessLog;
-use crate::config::Config;
-use crate::config::read_file;
-use crate::metrics::Metrics;
-use crate::reload::{ReloadStats, Trigger};
+use crate::config::{Config, read_file};
+use crate::observe::access_log::AccessLog;
+use crate::observe::admin;
+use crate::observe::metrics::Metrics;
+use crate::os::{cpus, fdlimit, notify};
+use crate::proxy::Shared;
 use crate::upstream::UpstreamTable;
-use crate::worker::{self, Shared};
-use crate::{admin, cpus, fdlimit, listener, notify, reload};
+use crate::upstream::reload::{self, ReloadStats, Trigger};
+
+mod listener;
+mod worker;
 
 /// Why wsplice could not start (exit code 2).
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::BIN;
-use wsplice::config::Config;
 
 const UNIT: &str = "packaging/wsplice.service";
 
@@ -58,7 +57,7 @@ fn unit_runs_the_shipped_config_and_signals_as_documented() {
 #[test]
 fn unit_stop_timeout_exceeds_the_drain_and_files_limit_fits() {
     let unit = read_unit();
-    let (config, _) = Config::load(Path::new("config/wsplice.toml")).unwrap();
+    let (config, _) = wsplice::upstream::load(Path::new("config/wsplice.toml")).unwrap();
     let drain = config.timeouts.drain.expect("the shipped config drains");
     let stop: Duration = humantime::parse_duration(&unit_value(&unit, "TimeoutStopSec")).unwrap();
     assert!(
@@ -66,7 +65,8 @@ fn unit_stop_timeout_exceeds_the_drain_and_files_limit_fits() {
         "TimeoutStopSec {stop:?} must exceed timeouts.drain {drain:?}, or systemd cuts the drain"
     );
     let files: u64 = unit_value(&unit, "LimitNOFILE").parse().unwrap();
-    let needed = wsplice::fdlimit::needed(config.limits.max_connections, 256, config.listen.len());
+    let needed =
+        wsplice::os::fdlimit::needed(config.limits.max_connections, 256, config.listen.len());
     assert!(
         files >= needed,
         "LimitNOFILE {files} < {needed} (max_connections with 256 workers)"

@@ -336,7 +336,7 @@ async fn trickled_head_gets_408_at_the_handshake_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_thousand_trickling_clients_do_not_hold_up_a_normal_one() {
     const SLOW: usize = 5000;
-    let limit = wsplice::fdlimit::raise().unwrap();
+    let limit = wsplice::os::fdlimit::raise().unwrap();
     assert!(
         limit >= 2 * SLOW as u64 + 200,
         "the test needs {} open files, the limit is {limit}",

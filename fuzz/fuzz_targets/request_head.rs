@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wsplice::handshake::{Body, ClientInfo, HandshakeError, MAX_HEADERS, Parsed, parse_request};
+use wsplice::http::{Body, ClientInfo, HandshakeError, MAX_HEADERS, Parsed, parse_request};
 
 /// Head length, upgrade, body and the rewritten head, owned.
 type Outcome = (usize, Option<Vec<u8>>, Body, Vec<u8>);

@@ -5,8 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wsplice::handshake::{HandshakeError, MAX_HEADERS, Parsed, parse_response};
-use wsplice::websocket::{Accept, Expected, check_switch};
+use wsplice::http::{HandshakeError, MAX_HEADERS, Parsed, parse_response};
+use wsplice::http::websocket::{Accept, Expected, check_switch};
 
 const KEY: &[u8] = b"dGhlIHNhbXBsZSBub25jZQ==";
 

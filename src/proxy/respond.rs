@@ -5,11 +5,12 @@ use std::net::Shutdown;
 
 use tokio_uring::buf::BoundedBuf;
 
+use super::WorkerContext;
+use super::pump::{self, Activity, Peer};
 use super::{Done, await_response};
-use crate::handshake::{HandshakeError, MAX_HEADERS, Parsed, parse_response};
-use crate::relay::{self, Activity, Peer, Report, Side};
-use crate::socket::Stream;
-use crate::worker::WorkerContext;
+use crate::http::{HandshakeError, MAX_HEADERS, Parsed, parse_response};
+use crate::tunnel::{RelayError, Report, Side};
+use crate::uring::stream::Stream;
 
 /// A plain request: the rest of the body flows up while the response head is awaited, then
 /// the response flows down until the upstream closes, and the connection ends.
@@ -23,7 +24,7 @@ pub(super) async fn respond(
 ) -> Result<Done, HandshakeError> {
     let activity = Activity::default();
     let body = async {
-        relay::pump(
+        pump::pump(
             Peer {
                 stream: client,
                 side: Side::Client,
@@ -46,21 +47,21 @@ pub(super) async fn respond(
         let _ = client.shutdown(Shutdown::Read);
         out
     };
-    let ((up, down), idled) = relay::idle_guard(
+    let ((up, down), idled) = pump::idle_guard(
         std::pin::pin!(async { tokio::join!(body, response) }),
         ctx.shared.config.timeouts.idle,
         &activity,
-        || relay::abort(client, upstream),
+        || pump::abort(client, upstream),
     )
     .await;
     let (status, down) = down?;
     Ok(Done::Relayed {
         status,
-        report: relay::report(plus(up, body_sent), down, idled),
+        report: pump::report(plus(up, body_sent), down, idled),
     })
 }
 
-type PumpResult = Result<u64, (u64, relay::RelayError)>;
+type PumpResult = Result<u64, (u64, RelayError)>;
 
 /// The downstream half of a plain request: interim responses passed on as they are, the final
 /// response head made connection-closing, then the rest until the upstream closes.
@@ -74,7 +75,7 @@ async fn response_down(
     let client_failed = |source| {
         Err((
             0,
-            relay::RelayError {
+            RelayError {
                 side: Side::Client,
                 source,
             },
@@ -129,7 +130,7 @@ async fn pump_down(
         stream: client,
         side: Side::Client,
     };
-    relay::pump(from, to, resp, limit, activity, &ctx.metrics().bytes[1]).await
+    pump::pump(from, to, resp, limit, activity, &ctx.metrics().bytes[1]).await
 }
 
 /// Relays the rest of a response (at most `body_left` bytes) to the client after its head
@@ -143,14 +144,14 @@ pub(super) async fn relay_response(
 ) -> Report {
     let activity = Activity::default();
     let down = pump_down(ctx, client, upstream, resp, body_left, &activity);
-    let (down, idled) = relay::idle_guard(
+    let (down, idled) = pump::idle_guard(
         std::pin::pin!(down),
         ctx.shared.config.timeouts.idle,
         &activity,
-        || relay::abort(client, upstream),
+        || pump::abort(client, upstream),
     )
     .await;
-    relay::report(Ok(0), down, idled)
+    pump::report(Ok(0), down, idled)
 }
 
 /// Writes the response head in `resp[..len]`, made connection-closing, then what followed it

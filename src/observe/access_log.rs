@@ -5,17 +5,10 @@
 use std::fmt::Write as _;
 use std::io::{self, BufWriter, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, SystemTime};
 
-/// Where access log lines go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    Off,
-    Stdout,
-    File(PathBuf),
-}
+use crate::config::AccessLogTarget;
 
 /// Lines waiting for the writer before new ones are dropped.
 const QUEUE: usize = 16 * 1024;
@@ -41,11 +34,11 @@ pub struct Entry<'a> {
 
 impl AccessLog {
     /// Opens the target and starts the writer thread; `None` when the log is off.
-    pub fn open(target: &Target) -> io::Result<Option<AccessLog>> {
+    pub fn open(target: &AccessLogTarget) -> io::Result<Option<AccessLog>> {
         let out: Box<dyn Write + Send> = match target {
-            Target::Off => return Ok(None),
-            Target::Stdout => Box::new(io::stdout()),
-            Target::File(path) => Box::new(
+            AccessLogTarget::Off => return Ok(None),
+            AccessLogTarget::Stdout => Box::new(io::stdout()),
+            AccessLogTarget::File(path) => Box::new(
                 std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)

@@ -12,9 +12,9 @@ use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{RecursiveMode, Watcher};
 use tracing::{error, info, warn};
 
+use super::UpstreamTable;
 use crate::config::read_file;
-use crate::upstream::UpstreamTable;
-use crate::worker::Shared;
+use crate::proxy::Shared;
 
 /// Quiet time after a file event before reading, so one save is one reload.
 const SETTLE: Duration = Duration::from_millis(50);

@@ -29,11 +29,13 @@ use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use crate::relay::{End, RelayError, Report, Side};
-use crate::worker::Shared;
+use crate::proxy::Shared;
 
 mod buffers;
+mod report;
 mod splice;
+
+pub use report::{End, RelayError, Report, Side};
 
 use buffers::{BufferRing, GROUP, Spill};
 use splice::Pipe;

@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 
-use crate::websocket;
+use super::websocket;
 
 mod strict;
 
@@ -568,5 +568,4 @@ fn httparse_reason(e: httparse::Error) -> &'static str {
 }
 
 #[cfg(test)]
-#[path = "handshake/tests.rs"]
 mod tests;

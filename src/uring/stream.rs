@@ -1,12 +1,11 @@
 //! A TCP connection that owns a plain descriptor. tokio-uring's `TcpStream` keeps its fd to
 //! itself; this one gives it up ([`Stream::into_fd`]), so that after the handshake a
 //! connection can be handed to other code with its own ring. Operations go through
-//! tokio-uring's `UnsubmittedOneshot` escape hatch (as in [`crate::buffers`] and
-//! [`crate::connect`]), with tokio-uring's own semantics: the buffer is the op's stable data,
+//! tokio-uring's `UnsubmittedOneshot` escape hatch (as in [`super::connect`]), with tokio-uring's own semantics: the buffer is the op's stable data,
 //! kept alive until the kernel is done with it even if the future is dropped.
 //!
 //! The descriptor is not: dropping a `Stream` closes it at once, so its pending operations
-//! must be awaited to the end first (as everything here does, see [`crate::deadline`]).
+//! must be awaited to the end first (as everything here does, see [`super::deadline`]).
 
 use std::io;
 use std::marker::PhantomData;

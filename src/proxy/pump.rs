@@ -1,6 +1,5 @@
-//! Byte pumps for plain responses (after a non-`101` answer), with an idle watchdog, and the
-//! report type tunnels share. Tunnels themselves run in [`crate::tunnels`]. Frames are never
-//! decoded.
+//! Byte pumps for plain requests and responses (after a non-`101` answer), with an idle
+//! watchdog. Tunnels run in [`crate::tunnel`] instead. Frames are never decoded.
 //!
 //! tokio-uring does not cancel a dropped read, so nothing here drops a pending read: timeouts
 //! shut the sockets down, which makes every pending operation complete, and the pumps are
@@ -14,64 +13,9 @@ use std::time::Duration;
 
 use tokio_uring::buf::BoundedBuf;
 
-use crate::metrics::Meter;
-use crate::socket::Stream;
-
-/// Labels of the two directions, shared by logs and metrics.
-pub const CLIENT_TO_UPSTREAM: &str = "client->upstream";
-pub const UPSTREAM_TO_CLIENT: &str = "upstream->client";
-
-/// Which side of the proxy an I/O error came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Client,
-    Upstream,
-}
-
-impl std::fmt::Display for Side {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Side::Client => "client",
-            Side::Upstream => "upstream",
-        })
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("{side}: {source}")]
-pub struct RelayError {
-    pub side: Side,
-    #[source]
-    pub source: std::io::Error,
-}
-
-/// Why a relay ended.
-#[derive(Debug)]
-pub enum End {
-    /// Both directions reached end of stream (or the response was complete).
-    Closed,
-    /// No byte moved in either direction for `timeouts.idle`.
-    Idle,
-    Error(RelayError),
-}
-
-impl std::fmt::Display for End {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            End::Closed => f.write_str("closed"),
-            End::Idle => f.write_str("idle timeout"),
-            End::Error(e) => write!(f, "error: {e}"),
-        }
-    }
-}
-
-/// What a relay moved and how it ended.
-#[derive(Debug)]
-pub struct Report {
-    pub client_to_upstream: u64,
-    pub upstream_to_client: u64,
-    pub end: End,
-}
+use crate::observe::metrics::Meter;
+use crate::tunnel::{End, RelayError, Report, Side};
+use crate::uring::stream::Stream;
 
 /// Counts completed reads so the idle watchdog can tell a quiet connection from a busy one
 /// without reading the clock on every read.

@@ -1,6 +1,6 @@
 //! Per-worker buffers for request heads and plain responses: a free list, so a worker reuses
 //! them instead of allocating per connection. Thread-local. (Tunnels read into
-//! kernel-selected buffers instead; see [`crate::tunnels`].)
+//! kernel-selected buffers instead; see [`crate::tunnel`].)
 
 use std::cell::RefCell;
 

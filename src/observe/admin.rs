@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use tracing::debug;
 
-use crate::metrics::{self, Snapshot};
-use crate::worker::Shared;
+use super::metrics::{self, Snapshot};
+use crate::proxy::Shared;
 
 const MAX_HEAD: usize = 8192;
 

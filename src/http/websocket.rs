@@ -6,7 +6,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use sha1::{Digest, Sha1};
 
-use crate::handshake::{tokens, trim};
+use super::head::{tokens, trim};
 
 /// The fixed suffix of RFC 6455 section 1.3 that makes the accept value.
 const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -100,5 +100,4 @@ pub fn check_switch(
 }
 
 #[cfg(test)]
-#[path = "websocket/tests.rs"]
 mod tests;

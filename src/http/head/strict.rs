@@ -98,5 +98,4 @@ pub(super) fn is_valid_host(host: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-#[path = "strict/tests.rs"]
 mod tests;

@@ -6,23 +6,19 @@ use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use tracing::{error, warn};
 
-use crate::access_log::AccessLog;
-use crate::buffers::BufferPool;
-use crate::config::Config;
-use crate::handshake::{ClientInfo, HandshakeError};
-use crate::metrics::{Metrics, WorkerMetrics};
-use crate::proxy;
-use crate::socket;
-use crate::tunnels::Tunnels;
-use crate::upstream::UpstreamTable;
+use crate::http::{ClientInfo, HandshakeError};
+use crate::os::{cpus, fdlimit, spare_fd::SpareFd};
+use crate::proxy::{self, Shared, Slot, WorkerContext};
+use crate::tunnel::Tunnels;
+use crate::uring::buffers::BufferPool;
+use crate::uring::stream;
 
 /// Relay buffer size: large enough for bulk transfers, small enough for many tunnels.
 pub const RELAY_BUFFER: usize = 16 * 1024;
@@ -30,31 +26,6 @@ pub const RELAY_BUFFER: usize = 16 * 1024;
 const POOL_KEEP: usize = 64;
 /// io_uring submission queue size per worker.
 const RING_ENTRIES: u32 = 1024;
-
-/// What every worker reads: the config, the current upstream table, the connection count.
-#[derive(Debug)]
-pub struct Shared {
-    pub config: Config,
-    pub table: ArcSwap<UpstreamTable>,
-    pub active: AtomicUsize,
-    /// Set once a stop signal arrived: accept loops end instead of retrying.
-    pub stopping: AtomicBool,
-    pub reloads: crate::reload::ReloadStats,
-    pub metrics: Metrics,
-    pub access_log: Option<AccessLog>,
-    /// Pipes each worker may hold for spliced tunnel directions.
-    pub pipes_per_worker: usize,
-}
-
-/// One worker's own state, reachable from each of its connection tasks.
-#[derive(Debug)]
-pub struct WorkerContext {
-    pub id: usize,
-    pub shared: Arc<Shared>,
-    pub pool: BufferPool,
-    /// Every open tunnel of this worker, relayed by one task over a ring of their own.
-    pub tunnels: Rc<Tunnels<proxy::TunnelEnd>>,
-}
 
 /// Starts worker `id` on its own thread, pinned to `cpu`. It reports on `ready` once its
 /// listeners accept, or why it could not start.
@@ -69,7 +40,7 @@ pub fn spawn(
         .name(format!("wsplice-worker-{id}"))
         .spawn(move || {
             if let Some(cpu) = cpu
-                && let Err(e) = crate::cpus::pin_current_thread(cpu)
+                && let Err(e) = cpus::pin_current_thread(cpu)
             {
                 warn!("worker {id}: cannot pin to CPU {cpu}: {e}");
             }
@@ -139,39 +110,12 @@ fn build_runtime() -> io::Result<tokio_uring::Runtime> {
     }
 }
 
-impl WorkerContext {
-    /// This worker's own counters.
-    pub fn metrics(&self) -> &WorkerMetrics {
-        &self.shared.metrics.workers[self.id]
-    }
-}
-
-/// Holds one place of `limits.max_connections` for as long as the connection lives.
-/// Created and dropped on its worker's thread, which keeps the worker's gauge single-writer.
-pub struct Slot(Rc<WorkerContext>);
-
-impl Slot {
-    fn take(ctx: &Rc<WorkerContext>) -> (Slot, usize) {
-        let before = ctx.shared.active.fetch_add(1, Ordering::Relaxed);
-        ctx.metrics().accepted.add(1);
-        ctx.metrics().active.add(1);
-        (Slot(ctx.clone()), before)
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.shared.active.fetch_sub(1, Ordering::Relaxed);
-        self.0.metrics().active.sub(1);
-    }
-}
-
 async fn accept_loop(ctx: Rc<WorkerContext>, listener: TcpListener, local: SocketAddr) {
     let max = ctx.shared.config.limits.max_connections;
     let mut last_fd_warning: Option<Instant> = None;
-    let mut spare = crate::spare_fd::SpareFd::open();
+    let mut spare = SpareFd::open();
     loop {
-        match socket::accept(&listener).await {
+        match stream::accept(&listener).await {
             Ok((client, peer)) => {
                 let (slot, before) = Slot::take(&ctx);
                 let info = ClientInfo { peer, local };
@@ -191,13 +135,13 @@ async fn accept_loop(ctx: Rc<WorkerContext>, listener: TcpListener, local: Socke
                     error!(
                         "out of file descriptors ({e}): {} connections open, open-files limit {}; new clients get 503. Lower limits.max_connections or raise the limit (ulimit -n / LimitNOFILE)",
                         ctx.shared.active.load(Ordering::Relaxed),
-                        crate::fdlimit::current().unwrap_or(0)
+                        fdlimit::current().unwrap_or(0)
                     );
                     last_fd_warning = Some(Instant::now());
                 }
                 // The spare's descriptor takes one waiting client, to tell it 503.
                 if spare.release()
-                    && let Ok((client, peer)) = socket::accept(&listener).await
+                    && let Ok((client, peer)) = stream::accept(&listener).await
                 {
                     let info = ClientInfo { peer, local };
                     let err = HandshakeError::OutOfFiles;

@@ -1,8 +1,7 @@
-//! Connecting upstream: walk a group's servers from the round-robin choice on, one attempt
-//! each, with a timeout that really ends the attempt. tokio-uring's own connect cannot be
-//! aborted (a dropped connect keeps its socket until the kernel gives up, minutes later), so
-//! this submits IORING_OP_CONNECT on a socket we own and, on timeout, shuts the socket down,
-//! which aborts a SYN_SENT connect at once.
+//! Connecting to one upstream address with a timeout that really ends the attempt.
+//! tokio-uring's own connect cannot be aborted (a dropped connect keeps its socket until the
+//! kernel gives up, minutes later), so this submits IORING_OP_CONNECT on a socket we own and,
+//! on timeout, shuts the socket down, which aborts a SYN_SENT connect at once.
 
 use std::io;
 use std::net::SocketAddr;
@@ -13,13 +12,8 @@ use io_uring::{cqueue, opcode, types};
 use socket2::{Domain, SockAddr, Socket, Type};
 use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
 
-use tracing::warn;
-
-use crate::deadline::with_deadline;
-use crate::handshake::HandshakeError;
-use crate::metrics::Metrics;
-use crate::socket::Stream;
-use crate::upstream::Group;
+use super::deadline::with_deadline;
+use super::stream::{self, Stream};
 
 /// Why one connect attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +41,7 @@ impl OneshotOutputTransform for ConnectTransform {
     type StoredData = ConnectData;
 
     fn transform_oneshot_output(self, data: ConnectData, cqe: cqueue::Entry) -> Self::Output {
-        (crate::socket::result(&cqe).map(drop), data.socket)
+        (stream::result(&cqe).map(drop), data.socket)
     }
 }
 
@@ -90,46 +84,4 @@ pub async fn connect(addr: SocketAddr, timeout: Option<Duration>) -> Result<Stre
         Ok(()) => Ok(Stream::from_fd(socket.into())),
         Err(e) => Err(ConnectError::Failed(e)),
     }
-}
-
-/// Tries the group's servers, weighted round-robin choice first, until one accepts; each
-/// outcome feeds the group's passive health.
-pub async fn connect_group(
-    group: &Group,
-    timeout: Option<std::time::Duration>,
-    metrics: &Metrics,
-) -> Result<(Stream, SocketAddr), HandshakeError> {
-    let mut all_timed_out = true;
-    for (index, addr) in group.balancer.pick() {
-        match connect(addr, timeout).await {
-            Ok(stream) => {
-                group.balancer.record_success(index);
-                return Ok((stream, addr));
-            }
-            Err(ConnectError::NoDescriptor(e)) => {
-                warn!(upstream = %addr, group = %group.name, "cannot connect: {e}");
-                return Err(HandshakeError::OutOfFiles);
-            }
-            Err(e) => {
-                all_timed_out &= matches!(e, ConnectError::TimedOut);
-                metrics.connect_failed(addr);
-                warn!(upstream = %addr, group = %group.name, "connect failed: {e}");
-                if group.balancer.record_failure(index) {
-                    let health = group.balancer.health();
-                    warn!(
-                        upstream = %addr,
-                        group = %group.name,
-                        "marked down for {} after {} failed connects (max_fails)",
-                        humantime::format_duration(health.fail_timeout),
-                        health.max_fails
-                    );
-                }
-            }
-        }
-    }
-    Err(if all_timed_out {
-        HandshakeError::UpstreamTimeout
-    } else {
-        HandshakeError::UpstreamFailed
-    })
 }

@@ -9,7 +9,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::relay::{CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT};
+/// Labels of the two directions, shared by logs and metrics.
+pub const CLIENT_TO_UPSTREAM: &str = "client->upstream";
+pub const UPSTREAM_TO_CLIENT: &str = "upstream->client";
 
 /// A counter or gauge with a single writer thread; any thread may read it.
 #[derive(Debug, Default)]

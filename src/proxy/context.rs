@@ -1,0 +1,72 @@
+//! What a connection's code can reach: the state all workers share (config, upstream
+//! table, counters) and its own worker's (buffer pool, tunnel loop), plus the slot that
+//! holds its place under `limits.max_connections`. The server builds these; the proxy only
+//! reads them.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use arc_swap::ArcSwap;
+
+use super::TunnelEnd;
+use crate::config::Config;
+use crate::observe::access_log::AccessLog;
+use crate::observe::metrics::{Metrics, WorkerMetrics};
+use crate::tunnel::Tunnels;
+use crate::upstream::UpstreamTable;
+use crate::upstream::reload::ReloadStats;
+use crate::uring::buffers::BufferPool;
+
+/// What every worker reads: the config, the current upstream table, the connection count.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    pub table: ArcSwap<UpstreamTable>,
+    pub active: AtomicUsize,
+    /// Set once a stop signal arrived: accept loops end instead of retrying.
+    pub stopping: AtomicBool,
+    pub reloads: ReloadStats,
+    pub metrics: Metrics,
+    pub access_log: Option<AccessLog>,
+    /// Pipes each worker may hold for spliced tunnel directions.
+    pub pipes_per_worker: usize,
+}
+
+/// One worker's own state, reachable from each of its connection tasks.
+#[derive(Debug)]
+pub struct WorkerContext {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    pub pool: BufferPool,
+    /// Every open tunnel of this worker, relayed by one task over a ring of their own.
+    pub tunnels: Rc<Tunnels<TunnelEnd>>,
+}
+
+impl WorkerContext {
+    /// This worker's own counters.
+    pub fn metrics(&self) -> &WorkerMetrics {
+        &self.shared.metrics.workers[self.id]
+    }
+}
+
+/// Holds one place of `limits.max_connections` for as long as the connection lives.
+/// Created and dropped on its worker's thread, which keeps the worker's gauge single-writer.
+pub struct Slot(Rc<WorkerContext>);
+
+impl Slot {
+    /// Takes a place; also returns how many were taken before.
+    pub fn take(ctx: &Rc<WorkerContext>) -> (Slot, usize) {
+        let before = ctx.shared.active.fetch_add(1, Ordering::Relaxed);
+        ctx.metrics().accepted.add(1);
+        ctx.metrics().active.add(1);
+        (Slot(ctx.clone()), before)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.shared.active.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics().active.sub(1);
+    }
+}

@@ -1,0 +1,238 @@
+//! The upstream table: groups of servers, immutable once built and swapped whole on reload,
+//! so a connection that loaded it keeps a consistent view without any lock.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::balancer::{Balancer, Health, MAX_SERVERS, MAX_WEIGHT};
+use crate::config::{Config, ConfigError, Routes, read_file};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroup {
+    servers: Spanned<Vec<Spanned<toml::Value>>>,
+    max_fails: Option<Spanned<i64>>,
+    fail_timeout: Option<Spanned<String>>,
+}
+
+/// One upstream group: its name and the balancer that picks among its servers.
+#[derive(Debug)]
+pub struct Group {
+    pub name: String,
+    pub balancer: Balancer,
+}
+
+impl Group {
+    pub fn servers(&self) -> &[SocketAddr] {
+        self.balancer.servers()
+    }
+}
+
+/// Every group of the upstream file, plus which group serves each route of the config.
+#[derive(Debug)]
+pub struct UpstreamTable {
+    groups: Vec<Group>,
+    route_groups: Vec<usize>,
+}
+
+impl UpstreamTable {
+    /// Reads and validates the upstream file against `config`'s routes.
+    pub fn load(path: &Path, config: &Config) -> Result<Self, ConfigError> {
+        let text = read_file(path)?;
+        Self::parse(path, &text, config)
+    }
+
+    pub fn parse(path: &Path, text: &str, config: &Config) -> Result<Self, ConfigError> {
+        let raw: BTreeMap<String, Spanned<RawGroup>> =
+            toml::from_str(text).map_err(|e| ConfigError::from_toml(path, text, &e))?;
+        let err = |offset: usize, msg: String| ConfigError::at(path, text, offset, msg);
+
+        let mut groups = Vec::with_capacity(raw.len());
+        for (name, group) in &raw {
+            let group = group.get_ref();
+            let entries = group.servers.get_ref();
+            if entries.is_empty() {
+                return Err(err(
+                    group.servers.span().start,
+                    format!(
+                        "{name}.servers: the group has no servers; list at least one, e.g. servers = [\"127.0.0.1:3000\"]"
+                    ),
+                ));
+            }
+            if entries.len() > MAX_SERVERS {
+                return Err(err(
+                    group.servers.span().start,
+                    format!(
+                        "{name}.servers: {} servers; a group holds at most {MAX_SERVERS}, split it",
+                        entries.len()
+                    ),
+                ));
+            }
+            let mut servers = Vec::with_capacity(entries.len());
+            for entry in entries {
+                let server = parse_server(entry.get_ref())
+                    .map_err(|why| err(entry.span().start, format!("{name}.servers: {why}")))?;
+                servers.push(server);
+            }
+            let health = parse_health(name, group).map_err(|(at, why)| err(at, why))?;
+            groups.push(Group {
+                name: name.clone(),
+                balancer: Balancer::new(servers, health),
+            });
+        }
+
+        let route_groups =
+            route_groups(&groups, &config.routes).map_err(|(route, msg)| ConfigError::At {
+                file: config.path.clone(),
+                line: route.line,
+                message: format!("{msg} (upstream file {})", path.display()),
+            })?;
+        Ok(UpstreamTable {
+            groups,
+            route_groups,
+        })
+    }
+
+    /// The group that serves route number `route` (an index into [`Routes`]).
+    pub fn group_for_route(&self, route: usize) -> &Group {
+        &self.groups[self.route_groups[route]]
+    }
+
+    pub fn groups(&self) -> &[Group] {
+        &self.groups
+    }
+
+    pub fn group(&self, name: &str) -> Option<&Group> {
+        self.groups.iter().find(|g| g.name == name)
+    }
+
+    /// Takes over passive-health state from `old` for servers present in both tables.
+    pub fn inherit_health(&self, old: &UpstreamTable) {
+        for group in &self.groups {
+            if let Some(previous) = old.group(&group.name) {
+                group.balancer.inherit_health(&previous.balancer);
+            }
+        }
+    }
+}
+
+/// A server entry: `"HOST:PORT"` or `{ addr = "HOST:PORT", weight = N }`.
+fn parse_server(value: &toml::Value) -> Result<(SocketAddr, u32), String> {
+    match value {
+        toml::Value::String(s) => Ok((resolve(s)?, 1)),
+        toml::Value::Table(t) => {
+            if let Some(key) = t.keys().find(|k| !["addr", "weight"].contains(&k.as_str())) {
+                return Err(format!(
+                    "unknown key `{key}` in a server entry; expected `addr` and optionally `weight`"
+                ));
+            }
+            let addr = match t.get("addr") {
+                Some(toml::Value::String(s)) => resolve(s)?,
+                Some(_) => return Err("`addr` must be a string like \"127.0.0.1:3000\"".into()),
+                None => return Err(
+                    "a server entry needs `addr`, e.g. { addr = \"127.0.0.1:3000\", weight = 2 }"
+                        .into(),
+                ),
+            };
+            let weight = match t.get("weight") {
+                None => 1,
+                Some(toml::Value::Integer(w)) if (1..=i64::from(MAX_WEIGHT)).contains(w) => {
+                    *w as u32
+                }
+                Some(w) => {
+                    return Err(format!(
+                        "weight {w} is out of range; use a whole number from 1 to {MAX_WEIGHT}"
+                    ));
+                }
+            };
+            Ok((addr, weight))
+        }
+        other => Err(format!(
+            "{other} is not a server; write \"HOST:PORT\" or {{ addr = \"HOST:PORT\", weight = N }}"
+        )),
+    }
+}
+
+fn parse_health(name: &str, group: &RawGroup) -> Result<Health, (usize, String)> {
+    let mut health = Health::default();
+    if let Some(m) = &group.max_fails {
+        health.max_fails = u32::try_from(*m.get_ref())
+            .ok()
+            .filter(|&m| m <= 1000)
+            .ok_or_else(|| {
+                (
+                    m.span().start,
+                    format!(
+                        "{name}.max_fails: {} is out of range; use 0 (never mark down) to 1000",
+                        m.get_ref()
+                    ),
+                )
+            })?;
+    }
+    if let Some(t) = &group.fail_timeout {
+        health.fail_timeout = humantime::parse_duration(t.get_ref().trim())
+            .ok()
+            .filter(|d| *d >= Duration::from_millis(1))
+            .ok_or_else(|| {
+                (
+                    t.span().start,
+                    format!(
+                        "{name}.fail_timeout: {:?} is not a positive duration; write e.g. \"10s\" or \"500ms\"",
+                        t.get_ref()
+                    ),
+                )
+            })?;
+    }
+    Ok(health)
+}
+
+fn route_groups<'r>(
+    groups: &[Group],
+    routes: &'r Routes,
+) -> Result<Vec<usize>, (&'r crate::config::Route, String)> {
+    routes
+        .iter()
+        .map(|route| {
+            groups
+                .iter()
+                .position(|g| g.name == route.upstream)
+                .ok_or_else(|| {
+                    let known: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+                    (
+                        route,
+                        format!(
+                            "route {:?}: upstream group {:?} is not defined; the upstream file defines [{}]",
+                            route.path,
+                            route.upstream,
+                            known.join(", ")
+                        ),
+                    )
+                })
+        })
+        .collect()
+}
+
+fn resolve(server: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = server.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if !server.contains(':') {
+        return Err(format!(
+            "{server:?} has no port; write HOST:PORT, e.g. \"127.0.0.1:3000\""
+        ));
+    }
+    server
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| {
+            format!(
+                "{server:?} is not a reachable HOST:PORT; write e.g. \"127.0.0.1:3000\" or \"[::1]:3000\""
+            )
+        })
+}
