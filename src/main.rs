@@ -27,7 +27,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 ///                    listens, and STOPPING=1 when a stop begins
 ///
 /// Exit codes: 0 clean stop or valid config; 1 invalid config or upstream file; 2 cannot start
-/// (address in use, io_uring unavailable, open-files limit too low, ...).
+/// (address in use, io_uring unavailable, open-files limit too low, ...); 3 a worker failed
+/// while running. A panic on any thread aborts the process (SIGABRT).
 #[derive(Parser)]
 #[command(version, about, long_about, verbatim_doc_comment)]
 struct Cli {

@@ -21,6 +21,7 @@ use crate::proxy::Shared;
 use crate::upstream::UpstreamTable;
 use crate::upstream::reload::{self, ReloadStats, Trigger};
 
+mod fault;
 mod listener;
 mod worker;
 
@@ -53,6 +54,7 @@ pub enum StartError {
 
 /// Runs wsplice until SIGTERM or SIGINT.
 pub fn run(config: Config, table: UpstreamTable) -> Result<(), StartError> {
+    exit_on_panic();
     let signals = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -172,6 +174,21 @@ pub fn run(config: Config, table: UpstreamTable) -> Result<(), StartError> {
         );
         Ok(())
     })
+}
+
+/// A panic on any thread (a worker, its tunnel loop, the reload or admin thread) ends the
+/// process: a worker that lost its tunnel loop would go on accepting connections that nobody
+/// relays. Release builds abort on panic anyway (Cargo.toml); this makes every build do it,
+/// with a log line saying so.
+fn exit_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        tracing::error!(
+            "a wsplice thread panicked; aborting so that the service manager restarts it"
+        );
+        std::process::abort();
+    }));
 }
 
 fn start_workers(

@@ -2,6 +2,9 @@
 
 mod common;
 
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -131,4 +134,73 @@ async fn sighup_swaps_upstreams_for_new_connections_only() {
     assert_eq!(seen_new.upgrades.load(Ordering::Relaxed), 3);
     assert_eq!(seen_old.upgrades.load(Ordering::Relaxed), 2);
     echo_once(&mut kept, "the open tunnel keeps its upstream").await;
+}
+
+/// Starts wsplice (a debug build) with the fault `name` switched on.
+fn command_with_fault(name: &str, dir: &tempfile::TempDir, up: std::net::SocketAddr) -> Command {
+    let config = common::write_files(
+        dir.path(),
+        &TestConfig::default().toml(),
+        &upstreams("backend", &[up]),
+    );
+    let mut command = Command::new(common::BIN);
+    command
+        .arg("--config")
+        .arg(config)
+        .env("WSPLICE_FAULT", name);
+    command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_tunnel_loop_ends_the_process() {
+    let (up, _) = echo_upstream::start("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = command_with_fault("tunnel-loop-error", &dir, up)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = common::wait_child_exit(&mut child, Duration::from_secs(10))
+        .await
+        .expect("a worker without its tunnel loop ends the process");
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert_eq!(status.code(), Some(3), "{log}");
+    assert!(log.contains("the tunnel loop stopped"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_the_tunnel_loop_ends_the_process() {
+    let (up, _) = echo_upstream::start("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let command = command_with_fault("tunnel-loop-panic", &dir, up);
+    let mut proxy = Proxy::spawn(command, dir, " with a fault");
+    let (mut ws, _) = tokio_tungstenite::connect_async(proxy.url("/ws"))
+        .await
+        .unwrap();
+    echo_once(&mut ws, "hello").await;
+    // The tunnel's end runs the faulty code in the tunnel loop.
+    ws.close(None).await.unwrap();
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
+    drop(ws);
+    let status = proxy
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "a panic in the tunnel loop ends the process:\n{}",
+                proxy.log()
+            )
+        });
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{}", proxy.log());
+    assert!(
+        proxy.wait_log("panicked", Duration::from_secs(5)).await,
+        "{}",
+        proxy.log()
+    );
 }

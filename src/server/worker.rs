@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, warn};
 
+use super::fault;
 use crate::http::{ClientInfo, HandshakeError};
 use crate::os::{cpus, fdlimit, spare_fd::SpareFd};
 use crate::proxy::{self, Shared, Slot, WorkerContext};
@@ -26,6 +27,8 @@ pub const RELAY_BUFFER: usize = 16 * 1024;
 const POOL_KEEP: usize = 64;
 /// io_uring submission queue size per worker.
 const RING_ENTRIES: u32 = 1024;
+/// Exit status when a running worker cannot go on (systemd restarts on it).
+pub const EXIT_WORKER_FAILED: i32 = 3;
 
 /// Starts worker `id` on its own thread, pinned to `cpu`. It reports on `ready` once its
 /// listeners accept, or why it could not start.
@@ -76,11 +79,19 @@ pub fn spawn(
                     tunnels: tunnels.clone(),
                 });
                 let owner = ctx.clone();
-                let relay = tunnels.clone().run(move |end, report| end.finish(&owner, report));
+                let relay = tunnels.clone().run(move |end, report| {
+                    fault::inject_panic("tunnel-loop-panic");
+                    end.finish(&owner, report)
+                });
                 tokio_uring::spawn(async move {
-                    if let Err(e) = relay.await {
-                        error!("worker {id}: the tunnel loop stopped: {e}");
-                    }
+                    let e = match fault::injected_error("tunnel-loop-error") {
+                        Some(e) => e,
+                        None => relay.await.err().unwrap_or_else(|| io::Error::other("it returned")),
+                    };
+                    // The worker would go on accepting tunnels that nobody relays: better to
+                    // stop the process, and let the service manager start a whole one.
+                    error!("worker {id}: the tunnel loop stopped: {e}; exiting (status 3)");
+                    std::process::exit(EXIT_WORKER_FAILED);
                 });
                 if let Some(idle) = idle {
                     tokio_uring::spawn(tunnels.sweep_idle(idle));
