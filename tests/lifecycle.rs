@@ -61,7 +61,9 @@ async fn sigterm_stops_accepting_and_drains_open_tunnels() {
         .expect("exits once drained");
     assert_eq!(status.code(), Some(0));
     assert!(
-        proxy.log().contains("1 connections drained, 0 cut"),
+        proxy
+            .wait_log("1 connections drained, 0 cut", Duration::from_secs(5))
+            .await,
         "{}",
         proxy.log()
     );
@@ -83,7 +85,9 @@ async fn drain_time_bounds_the_stop() {
         .expect("exits after the drain time");
     assert_eq!(status.code(), Some(0));
     assert!(
-        proxy.log().contains("0 connections drained, 1 cut"),
+        proxy
+            .wait_log("0 connections drained, 1 cut", Duration::from_secs(5))
+            .await,
         "{}",
         proxy.log()
     );

@@ -111,7 +111,7 @@ async fn metrics_count_a_known_mix_exactly() {
     ];
     // Connections close asynchronously; give the counters a moment to settle.
     let mut samples = common::scrape(admin).await;
-    for _ in 0..100 {
+    for _ in 0..500 {
         if expected.iter().all(|(k, v)| samples.get(*k) == Some(v)) {
             break;
         }
@@ -141,7 +141,7 @@ async fn metrics_count_a_known_mix_exactly() {
     #[allow(clippy::disallowed_methods)] // the test's own runtime, not a worker
     let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let mut lines = Vec::new();
-    for _ in 0..100 {
+    for _ in 0..500 {
         lines = read_log().lines().map(String::from).collect();
         if lines.len() >= 10 {
             break;

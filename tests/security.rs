@@ -474,13 +474,15 @@ async fn out_of_file_descriptors_is_503_and_service_resumes() {
         proxy.log()
     );
     assert!(refused < IDLE, "every client was refused:\n{}", proxy.log());
+    // The log is read from the proxy's stderr by a thread of the test's: poll it.
+    let limit = Duration::from_secs(5);
     assert!(
-        proxy.log().contains("out of file descriptors"),
+        proxy.wait_log("out of file descriptors (", limit).await,
         "{}",
         proxy.log()
     );
     assert!(
-        proxy.log().contains("503: out of file descriptors"),
+        proxy.wait_log("503: out of file descriptors", limit).await,
         "{}",
         proxy.log()
     );
@@ -522,7 +524,7 @@ async fn over_max_connections_is_503_and_never_reaches_the_upstream() {
     // Both places are taken once the proxy has read from both holders; wait for that by
     // asking until a 503 comes (bounded), then check what the upstream saw.
     let mut response = Vec::new();
-    for _ in 0..100 {
+    for _ in 0..500 {
         response = raw_exchange(proxy.addr, upgrade_request("/ws").as_bytes()).await;
         if status_of(&response) == 503 {
             break;
@@ -547,7 +549,7 @@ async fn over_max_connections_is_503_and_never_reaches_the_upstream() {
 
     drop(holders);
     let mut status = 0;
-    for _ in 0..100 {
+    for _ in 0..500 {
         status = status_of(&raw_exchange(proxy.addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await);
         if status == 200 {
             break;

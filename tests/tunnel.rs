@@ -281,7 +281,7 @@ async fn bulk_tunnels_splice_and_stay_intact() {
         t.await.unwrap();
     }
     assert_eq!(
-        spliced_directions(&proxy).await,
+        spliced_directions(&proxy, 4).await,
         4,
         "both directions of both tunnels"
     );
@@ -331,13 +331,16 @@ async fn a_spliced_upload_leaves_slow_replies_flowing() {
         .unwrap();
     assert_eq!(&back[..5], b"tail!");
     assert_eq!(&back[5..], Sha1::digest(&data).as_slice());
-    assert_eq!(spliced_directions(&proxy).await, 1, "the upload only");
+    assert_eq!(spliced_directions(&proxy, 1).await, 1, "the upload only");
 }
 
 /// `wsplice_spliced_directions_total` from the proxy's admin endpoint.
-async fn spliced_directions(proxy: &Proxy) -> u64 {
-    let samples = common::scrape(proxy.admin_addr()).await;
-    samples["wsplice_spliced_directions_total"] as u64
+/// Polled until it reaches `want` (for up to 10 s): a direction switches once the proxy has
+/// read 256 KiB of it, which may be after the client's last write returned.
+async fn spliced_directions(proxy: &Proxy, want: u64) -> u64 {
+    let key = "wsplice_spliced_directions_total";
+    let at_least = |v: f64| v >= want as f64;
+    common::wait_metric(proxy.admin_addr(), key, at_least, Duration::from_secs(10)).await as u64
 }
 
 /// A one-worker config with the admin endpoint and an access log file (`access.log` in the
@@ -374,7 +377,7 @@ async fn urgent_data_does_not_stall_a_spliced_direction() {
         w.write_all(chunk).await.unwrap();
     }
     assert!(
-        spliced_directions(&proxy).await >= 1,
+        spliced_directions(&proxy, 1).await >= 1,
         "the upload is spliced"
     );
     socket2::SockRef::from(w.as_ref())
@@ -408,7 +411,7 @@ async fn idle_timeout_closes_a_spliced_tunnel() {
     let proxy = Proxy::start_raw(&observed("600ms"), &upstreams("backend", &[up]));
     let mut stream = open_tunnel(&proxy).await;
     bulk_echo(&mut stream, 1 << 20).await;
-    assert_eq!(spliced_directions(&proxy).await, 2);
+    assert_eq!(spliced_directions(&proxy, 2).await, 2);
     let quiet_since = Instant::now();
     let mut rest = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
@@ -464,7 +467,7 @@ async fn upstream_reset_ends_a_spliced_tunnel_with_an_upstream_error() {
         .await
         .expect("the client is closed within 10 s");
     writer.await.unwrap();
-    assert!(spliced_directions(&proxy).await >= 1);
+    assert!(spliced_directions(&proxy, 1).await >= 1);
     let line = access_line(&proxy, "status=101").await;
     assert!(line.contains("end=\"error: upstream:"), "{line}");
 }

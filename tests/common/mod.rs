@@ -356,6 +356,25 @@ pub async fn scrape(admin: SocketAddr) -> std::collections::HashMap<String, f64>
     out
 }
 
+/// Polls the metric `key` until `done` holds for its value (a missing sample reads 0), for up
+/// to `limit`; returns the last value read. Counters move when the proxy gets to the bytes, not
+/// when a test wrote them, so a test never asserts one right after acting.
+pub async fn wait_metric(
+    admin: SocketAddr,
+    key: &str,
+    done: impl Fn(f64) -> bool,
+    limit: Duration,
+) -> f64 {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let value = scrape(admin).await.get(key).copied().unwrap_or(0.0);
+        if done(value) || tokio::time::Instant::now() >= deadline {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits up to `limit` for `child` to exit; its status, or `None` if it is still running.
 pub async fn wait_child_exit(
     child: &mut Child,
