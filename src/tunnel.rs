@@ -192,7 +192,8 @@ impl<P> Tunnels<P> {
                 },
             ],
             in_flight: 0,
-            active: false,
+            // Opening counts as activity: the first sweep must not find it already quiet.
+            active: true,
             quiet: 0,
             aborted: false,
             idled: false,
@@ -274,7 +275,8 @@ impl<P> Tunnels<P> {
     }
 
     /// Closes tunnels in which no bytes were read for `idle` (checked four times per period,
-    /// so a quiet tunnel ends within 1.25 x `idle`). Runs for the worker's life.
+    /// so a quiet tunnel ends between 1 and 1.25 x `idle` after its last read, or after it
+    /// opened). Runs for the worker's life.
     pub async fn sweep_idle(self: Rc<Self>, idle: Duration) {
         let tick = idle / 4;
         loop {
