@@ -18,7 +18,7 @@ use crate::access_log::AccessLog;
 use crate::buffers::BufferPool;
 use crate::config::Config;
 use crate::handshake::{ClientInfo, HandshakeError};
-use crate::metrics::{Metrics, WorkerMetrics};
+use crate::metrics::{Metrics, Snapshot, WorkerMetrics};
 use crate::proxy;
 use crate::socket;
 use crate::tunnels::Tunnels;
@@ -44,6 +44,23 @@ pub struct Shared {
     pub access_log: Option<AccessLog>,
     /// Pipes each worker may hold for spliced tunnel directions.
     pub pipes_per_worker: usize,
+}
+
+impl crate::admin::Source for Shared {
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let r = &self.reloads;
+        Snapshot {
+            reloads_succeeded: r.succeeded.load(Ordering::Relaxed),
+            reloads_failed: r.failed.load(Ordering::Relaxed),
+            last_reload_unix: r.last_success_unix.load(Ordering::Relaxed),
+            table_version: r.version.load(Ordering::Relaxed),
+            draining: self.stopping.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// One worker's own state, reachable from each of its connection tasks.
