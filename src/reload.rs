@@ -391,7 +391,6 @@ fn unix_now() -> u64 {
 mod tests {
     use super::*;
     use notify::event::{CreateKind, DataChange};
-    use std::sync::mpsc::Sender;
 
     fn event(kind: EventKind, paths: &[&str]) -> notify::Event {
         paths.iter().fold(notify::Event::new(kind), |e, p| {
@@ -445,30 +444,33 @@ mod tests {
         assert!(concerns(&created(&link), &files));
     }
 
-    /// Sends `message` every millisecond until the receiver is gone.
+    /// Sends `message` about every millisecond for `limit` (or until the receiver is gone),
+    /// and returns once the first one is sent.
     #[allow(clippy::disallowed_methods)] // a plain test thread, no runtime to block
-    fn every_ms(tx: Sender<bool>, message: bool) {
+    fn send_for(message: bool, limit: Duration) -> Receiver<bool> {
+        let (tx, rx) = channel();
         std::thread::spawn(move || {
-            while tx.send(message).is_ok() {
+            let start = Instant::now();
+            while start.elapsed() < limit && tx.send(message).is_ok() {
                 std::thread::sleep(Duration::from_millis(1));
             }
         });
+        assert_eq!(rx.recv(), Ok(message));
+        rx
     }
 
     #[test]
     fn other_files_events_do_not_delay_a_reload() {
-        let (tx, rx) = channel();
-        every_ms(tx, false);
+        let rx = send_for(false, Duration::from_secs(3));
         let start = Instant::now();
         assert!(settle(&rx, |&own| own, SETTLE, Duration::from_secs(10)));
         let waited = start.elapsed();
-        assert!(waited < Duration::from_millis(500), "waited {waited:?}");
+        assert!(waited < Duration::from_millis(1500), "waited {waited:?}");
     }
 
     #[test]
     fn a_file_that_keeps_changing_is_read_after_the_cap() {
-        let (tx, rx) = channel();
-        every_ms(tx, true);
+        let rx = send_for(true, Duration::from_secs(5));
         let start = Instant::now();
         assert!(settle(&rx, |&own| own, SETTLE, Duration::from_millis(300)));
         let waited = start.elapsed();
