@@ -279,14 +279,14 @@ fn resolve(server: &str) -> Result<SocketAddr, BadServer> {
     if let Ok(addr) = server.parse::<SocketAddr>() {
         return Ok(addr);
     }
-    let Some((_, port)) = server.rsplit_once(':') else {
+    let Some((_, port)) = server.rsplit_once(':').filter(|_| !server.ends_with(']')) else {
         return Err(BadServer::Invalid(format!(
             "{server:?} has no port; write HOST:PORT, e.g. \"127.0.0.1:3000\""
         )));
     };
     if port.parse::<u16>().is_err() {
         return Err(BadServer::Invalid(format!(
-            "{server:?}: {port:?} is not a port; write HOST:PORT, e.g. \"127.0.0.1:3000\""
+            "{server:?}: {port:?} is not a port (0 to 65535); write HOST:PORT, e.g. \"127.0.0.1:3000\""
         )));
     }
     server
@@ -298,4 +298,22 @@ fn resolve(server: &str) -> Result<SocketAddr, BadServer> {
                 "{server:?} is not a reachable HOST:PORT (the host name did not resolve); write e.g. \"127.0.0.1:3000\" or \"[::1]:3000\""
             ))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_host_name_that_does_not_resolve_is_worth_retrying() {
+        let unresolved = |s: &str| matches!(resolve(s), Err(BadServer::Unresolved(_)));
+        let invalid = |s: &str| matches!(resolve(s), Err(BadServer::Invalid(_)));
+        assert!(unresolved("wsplice-no-such-host.invalid:3000"));
+        assert!(invalid("no-port"));
+        assert!(invalid("[::1]"));
+        assert!(invalid("host:http"));
+        assert!(invalid("host:70000"));
+        assert!(resolve("127.0.0.1:3000").is_ok());
+        assert!(resolve("localhost:3000").is_ok());
+    }
 }
