@@ -113,7 +113,12 @@ pub fn run(config: Config, table: UpstreamTable) -> Result<(), StartError> {
         let mut int = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
 
         // Watching starts before serving, so no change after "listening" is missed.
-        reload::watch(shared.clone()).map_err(StartError::Watcher)?;
+        let watched = shared.clone();
+        reload::watch(shared.config.upstreams_path.clone(), move || {
+            let s = &watched;
+            reload::reload(&s.config, &s.table, &s.reloads, Trigger::Watch);
+        })
+        .map_err(StartError::Watcher)?;
         start_workers(&shared, listeners, &cpus)?;
         for addr in &bound {
             info!("listening on {addr} with {workers} workers");
@@ -130,7 +135,7 @@ pub fn run(config: Config, table: UpstreamTable) -> Result<(), StartError> {
             tokio::select! {
                 _ = hup.recv() => {
                     info!("SIGHUP: reloading {}", shared.config.upstreams_path.display());
-                    reload::reload(&shared, Trigger::Signal);
+                    reload::reload(&shared.config, &shared.table, &shared.reloads, Trigger::Signal);
                 }
                 _ = term.recv() => break "SIGTERM",
                 _ = int.recv() => break "SIGINT",

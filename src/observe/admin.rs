@@ -1,42 +1,110 @@
 //! The admin listener: `GET /metrics` (Prometheus text) and `GET /healthz` for operators. It
-//! runs on its own thread with blocking I/O, away from the workers' rings: a scrape never
-//! competes with traffic for a worker.
+//! runs on threads of its own with blocking I/O, away from the workers' rings: a scrape never
+//! competes with traffic for a worker. Each request gets its own thread, up to a bound, and
+//! one deadline, so a slow or silent client cannot hold the endpoint.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
-use tracing::debug;
+use tracing::{debug, warn};
 
-use super::metrics::{self, Snapshot};
-use crate::proxy::Shared;
+use super::metrics::{self, Metrics, Snapshot};
 
 const MAX_HEAD: usize = 8192;
+/// The whole of one request, read and answered; a client not done by then is cut.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// Requests served at once; a connection beyond them is answered 503 at once.
+pub const MAX_CONCURRENT: usize = 16;
 
-/// Binds `addr` and serves it on a new thread; returns the bound address.
-pub fn spawn(addr: SocketAddr, shared: Arc<Shared>) -> io::Result<SocketAddr> {
+/// What the endpoint reports: the counters and the process-wide values beside them.
+pub trait Source: Send + Sync + 'static {
+    fn metrics(&self) -> &Metrics;
+    /// Read once per request; `draining` also decides `/healthz`.
+    fn snapshot(&self) -> Snapshot;
+}
+
+/// Binds `addr` and serves it from new threads; returns the bound address.
+pub fn spawn(addr: SocketAddr, source: Arc<dyn Source>) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
+    if !bound.ip().is_loopback() {
+        warn!(
+            "admin endpoint {bound} is not on a loopback address: whoever reaches it reads /metrics (upstream addresses, traffic) and /healthz; bind it to 127.0.0.1 or firewall the port"
+        );
+    }
     std::thread::Builder::new()
         .name("wsplice-admin".into())
-        .spawn(move || {
-            for stream in listener.incoming().flatten() {
-                if let Err(e) = serve(stream, &shared) {
-                    debug!("admin request failed: {e}");
-                }
-            }
-        })?;
+        .spawn(move || accept_loop(listener, source))?;
     Ok(bound)
 }
 
-fn serve(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+fn accept_loop(listener: TcpListener, source: Arc<dyn Source>) {
+    let serving = Arc::new(AtomicUsize::new(0));
+    for stream in listener.incoming() {
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(e) => {
+                debug!("admin accept failed: {e}");
+                continue;
+            }
+        };
+        // Only this thread adds, so the check cannot be overtaken.
+        if serving.load(Ordering::Relaxed) >= MAX_CONCURRENT {
+            refuse_busy(stream);
+            continue;
+        }
+        serving.fetch_add(1, Ordering::Relaxed);
+        let slot = Slot(serving.clone());
+        let source = source.clone();
+        let spawned = std::thread::Builder::new()
+            .name("wsplice-admin-request".into())
+            .spawn(move || {
+                let _slot = slot;
+                if let Err(e) = serve(stream, &*source) {
+                    debug!("admin request failed: {e}");
+                }
+            });
+        if let Err(e) = spawned {
+            debug!("cannot start an admin request thread: {e}");
+        }
+    }
+}
+
+/// One of the `MAX_CONCURRENT` places, given back when the request's thread ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Answers without reading: a fresh socket's send buffer takes the few bytes at once.
+fn refuse_busy(mut stream: TcpStream) {
+    debug!("admin endpoint busy: {MAX_CONCURRENT} requests in progress");
+    let _ = stream.set_nonblocking(true);
+    let _ = stream.write_all(
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nRetry-After: 1\r\nConnection: close\r\n\r\nbusy\n",
+    );
+}
+
+/// Time left before `deadline`, or `TimedOut` once it has passed.
+fn left(deadline: Instant) -> io::Result<Duration> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "admin request deadline passed"))
+}
+
+fn serve(mut stream: TcpStream, source: &dyn Source) -> io::Result<()> {
+    let deadline = Instant::now() + REQUEST_DEADLINE;
     let mut head = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     let (method, path) = loop {
+        stream.set_read_timeout(Some(left(deadline)?))?;
         let n = stream.read(&mut chunk)?;
         if n == 0 {
             return Ok(());
@@ -51,70 +119,67 @@ fn serve(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
                 break (req.method.unwrap_or("").to_string(), path.to_string());
             }
             Ok(httparse::Status::Partial) if head.len() < MAX_HEAD => {}
-            _ => {
-                return respond(
-                    &mut stream,
-                    "400 Bad Request",
-                    "text/plain",
-                    "bad request\n",
-                );
-            }
+            _ => return respond(&mut stream, deadline, "400 Bad Request", "bad request\n"),
         }
     };
     let get = method == "GET" || method == "HEAD";
     match path.as_str() {
         "/metrics" if get => {
-            let body = metrics::render(&shared.metrics, &snapshot(shared));
-            respond(
-                &mut stream,
-                "200 OK",
-                "text/plain; version=0.0.4; charset=utf-8",
-                &body,
-            )
+            let body = metrics::render(source.metrics(), &source.snapshot());
+            let response =
+                format_response("200 OK", "text/plain; version=0.0.4; charset=utf-8", &body);
+            write_by(&mut stream, deadline, &response)
         }
         "/healthz" if get => {
-            if shared.stopping.load(Ordering::Relaxed) {
+            if source.snapshot().draining {
                 respond(
                     &mut stream,
+                    deadline,
                     "503 Service Unavailable",
-                    "text/plain",
                     "draining\n",
                 )
             } else {
-                respond(&mut stream, "200 OK", "text/plain", "ok\n")
+                respond(&mut stream, deadline, "200 OK", "ok\n")
             }
         }
-        "/metrics" | "/healthz" => respond(
-            &mut stream,
-            "405 Method Not Allowed",
-            "text/plain",
-            "use GET\n",
-        ),
+        "/metrics" | "/healthz" => {
+            respond(&mut stream, deadline, "405 Method Not Allowed", "use GET\n")
+        }
         _ => respond(
             &mut stream,
+            deadline,
             "404 Not Found",
-            "text/plain",
             "try /metrics or /healthz\n",
         ),
     }
 }
 
-fn snapshot(shared: &Shared) -> Snapshot {
-    let r = &shared.reloads;
-    Snapshot {
-        reloads_succeeded: r.succeeded.load(Ordering::Relaxed),
-        reloads_failed: r.failed.load(Ordering::Relaxed),
-        last_reload_unix: r.last_success_unix.load(Ordering::Relaxed),
-        table_version: r.version.load(Ordering::Relaxed),
-        draining: shared.stopping.load(Ordering::Relaxed),
-    }
+fn respond(stream: &mut TcpStream, deadline: Instant, status: &str, body: &str) -> io::Result<()> {
+    write_by(
+        stream,
+        deadline,
+        &format_response(status, "text/plain", body),
+    )
 }
 
-fn respond(stream: &mut TcpStream, status: &str, kind: &str, body: &str) -> io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+fn format_response(status: &str, kind: &str, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())
+    )
+    .into_bytes()
+}
+
+/// Writes all of `bytes` before `deadline`: a client that does not read is cut then too.
+fn write_by(stream: &mut TcpStream, deadline: Instant, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        stream.set_write_timeout(Some(left(deadline)?))?;
+        match stream.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

@@ -12,7 +12,8 @@ use arc_swap::ArcSwap;
 use super::TunnelEnd;
 use crate::config::Config;
 use crate::observe::access_log::AccessLog;
-use crate::observe::metrics::{Metrics, WorkerMetrics};
+use crate::observe::admin;
+use crate::observe::metrics::{Metrics, Snapshot, WorkerMetrics};
 use crate::tunnel::Tunnels;
 use crate::upstream::UpstreamTable;
 use crate::upstream::reload::ReloadStats;
@@ -31,6 +32,23 @@ pub struct Shared {
     pub access_log: Option<AccessLog>,
     /// Pipes each worker may hold for spliced tunnel directions.
     pub pipes_per_worker: usize,
+}
+
+impl admin::Source for Shared {
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let r = &self.reloads;
+        Snapshot {
+            reloads_succeeded: r.succeeded.load(Ordering::Relaxed),
+            reloads_failed: r.failed.load(Ordering::Relaxed),
+            last_reload_unix: r.last_success_unix.load(Ordering::Relaxed),
+            table_version: r.version.load(Ordering::Relaxed),
+            draining: self.stopping.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// One worker's own state, reachable from each of its connection tasks.

@@ -34,6 +34,9 @@ impl Default for Health {
 struct ServerHealth {
     fails: AtomicU32,
     window_start_ms: AtomicU64,
+    /// When the server was last marked down: a reload re-times the mark with its own
+    /// `fail_timeout`.
+    down_since_ms: AtomicU64,
     down_until_ms: AtomicU64,
 }
 
@@ -124,6 +127,7 @@ impl Balancer {
         }
         let fails = s.fails.fetch_add(1, Ordering::Relaxed) + 1;
         if fails >= self.health.max_fails && self.is_up(index, now) {
+            s.down_since_ms.store(now, Ordering::Relaxed);
             s.down_until_ms.store(now + window, Ordering::Relaxed);
             s.fails.store(0, Ordering::Relaxed);
             s.window_start_ms.store(now, Ordering::Relaxed);
@@ -141,21 +145,51 @@ impl Balancer {
     }
 
     /// Carries failure state over from the previous table for servers that stay, so a
-    /// reload during an outage does not send traffic back to a server known to be down.
+    /// reload during an outage does not send traffic back to a server known to be down. A
+    /// server marked down stays down for this table's `fail_timeout` counted from when it was
+    /// marked, and not at all if this table has `max_fails = 0`.
     pub fn inherit_health(&self, old: &Balancer) {
+        let now = now_ms();
+        let window = self.health.fail_timeout.as_millis() as u64;
         for (i, addr) in self.servers.iter().enumerate() {
-            if let Some(j) = old.servers.iter().position(|a| a == addr) {
-                let (new, old) = (&self.state[i], &old.state[j]);
-                new.fails
-                    .store(old.fails.load(Ordering::Relaxed), Ordering::Relaxed);
-                new.window_start_ms.store(
-                    old.window_start_ms.load(Ordering::Relaxed),
-                    Ordering::Relaxed,
-                );
-                new.down_until_ms
-                    .store(old.down_until_ms.load(Ordering::Relaxed), Ordering::Relaxed);
+            let Some(j) = old.servers.iter().position(|a| a == addr) else {
+                continue;
+            };
+            let (new, old) = (&self.state[i], &old.state[j]);
+            new.fails
+                .store(old.fails.load(Ordering::Relaxed), Ordering::Relaxed);
+            new.window_start_ms.store(
+                old.window_start_ms.load(Ordering::Relaxed),
+                Ordering::Relaxed,
+            );
+            let down = old.down_until_ms.load(Ordering::Relaxed) > now;
+            if down && self.health.max_fails != 0 {
+                let since = old.down_since_ms.load(Ordering::Relaxed);
+                new.down_since_ms.store(since, Ordering::Relaxed);
+                new.down_until_ms.store(since + window, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Continues the previous table's rotation, so a reload does not send the next
+    /// connection to the server that took the last one: the same position when the servers
+    /// and weights are unchanged, else the first turn of the server that was due next.
+    pub fn inherit_position(&self, old: &Balancer) {
+        let tick = old.next.load(Ordering::Relaxed);
+        let position = if self.servers == old.servers && self.weights == old.weights {
+            tick
+        } else {
+            let due = old.servers[old.cycle[tick % old.cycle.len()] as usize];
+            match self.servers.iter().position(|&a| a == due) {
+                Some(i) => self
+                    .cycle
+                    .iter()
+                    .position(|&c| c as usize == i)
+                    .unwrap_or(0),
+                None => tick % self.cycle.len(),
+            }
+        };
+        self.next.store(position, Ordering::Relaxed);
     }
 }
 
@@ -275,6 +309,81 @@ mod tests {
             assert!(!b.record_failure(0));
         }
         assert!(!b.is_down(0));
+    }
+
+    fn health(max_fails: u32, fail_timeout: Duration) -> Health {
+        Health {
+            max_fails,
+            fail_timeout,
+        }
+    }
+
+    #[test]
+    fn a_server_marked_down_takes_the_new_fail_timeout() {
+        let old = Balancer::new(vec![(addr(1), 1)], health(1, Duration::from_secs(3600)));
+        assert!(old.record_failure(0));
+        let shorter = Balancer::new(vec![(addr(1), 1)], health(1, Duration::from_millis(1)));
+        shorter.inherit_health(&old);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while shorter.is_down(0) {
+            assert!(
+                Instant::now() < deadline,
+                "still down under the old fail_timeout"
+            );
+            std::thread::yield_now();
+        }
+        let longer = Balancer::new(vec![(addr(1), 1)], health(1, Duration::from_secs(7200)));
+        longer.inherit_health(&old);
+        assert!(longer.is_down(0));
+        let since = old.state[0].down_since_ms.load(Ordering::Relaxed);
+        assert_eq!(
+            longer.state[0].down_until_ms.load(Ordering::Relaxed),
+            since + 7_200_000,
+            "down for the new fail_timeout from when it was marked"
+        );
+    }
+
+    #[test]
+    fn max_fails_zero_in_the_new_table_lifts_a_mark() {
+        let old = Balancer::new(vec![(addr(1), 1)], Health::default());
+        assert!(old.record_failure(0));
+        let new = Balancer::new(vec![(addr(1), 1)], health(0, Duration::from_secs(10)));
+        new.inherit_health(&old);
+        assert!(!new.is_down(0));
+    }
+
+    #[test]
+    fn round_robin_continues_across_a_reload() {
+        let servers = vec![(addr(1), 1), (addr(2), 1)];
+        let old = Balancer::new(servers.clone(), Health::default());
+        assert_eq!(firsts(&old, 1), [1]);
+        let new = Balancer::new(servers, Health::default());
+        new.inherit_position(&old);
+        assert_eq!(firsts(&new, 3), [2, 1, 2]);
+
+        // Weighted and unchanged: the exact place in the cycle (a a b a c a a).
+        let weighted = vec![(addr(1), 5), (addr(2), 1), (addr(3), 1)];
+        let old = Balancer::new(weighted.clone(), Health::default());
+        assert_eq!(firsts(&old, 3), [1, 1, 2]);
+        let new = Balancer::new(weighted, Health::default());
+        new.inherit_position(&old);
+        assert_eq!(firsts(&new, 4), [1, 3, 1, 1]);
+    }
+
+    #[test]
+    fn a_changed_group_starts_at_the_server_that_was_due() {
+        let old = Balancer::new(
+            vec![(addr(1), 1), (addr(2), 1), (addr(3), 1)],
+            Health::default(),
+        );
+        assert_eq!(firsts(&old, 1), [1]);
+        let new = Balancer::new(vec![(addr(3), 1), (addr(2), 1)], Health::default());
+        new.inherit_position(&old);
+        assert_eq!(firsts(&new, 2), [2, 3]);
+        // The server due next is gone: the old position, wrapped into the new cycle.
+        let gone = Balancer::new(vec![(addr(4), 1), (addr(5), 1)], Health::default());
+        gone.inherit_position(&new);
+        assert_eq!(firsts(&gone, 2), [5, 4]);
     }
 
     #[test]

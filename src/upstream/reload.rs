@@ -1,25 +1,33 @@
-//! Upstream hot swap: watch the upstream file's directories (inotify) and take SIGHUP, then
-//! read, validate against the routes, and swap the table whole. A file that fails keeps the
-//! old table in place; connections already open are never touched either way.
+//! Upstream hot swap: watch the upstream file (inotify on its directories, where events on
+//! any other file are ignored) and take SIGHUP, then read, validate against the routes, and
+//! swap the table whole. A file that fails keeps the old table in place; connections already
+//! open are never touched either way.
 
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+use arc_swap::ArcSwap;
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
 use notify::{RecursiveMode, Watcher};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::UpstreamTable;
-use crate::config::read_file;
-use crate::proxy::Shared;
+use crate::config::{Config, read_file};
 
-/// Quiet time after a file event before reading, so one save is one reload.
+/// Quiet time after an event on the file before reading, so one save is one reload.
 const SETTLE: Duration = Duration::from_millis(50);
-/// How often the file is compared when inotify is unavailable.
+/// The longest wait for quiet after the first event, so a file that keeps changing is still
+/// read.
+const MAX_SETTLE: Duration = Duration::from_secs(1);
+/// How often the file is compared when inotify is unavailable, and how often the watched
+/// directories are checked against the symlink chain.
 const POLL: Duration = Duration::from_secs(1);
+/// The name a Kubernetes ConfigMap volume re-points, with one rename, to publish new files.
+const K8S_DATA: &str = "..data";
 
 /// Reload outcomes, read by the metrics endpoint and tests.
 #[derive(Debug, Default)]
@@ -30,15 +38,25 @@ pub struct ReloadStats {
     pub version: AtomicU64,
     /// Unix time (seconds) of the last accepted table, start-up included.
     pub last_success_unix: AtomicU64,
-    /// The text last looked at; one reload at a time, and a no-op when nothing changed.
-    last_text: Mutex<Option<String>>,
+    /// The last reload's input; the lock also makes reloads one at a time.
+    last: Mutex<Last>,
+}
+
+#[derive(Debug, Default)]
+struct Last {
+    text: Option<String>,
+    /// `text` was refused only because a host name did not resolve: read it again.
+    unresolved: bool,
 }
 
 impl ReloadStats {
     /// Stats for the table loaded at start-up from `text`.
     pub fn started(text: Option<String>) -> Self {
         let stats = ReloadStats {
-            last_text: Mutex::new(text),
+            last: Mutex::new(Last {
+                text,
+                unresolved: false,
+            }),
             ..ReloadStats::default()
         };
         stats.version.store(1, Ordering::Relaxed);
@@ -52,16 +70,21 @@ impl ReloadStats {
 pub enum Trigger {
     /// An operator's SIGHUP: always reloads and always logs.
     Signal,
-    /// A file event or poll: silent when the content did not change.
+    /// A file event or poll: silent when the content did not change, unless it was refused
+    /// for a host name that did not resolve.
     Watch,
 }
 
-/// Reloads the upstream file into `shared`. Returns whether a new table was taken.
-pub fn reload(shared: &Shared, trigger: Trigger) -> bool {
-    let config = &shared.config;
+/// Reloads `config`'s upstream file into `table`, counting in `stats`. Returns whether a new
+/// table was taken.
+pub fn reload(
+    config: &Config,
+    table: &ArcSwap<UpstreamTable>,
+    stats: &ReloadStats,
+    trigger: Trigger,
+) -> bool {
     let path = &config.upstreams_path;
-    let stats = &shared.reloads;
-    let mut last = stats.last_text.lock().unwrap_or_else(|e| e.into_inner());
+    let mut last = stats.last.lock().unwrap_or_else(|e| e.into_inner());
     let text = match read_file(path) {
         Ok(text) => text,
         Err(e) => {
@@ -70,17 +93,18 @@ pub fn reload(shared: &Shared, trigger: Trigger) -> bool {
             return false;
         }
     };
-    if trigger == Trigger::Watch && last.as_deref() == Some(text.as_str()) {
+    if trigger == Trigger::Watch && !last.unresolved && last.text.as_deref() == Some(&text) {
         return false;
     }
-    let outcome = UpstreamTable::parse(path, &text, config);
-    *last = Some(text);
+    let outcome = UpstreamTable::parse_with_cause(path, &text, config);
+    last.text = Some(text);
+    last.unresolved = matches!(&outcome, Err(refused) if refused.unresolved);
     match outcome {
-        Ok(table) => {
-            let old = shared.table.load();
-            table.inherit_health(&old);
-            let changes = describe_changes(&old, &table);
-            shared.table.store(Arc::new(table));
+        Ok(new) => {
+            let old = table.load();
+            new.inherit(&old);
+            let changes = describe_changes(&old, &new);
+            table.store(Arc::new(new));
             stats.succeeded.fetch_add(1, Ordering::Relaxed);
             let version = stats.version.fetch_add(1, Ordering::Relaxed) + 1;
             stats.last_success_unix.store(unix_now(), Ordering::Relaxed);
@@ -90,32 +114,40 @@ pub fn reload(shared: &Shared, trigger: Trigger) -> bool {
             );
             true
         }
-        Err(e) => {
+        Err(refused) => {
             stats.failed.fetch_add(1, Ordering::Relaxed);
-            error!("upstream reload refused, keeping the current table: {e}");
+            let retry = if refused.unresolved {
+                "; the same file is read again on its next change or SIGHUP"
+            } else {
+                ""
+            };
+            error!(
+                "upstream reload refused, keeping the current table: {}{retry}",
+                refused.error
+            );
             false
         }
     }
 }
 
-/// Starts the thread that reloads on changes to the upstream file: an in-place write (on
-/// close), an atomic rename over it, or a Kubernetes-style `..data` symlink swap.
-pub fn watch(shared: Arc<Shared>) -> std::io::Result<()> {
+/// Starts the thread that calls `on_change` when the upstream file at `path` may have new
+/// content: an in-place write (on close), an atomic rename over it, or a Kubernetes-style
+/// `..data` symlink swap.
+pub fn watch(path: PathBuf, on_change: impl Fn() + Send + 'static) -> io::Result<()> {
     let (tx, rx) = channel();
     let watcher = notify::recommended_watcher(move |event| {
         let _ = tx.send(event);
     });
-    let path = shared.config.upstreams_path.clone();
     // Watches are in place before this returns, so no change after start-up is missed.
-    let mut watched = Vec::new();
+    let mut watched = Watched::default();
     let watcher = watcher.map(|mut w| {
-        rewatch(&mut w, &mut watched, &path);
+        watched.update(&mut w, &path);
         w
     });
     std::thread::Builder::new()
         .name("wsplice-reload".into())
         .spawn(move || match watcher {
-            Ok(watcher) => watch_loop(&shared, &path, watcher, watched, &rx),
+            Ok(watcher) => watch_loop(&path, watcher, watched, &rx, on_change),
             Err(e) => {
                 warn!(
                     "cannot watch {} ({e}); checking it every {}s instead",
@@ -124,7 +156,7 @@ pub fn watch(shared: Arc<Shared>) -> std::io::Result<()> {
                 );
                 loop {
                     std::thread::park_timeout(POLL);
-                    reload(&shared, Trigger::Watch);
+                    on_change();
                 }
             }
         })?;
@@ -134,77 +166,147 @@ pub fn watch(shared: Arc<Shared>) -> std::io::Result<()> {
 type Events = Receiver<notify::Result<notify::Event>>;
 
 fn watch_loop(
-    shared: &Shared,
     path: &Path,
     mut watcher: impl Watcher,
-    mut watched: Vec<PathBuf>,
+    mut watched: Watched,
     rx: &Events,
+    on_change: impl Fn(),
 ) {
+    let mut checked = Instant::now();
     loop {
+        // A directory of a symlink chain may have been replaced without an event here.
+        if checked.elapsed() >= POLL {
+            watched.update(&mut watcher, path);
+            checked = Instant::now();
+        }
         match rx.recv_timeout(POLL) {
-            Ok(Ok(event)) if is_replacement(&event.kind) => {
-                tracing::debug!("upstream file event: {event:?}");
-                // Let the rest of a save arrive (rename + chmod, several writes) first.
-                while rx.recv_timeout(SETTLE).is_ok() {}
-                reload(shared, Trigger::Watch);
-                rewatch(&mut watcher, &mut watched, path);
+            Ok(Ok(event)) if concerns(&event, &watched.files) => {
+                debug!("upstream file event: {event:?}");
+                let files = &watched.files;
+                let more = |e: &notify::Result<notify::Event>| {
+                    e.as_ref().is_ok_and(|e| concerns(e, files))
+                };
+                if !settle(rx, more, SETTLE, MAX_SETTLE) {
+                    return;
+                }
+                on_change();
+                watched.update(&mut watcher, path);
+                checked = Instant::now();
             }
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) | Err(RecvTimeoutError::Timeout) => {}
             Ok(Err(e)) => warn!("watching {}: {e}", path.display()),
-            Err(RecvTimeoutError::Timeout) => {
-                // A directory of a symlink chain may have been replaced without an event here.
-                rewatch(&mut watcher, &mut watched, path);
-            }
             Err(RecvTimeoutError::Disconnected) => return,
         }
     }
 }
 
-/// Events that can mean new content is complete. Plain writes are left out: an in-place
-/// write is picked up when the writer closes the file, not half-way through.
-fn is_replacement(kind: &EventKind) -> bool {
-    match kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        EventKind::Access(_) => false,
-        EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Metadata(_)) => false,
-        _ => true,
+/// Waits until `quiet` passes without another message that `counts`, but no longer than
+/// `max` in all: the rest of a save (rename + chmod, several writes) arrives first, while
+/// other files' events cannot hold the reload back and the file's own cannot forever.
+/// False when the sender is gone.
+fn settle<T>(
+    rx: &Receiver<T>,
+    counts: impl Fn(&T) -> bool,
+    quiet: Duration,
+    max: Duration,
+) -> bool {
+    let start = Instant::now();
+    let mut last = start;
+    loop {
+        let until = (last + quiet).min(start + max);
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        match rx.recv_timeout(left) {
+            Ok(message) if counts(&message) => last = Instant::now(),
+            Ok(_) => {}
+            Err(RecvTimeoutError::Timeout) => return true,
+            Err(RecvTimeoutError::Disconnected) => return false,
+        }
     }
 }
 
-/// Watches the directory holding the configured path and, when it is a symlink (chain), the
-/// directory holding the file it resolves to, so writes through the link are seen too.
-fn rewatch(watcher: &mut impl Watcher, watched: &mut Vec<PathBuf>, path: &Path) {
-    let mut dirs = Vec::new();
-    let parent = |p: &Path| {
-        p.parent()
-            .map(|d| {
+/// Whether `event` can mean the upstream file (one of `files`, as the watcher names them)
+/// has new, complete content: a writer closed it, something was renamed onto it, a symlink
+/// was created as it, or inotify dropped events. Plain writes are left out: an in-place
+/// write is read when the writer closes the file, never half-way through.
+fn concerns(event: &notify::Event, files: &[PathBuf]) -> bool {
+    if event.need_rescan() {
+        return true;
+    }
+    let ours = |p: &&PathBuf| files.contains(p);
+    match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+            event.paths.first().filter(ours).is_some()
+        }
+        EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both)) => {
+            event.paths.last().filter(ours).is_some()
+        }
+        // A new regular file is read when its writer closes it.
+        EventKind::Create(_) => event
+            .paths
+            .first()
+            .filter(ours)
+            .is_some_and(|p| p.symlink_metadata().is_ok_and(|m| m.is_symlink())),
+        _ => false,
+    }
+}
+
+/// The directories being watched, and the names in them that are the upstream file.
+#[derive(Debug, Default)]
+struct Watched {
+    dirs: Vec<PathBuf>,
+    files: Vec<PathBuf>,
+}
+
+impl Watched {
+    /// Watches the directory holding the configured path and, when it is a symlink (chain),
+    /// the directory holding the file it resolves to, so writes through the link are seen
+    /// too. The file is its own name, `..data` beside it, and the name it resolves to.
+    fn update(&mut self, watcher: &mut impl Watcher, path: &Path) {
+        let parent = |p: &Path| {
+            p.parent().map(|d| {
                 if d.as_os_str().is_empty() {
-                    Path::new(".")
+                    PathBuf::from(".")
                 } else {
-                    d
+                    d.to_path_buf()
                 }
             })
-            .map(Path::to_path_buf)
-    };
-    dirs.extend(parent(path));
-    if let Some(target) = std::fs::canonicalize(path).ok().and_then(|p| parent(&p))
-        && !dirs.iter().any(|d| same_dir(d, &target))
-    {
-        dirs.push(target);
-    }
-    for old in watched.iter() {
-        if !dirs.contains(old) {
-            let _ = watcher.unwatch(old);
+        };
+        let mut dirs = Vec::new();
+        let mut files = Vec::new();
+        if let (Some(dir), Some(name)) = (parent(path), path.file_name()) {
+            files.push(dir.join(name));
+            files.push(dir.join(K8S_DATA));
+            dirs.push(dir);
         }
-    }
-    for dir in &dirs {
-        if !watched.contains(dir)
-            && let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive)
+        if let Ok(target) = std::fs::canonicalize(path)
+            && let (Some(dir), Some(name)) = (parent(&target), target.file_name())
         {
-            warn!("cannot watch {}: {e}", dir.display());
+            match dirs.iter().find(|d| same_dir(d, &dir)) {
+                Some(known) => files.push(known.join(name)),
+                None => {
+                    files.push(dir.join(name));
+                    dirs.push(dir);
+                }
+            }
         }
+        for old in &self.dirs {
+            if !dirs.contains(old) {
+                let _ = watcher.unwatch(old);
+            }
+        }
+        for dir in &dirs {
+            if !self.dirs.contains(dir)
+                && let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive)
+            {
+                warn!("cannot watch {}: {e}", dir.display());
+            }
+        }
+        self.dirs = dirs;
+        self.files = files;
     }
-    *watched = dirs;
 }
 
 fn same_dir(a: &Path, b: &Path) -> bool {
@@ -283,4 +385,122 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, DataChange};
+
+    fn event(kind: EventKind, paths: &[&str]) -> notify::Event {
+        paths.iter().fold(notify::Event::new(kind), |e, p| {
+            e.add_path(PathBuf::from(p))
+        })
+    }
+
+    const FILES: [&str; 2] = ["/etc/w/upstreams.toml", "/etc/w/..data"];
+
+    fn ours(kind: EventKind, paths: &[&str]) -> bool {
+        let files: Vec<PathBuf> = FILES.iter().map(PathBuf::from).collect();
+        concerns(&event(kind, paths), &files)
+    }
+
+    const CLOSE_WRITE: EventKind = EventKind::Access(AccessKind::Close(AccessMode::Write));
+    const WRITE: EventKind = EventKind::Modify(ModifyKind::Data(DataChange::Any));
+
+    #[test]
+    fn only_the_files_own_complete_changes_count() {
+        assert!(ours(CLOSE_WRITE, &["/etc/w/upstreams.toml"]));
+        assert!(!ours(CLOSE_WRITE, &["/etc/w/access.log"]));
+        assert!(!ours(WRITE, &["/etc/w/upstreams.toml"]));
+        let to = EventKind::Modify(ModifyKind::Name(RenameMode::To));
+        assert!(ours(to, &["/etc/w/upstreams.toml"]));
+        assert!(ours(to, &["/etc/w/..data"]));
+        assert!(!ours(to, &["/etc/w/.upstreams.toml.swp"]));
+        let both = EventKind::Modify(ModifyKind::Name(RenameMode::Both));
+        assert!(ours(both, &["/etc/w/.tmp", "/etc/w/upstreams.toml"]));
+        assert!(!ours(
+            both,
+            &["/etc/w/upstreams.toml", "/etc/w/upstreams.toml.bak"]
+        ));
+        let from = EventKind::Modify(ModifyKind::Name(RenameMode::From));
+        assert!(!ours(from, &["/etc/w/upstreams.toml"]));
+        let removed = EventKind::Remove(notify::event::RemoveKind::File);
+        assert!(!ours(removed, &["/etc/w/upstreams.toml"]));
+        let rescan = notify::Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
+        assert!(concerns(&rescan, &[]));
+    }
+
+    #[test]
+    fn a_new_regular_file_waits_for_its_close_but_a_new_symlink_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("upstreams.toml");
+        let link = dir.path().join(K8S_DATA);
+        std::fs::write(&file, "").unwrap();
+        std::os::unix::fs::symlink("upstreams.toml", &link).unwrap();
+        let files = vec![file.clone(), link.clone()];
+        let created = |p: &Path| event(EventKind::Create(CreateKind::File), &[p.to_str().unwrap()]);
+        assert!(!concerns(&created(&file), &files));
+        assert!(concerns(&created(&link), &files));
+    }
+
+    /// Sends `message` about every millisecond for `limit` (or until the receiver is gone),
+    /// and returns once the first one is sent.
+    #[allow(clippy::disallowed_methods)] // a plain test thread, no runtime to block
+    fn send_for(message: bool, limit: Duration) -> Receiver<bool> {
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            while start.elapsed() < limit && tx.send(message).is_ok() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        assert_eq!(rx.recv(), Ok(message));
+        rx
+    }
+
+    #[test]
+    fn other_files_events_do_not_delay_a_reload() {
+        let rx = send_for(false, Duration::from_secs(3));
+        let start = Instant::now();
+        assert!(settle(&rx, |&own| own, SETTLE, Duration::from_secs(10)));
+        let waited = start.elapsed();
+        assert!(waited < Duration::from_millis(1500), "waited {waited:?}");
+    }
+
+    #[test]
+    fn a_file_that_keeps_changing_is_read_after_the_cap() {
+        let rx = send_for(true, Duration::from_secs(5));
+        let start = Instant::now();
+        assert!(settle(&rx, |&own| own, SETTLE, Duration::from_millis(300)));
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_secs(2),
+            "waited {waited:?}"
+        );
+    }
+
+    #[test]
+    fn symlinked_file_names_its_target_and_data_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("..gen_1");
+        std::fs::create_dir(&real).unwrap();
+        std::fs::write(real.join("upstreams.toml"), "").unwrap();
+        std::os::unix::fs::symlink("..gen_1", dir.path().join(K8S_DATA)).unwrap();
+        let path = dir.path().join("upstreams.toml");
+        std::os::unix::fs::symlink("..data/upstreams.toml", &path).unwrap();
+        let mut watcher = notify::recommended_watcher(|_| {}).unwrap();
+        let mut watched = Watched::default();
+        watched.update(&mut watcher, &path);
+        let canonical = std::fs::canonicalize(&real).unwrap();
+        assert_eq!(watched.dirs, [dir.path().to_path_buf(), canonical.clone()]);
+        assert_eq!(
+            watched.files,
+            [
+                path.clone(),
+                dir.path().join(K8S_DATA),
+                canonical.join("upstreams.toml")
+            ]
+        );
+    }
 }

@@ -33,6 +33,25 @@ impl Group {
     }
 }
 
+/// Why an upstream file was refused, and whether the same text may load later.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct Refused {
+    pub error: ConfigError,
+    /// A server's host name did not resolve: the text may be right and DNS not (yet), so
+    /// the same text is worth reading again.
+    pub unresolved: bool,
+}
+
+impl From<ConfigError> for Refused {
+    fn from(error: ConfigError) -> Self {
+        Refused {
+            error,
+            unresolved: false,
+        }
+    }
+}
+
 /// Every group of the upstream file, plus which group serves each route of the config.
 #[derive(Debug)]
 pub struct UpstreamTable {
@@ -48,16 +67,23 @@ impl UpstreamTable {
     }
 
     pub fn parse(path: &Path, text: &str, config: &Config) -> Result<Self, ConfigError> {
+        Self::parse_with_cause(path, text, config).map_err(|refused| refused.error)
+    }
+
+    /// As [`UpstreamTable::parse`], saying whether a refusal came from a host name that did
+    /// not resolve (worth trying the same text again) or from the text itself.
+    pub fn parse_with_cause(path: &Path, text: &str, config: &Config) -> Result<Self, Refused> {
         let raw: BTreeMap<String, Spanned<RawGroup>> =
             toml::from_str(text).map_err(|e| ConfigError::from_toml(path, text, &e))?;
         let err = |offset: usize, msg: String| ConfigError::at(path, text, offset, msg);
+        let refuse = |offset: usize, msg: String| Refused::from(err(offset, msg));
 
         let mut groups = Vec::with_capacity(raw.len());
         for (name, group) in &raw {
             let group = group.get_ref();
             let entries = group.servers.get_ref();
             if entries.is_empty() {
-                return Err(err(
+                return Err(refuse(
                     group.servers.span().start,
                     format!(
                         "{name}.servers: the group has no servers; list at least one, e.g. servers = [\"127.0.0.1:3000\"]"
@@ -65,7 +91,7 @@ impl UpstreamTable {
                 ));
             }
             if entries.len() > MAX_SERVERS {
-                return Err(err(
+                return Err(refuse(
                     group.servers.span().start,
                     format!(
                         "{name}.servers: {} servers; a group holds at most {MAX_SERVERS}, split it",
@@ -75,8 +101,16 @@ impl UpstreamTable {
             }
             let mut servers = Vec::with_capacity(entries.len());
             for entry in entries {
-                let server = parse_server(entry.get_ref())
-                    .map_err(|why| err(entry.span().start, format!("{name}.servers: {why}")))?;
+                let server = parse_server(entry.get_ref()).map_err(|bad| {
+                    let (why, unresolved) = match bad {
+                        BadServer::Invalid(why) => (why, false),
+                        BadServer::Unresolved(why) => (why, true),
+                    };
+                    Refused {
+                        error: err(entry.span().start, format!("{name}.servers: {why}")),
+                        unresolved,
+                    }
+                })?;
                 servers.push(server);
             }
             let health = parse_health(name, group).map_err(|(at, why)| err(at, why))?;
@@ -111,33 +145,55 @@ impl UpstreamTable {
         self.groups.iter().find(|g| g.name == name)
     }
 
-    /// Takes over passive-health state from `old` for servers present in both tables.
-    pub fn inherit_health(&self, old: &UpstreamTable) {
+    /// Takes over from `old`, group by group, the passive-health state of servers present
+    /// in both tables and the round-robin position.
+    pub fn inherit(&self, old: &UpstreamTable) {
         for group in &self.groups {
             if let Some(previous) = old.group(&group.name) {
                 group.balancer.inherit_health(&previous.balancer);
+                group.balancer.inherit_position(&previous.balancer);
             }
         }
     }
 }
 
+/// Why a server entry was refused.
+enum BadServer {
+    Invalid(String),
+    /// A well-formed `HOST:PORT` whose host did not resolve (now).
+    Unresolved(String),
+}
+
+impl From<String> for BadServer {
+    fn from(why: String) -> Self {
+        BadServer::Invalid(why)
+    }
+}
+
 /// A server entry: `"HOST:PORT"` or `{ addr = "HOST:PORT", weight = N }`.
-fn parse_server(value: &toml::Value) -> Result<(SocketAddr, u32), String> {
+fn parse_server(value: &toml::Value) -> Result<(SocketAddr, u32), BadServer> {
     match value {
         toml::Value::String(s) => Ok((resolve(s)?, 1)),
         toml::Value::Table(t) => {
             if let Some(key) = t.keys().find(|k| !["addr", "weight"].contains(&k.as_str())) {
                 return Err(format!(
                     "unknown key `{key}` in a server entry; expected `addr` and optionally `weight`"
-                ));
+                )
+                .into());
             }
             let addr = match t.get("addr") {
                 Some(toml::Value::String(s)) => resolve(s)?,
-                Some(_) => return Err("`addr` must be a string like \"127.0.0.1:3000\"".into()),
-                None => return Err(
-                    "a server entry needs `addr`, e.g. { addr = \"127.0.0.1:3000\", weight = 2 }"
-                        .into(),
-                ),
+                Some(_) => {
+                    return Err(BadServer::Invalid(
+                        "`addr` must be a string like \"127.0.0.1:3000\"".into(),
+                    ));
+                }
+                None => {
+                    return Err(BadServer::Invalid(
+                        "a server entry needs `addr`, e.g. { addr = \"127.0.0.1:3000\", weight = 2 }"
+                            .into(),
+                    ));
+                }
             };
             let weight = match t.get("weight") {
                 None => 1,
@@ -147,14 +203,16 @@ fn parse_server(value: &toml::Value) -> Result<(SocketAddr, u32), String> {
                 Some(w) => {
                     return Err(format!(
                         "weight {w} is out of range; use a whole number from 1 to {MAX_WEIGHT}"
-                    ));
+                    )
+                    .into());
                 }
             };
             Ok((addr, weight))
         }
         other => Err(format!(
             "{other} is not a server; write \"HOST:PORT\" or {{ addr = \"HOST:PORT\", weight = N }}"
-        )),
+        )
+        .into()),
     }
 }
 
@@ -217,22 +275,45 @@ fn route_groups<'r>(
         .collect()
 }
 
-fn resolve(server: &str) -> Result<SocketAddr, String> {
+fn resolve(server: &str) -> Result<SocketAddr, BadServer> {
     if let Ok(addr) = server.parse::<SocketAddr>() {
         return Ok(addr);
     }
-    if !server.contains(':') {
-        return Err(format!(
+    let Some((_, port)) = server.rsplit_once(':').filter(|_| !server.ends_with(']')) else {
+        return Err(BadServer::Invalid(format!(
             "{server:?} has no port; write HOST:PORT, e.g. \"127.0.0.1:3000\""
-        ));
+        )));
+    };
+    if port.parse::<u16>().is_err() {
+        return Err(BadServer::Invalid(format!(
+            "{server:?}: {port:?} is not a port (0 to 65535); write HOST:PORT, e.g. \"127.0.0.1:3000\""
+        )));
     }
     server
         .to_socket_addrs()
         .ok()
         .and_then(|mut addrs| addrs.next())
         .ok_or_else(|| {
-            format!(
-                "{server:?} is not a reachable HOST:PORT; write e.g. \"127.0.0.1:3000\" or \"[::1]:3000\""
-            )
+            BadServer::Unresolved(format!(
+                "{server:?} is not a reachable HOST:PORT (the host name did not resolve); write e.g. \"127.0.0.1:3000\" or \"[::1]:3000\""
+            ))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_host_name_that_does_not_resolve_is_worth_retrying() {
+        let unresolved = |s: &str| matches!(resolve(s), Err(BadServer::Unresolved(_)));
+        let invalid = |s: &str| matches!(resolve(s), Err(BadServer::Invalid(_)));
+        assert!(unresolved("wsplice-no-such-host.invalid:3000"));
+        assert!(invalid("no-port"));
+        assert!(invalid("[::1]"));
+        assert!(invalid("host:http"));
+        assert!(invalid("host:70000"));
+        assert!(resolve("127.0.0.1:3000").is_ok());
+        assert!(resolve("localhost:3000").is_ok());
+    }
 }
