@@ -451,7 +451,8 @@ fn parse_timeout(
 }
 
 /// `route.extra_upgrades`: protocol names as `Upgrade` carries them (a token, optionally
-/// `/version`), each once; `websocket` is always allowed and is not listed.
+/// `/version`), each once; `websocket` is always allowed and is not listed, and `h2c` is
+/// refused because no proxy can carry its upgrade.
 fn parse_extra_upgrades(list: &[Spanned<String>]) -> Result<Vec<String>, FieldError> {
     let mut out: Vec<String> = Vec::with_capacity(list.len());
     for entry in list {

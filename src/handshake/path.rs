@@ -19,8 +19,11 @@ pub(super) struct Target<'b> {
 impl<'b> Target<'b> {
     /// Splits a target that `strict::check_target` accepted and checks its path ([`check`]).
     pub fn parse(target: &'b [u8]) -> Result<Self, &'static str> {
-        let (authority, rest) = match find(target, b"://").filter(|_| target.first() != Some(&b'/'))
-        {
+        let scheme_end = match target.first() {
+            Some(b'/') => None,
+            _ => find(target, b"://"),
+        };
+        let (authority, rest) = match scheme_end {
             Some(scheme_end) => {
                 let rest = &target[scheme_end + 3..];
                 let end = rest
