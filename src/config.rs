@@ -10,6 +10,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::http::path;
+
 /// What went wrong with a config or upstream file, always pointing at a place in it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -136,14 +138,15 @@ pub struct Limits {
     pub receive_buffers: u16,
 }
 
-/// One `[[route]]`: requests whose path starts with `path` go to group `upstream`.
+/// One `[[route]]`: requests whose normalised path starts with `path` go to group `upstream`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Route {
     pub path: String,
     pub upstream: String,
     /// Line of the route in the config file, so upstream-file errors can point back at it.
     pub line: usize,
-    /// Upgrade protocols besides `websocket` that may be tunnelled on this route (e.g. `h2c`);
+    /// Upgrade protocols besides `websocket` that may be tunnelled on this route (e.g.
+    /// `connect-udp`; never `h2c`, see `parse_extra_upgrades`);
     /// any other offered upgrade is stripped and the request goes up as a plain one.
     pub extra_upgrades: Vec<String>,
 }
@@ -160,7 +163,9 @@ impl Routes {
         Routes { routes }
     }
 
-    /// Index of the longest route whose path is a prefix of `path`.
+    /// Index of the longest route whose path is a prefix of `path`, the request's normalised
+    /// path. A plain byte prefix, as nginx's `location /websocket`: that route also takes
+    /// `/websocketfoo`, and a route `/websocket/` does not take `/websocket`.
     pub fn find(&self, path: &[u8]) -> Option<usize> {
         self.routes
             .iter()
@@ -347,10 +352,10 @@ impl Config {
         for route in &raw.routes {
             let p = route.path.get_ref();
             let line = line_of(text, route.path.span().start);
-            if !p.starts_with('/') {
+            if let Err(problem) = check_route_path(p) {
                 return Err(err(
                     route.path.span().start,
-                    format!("route.path: {p:?} must start with '/', e.g. \"/websocket\""),
+                    format!("route.path: {p:?} {problem}"),
                 ));
             }
             if let Some(first) = seen.insert(p, line) {
@@ -394,6 +399,33 @@ impl Config {
 
 type FieldError = (usize, String);
 
+/// A route path is matched against request paths in normal form, so it must be one itself:
+/// any other would never match, or would let through what requests may not carry.
+fn check_route_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err("must start with '/', e.g. \"/websocket\"".into());
+    }
+    if !path.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(
+            "must be visible ASCII; percent-encode other bytes, e.g. \"/caf%C3%A9\"".into(),
+        );
+    }
+    if path.contains(['?', '#']) {
+        return Err("must be a path only: the query never takes part in routing".into());
+    }
+    path::check(path.as_bytes())
+        .map_err(|problem| format!("can never match: requests are refused (400) for {problem}"))?;
+    let mut normal = Vec::with_capacity(path.len());
+    path::normalize(path.as_bytes(), &mut normal);
+    if normal != path.as_bytes() {
+        return Err(format!(
+            "never matches: requests are routed on their normalised path; write {:?}",
+            String::from_utf8_lossy(&normal)
+        ));
+    }
+    Ok(())
+}
+
 fn parse_timeout(
     field: &str,
     value: &Option<Spanned<String>>,
@@ -416,7 +448,8 @@ fn parse_timeout(
 }
 
 /// `route.extra_upgrades`: protocol names as `Upgrade` carries them (a token, optionally
-/// `/version`), each once; `websocket` is always allowed and is not listed.
+/// `/version`), each once; `websocket` is always allowed and is not listed, and `h2c` is
+/// refused because no proxy can carry its upgrade.
 fn parse_extra_upgrades(list: &[Spanned<String>]) -> Result<Vec<String>, FieldError> {
     let mut out: Vec<String> = Vec::with_capacity(list.len());
     for entry in list {
@@ -431,8 +464,15 @@ fn parse_extra_upgrades(list: &[Spanned<String>]) -> Result<Vec<String>, FieldEr
             }
             None => !token.is_empty() && token.chars().all(is_tchar),
         };
+        let name = token
+            .split_once('/')
+            .map_or(token.as_str(), |(name, _)| name);
         let problem = if !valid {
-            Some("is not a protocol name; write e.g. \"h2c\"")
+            Some("is not a protocol name; write e.g. \"connect-udp\"")
+        } else if name.eq_ignore_ascii_case("h2c") {
+            Some(
+                "cannot work: the h2c upgrade needs HTTP2-Settings, a hop-by-hop header a proxy drops, and RFC 9113 deprecated it; remove it",
+            )
         } else if token.eq_ignore_ascii_case("websocket") {
             Some("is always allowed; list only other protocols")
         } else if out.iter().any(|t| t.eq_ignore_ascii_case(token)) {

@@ -2,6 +2,8 @@
 //! unit-tested and fuzzed directly.
 
 pub mod head;
+pub mod path;
+mod strict;
 pub mod websocket;
 
 pub use head::{

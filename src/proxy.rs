@@ -382,9 +382,15 @@ async fn read_request(
         if head.len > max_head {
             return Err(HandshakeError::HeadTooLarge);
         }
+        if out.capacity() == 0 {
+            *out = ctx.pool.get();
+        }
+        out.clear();
+        // Routed on the path the upstream gets, as written into its request line.
+        let path = head.write_request_line(out);
         let route = config
             .routes
-            .find(head.path())
+            .find(&out[path])
             .ok_or(HandshakeError::NoRoute)?;
         let extra = &config.routes.get(route).extra_upgrades;
         head.allow_upgrade(extra);
@@ -396,11 +402,7 @@ async fn read_request(
                 .map(|token| Switch::Listed { route, token }),
             (None, None) => None,
         };
-        if out.capacity() == 0 {
-            *out = ctx.pool.get();
-        }
-        out.clear();
-        head.write_upstream(info, out);
+        head.write_fields(info, out);
         return Ok(Some(Request {
             head_len: head.len,
             upgrade,

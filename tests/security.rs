@@ -105,17 +105,17 @@ async fn unlisted_upgrade_is_stripped_and_sent_as_a_plain_request() {
     assert_eq!(seen.upgrades.load(Ordering::Relaxed), 0);
 }
 
-/// A route that lists `h2c` tunnels it after the upstream's `101` to h2c.
+/// A route that lists `connect-udp` tunnels it after the upstream's `101` to connect-udp.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listed_upgrade_is_tunnelled() {
     let up = raw_upstream::start(|mut s, head, rest| async move {
         let head = text(&head);
         assert!(
-            head.contains("\r\nUpgrade: h2c\r\nConnection: upgrade\r\n"),
+            head.contains("\r\nUpgrade: connect-udp\r\nConnection: upgrade\r\n"),
             "{head}"
         );
         s.write_all(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: connect-udp\r\nConnection: Upgrade\r\n\r\n",
         )
         .await
         .unwrap();
@@ -125,13 +125,13 @@ async fn listed_upgrade_is_tunnelled() {
     })
     .await;
     let config = format!(
-        "{}extra_upgrades = [\"h2c\"]\n",
+        "{}extra_upgrades = [\"connect-udp\"]\n",
         TestConfig::default().toml()
     );
     let proxy = Proxy::start_raw(&config, &upstreams("backend", &[up]));
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\nearly")
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: connect-udp\r\nConnection: Upgrade\r\n\r\nearly")
         .await
         .unwrap();
     let got = read_until(&mut stream, b"early").await;

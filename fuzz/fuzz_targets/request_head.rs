@@ -1,4 +1,4 @@
-//! Any bytes as a client's request head: `parse_request`, routing's `path`, the per-route
+//! Any bytes as a client's request head: `parse_request`, the routed (normalised) path, the per-route
 //! upgrade allowance and the upstream rewrite never panic; a head reads the same however
 //! it is split across reads; and what is written upstream is a head the parser accepts
 //! with the same upgrade and body.
@@ -20,11 +20,16 @@ fn outcome(buf: &[u8]) -> Result<Parsed<Outcome>, HandshakeError> {
         Parsed::Incomplete => Parsed::Incomplete,
         Parsed::Complete(mut head) => {
             assert!(head.len <= buf.len());
-            let path = head.path();
-            assert!(path.starts_with(b"/") || path == b"*", "{path:?}");
-            head.allow_upgrade(&["h2c", "foo/1"]);
             let mut out = Vec::new();
-            head.write_upstream(&client, &mut out);
+            let path = head.write_request_line(&mut out);
+            let path = &out[path];
+            // The routed path is in normal form: no empty or dot segment left to resolve.
+            let normal = path.starts_with(b"/")
+                && !path.windows(2).any(|w| w == b"//")
+                && path.split(|&b| b == b'/').all(|s| s != b"." && s != b"..");
+            assert!(normal || path == b"*", "{path:?}");
+            head.allow_upgrade(&["connect-udp", "foo/1"]);
+            head.write_fields(&client, &mut out);
             Parsed::Complete((head.len, head.upgrade.map(<[u8]>::to_vec), head.body, out))
         }
     })

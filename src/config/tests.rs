@@ -360,6 +360,57 @@ upstream = "backend"
 }
 
 #[test]
+fn rejects_route_path_a_normalised_request_path_never_matches() {
+    for (path, phrase) in [
+        (
+            "/ws/../admin",
+            "never matches: requests are routed on their normalised path; write \"/admin\"",
+        ),
+        ("/ws/.", "write \"/ws/\""),
+        ("//ws", "write \"/ws\""),
+        ("/%77s", "write \"/ws\""),
+        ("/caf%c3%a9", "write \"/caf%C3%A9\""),
+        (
+            "/a%2Fb",
+            "can never match: requests are refused (400) for encoded slash or backslash",
+        ),
+        ("/a\\\\b", "refused (400) for backslash in the path"),
+        (
+            "/a%zz",
+            "refused (400) for '%' not followed by two hex digits",
+        ),
+        ("/a/..;/b", "refused (400) for dot segment with parameters"),
+        (
+            "/ws?x",
+            "must be a path only: the query never takes part in routing",
+        ),
+        ("/ws#x", "must be a path only"),
+        (
+            "/caf\u{e9}",
+            "must be visible ASCII; percent-encode other bytes",
+        ),
+        ("/a b", "must be visible ASCII"),
+    ] {
+        let text = format!(
+            "listen = [\"127.0.0.1:8080\"]\nupstreams = \"upstreams.toml\"\n\n[[route]]\npath = \"{path}\"\nupstream = \"backend\"\n"
+        );
+        assert_config_error(&text, 5, "route.path: ");
+        assert_config_error(&text, 5, phrase);
+    }
+}
+
+#[test]
+fn accepts_route_paths_in_normal_form() {
+    for path in ["/", "/ws", "/ws/", "/a;b", "/caf%C3%A9", "/a%20b", "/..."] {
+        let text = format!(
+            "listen = [\"127.0.0.1:8080\"]\nupstreams = \"upstreams.toml\"\n\n[[route]]\npath = \"{path}\"\nupstream = \"backend\"\n"
+        );
+        let config = parse(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(config.routes.get(0).path, path);
+    }
+}
+
+#[test]
 fn rejects_route_with_empty_upstream() {
     let text = r#"listen = ["127.0.0.1:8080"]
 upstreams = "upstreams.toml"
@@ -519,13 +570,25 @@ fn find_matches_a_prefix_byte_for_byte_like_nginx_location() {
 }
 
 #[test]
+fn find_takes_a_trailing_slash_literally() {
+    let routes = routes(&["/websocket/"]);
+    assert_eq!(found(&routes, b"/websocket/"), Some("/websocket/"));
+    assert_eq!(found(&routes, b"/websocket/chat"), Some("/websocket/"));
+    assert_eq!(found(&routes, b"/websocket"), None);
+    assert_eq!(found(&routes, b"/websocketfoo"), None);
+}
+
+#[test]
 fn extra_upgrades_are_read_per_route() {
     let text = format!(
-        "{MAIN}extra_upgrades = [\"h2c\", \"foo/1.0\"]\n\n[[route]]\npath = \"/\"\nupstream = \"backend\"\n"
+        "{MAIN}extra_upgrades = [\"connect-udp\", \"foo/1.0\"]\n\n[[route]]\npath = \"/\"\nupstream = \"backend\"\n"
     );
     let config = parse(&text).unwrap();
     let by_path = |p: &str| config.routes.iter().find(|r| r.path == p).unwrap();
-    assert_eq!(by_path("/websocket").extra_upgrades, ["h2c", "foo/1.0"]);
+    assert_eq!(
+        by_path("/websocket").extra_upgrades,
+        ["connect-udp", "foo/1.0"]
+    );
     assert!(by_path("/").extra_upgrades.is_empty());
 }
 
@@ -536,10 +599,23 @@ fn rejects_invalid_extra_upgrades() {
         ("[\"\"]", "\"\" is not a protocol name"),
         ("[\"h2c/\"]", "\"h2c/\" is not a protocol name"),
         ("[\"WebSocket\"]", "\"WebSocket\" is always allowed"),
-        ("[\"h2c\", \"H2C\"]", "\"H2C\" is listed twice"),
+        ("[\"foo\", \"FOO\"]", "\"FOO\" is listed twice"),
     ] {
         let text = format!("{MAIN}extra_upgrades = {list}\n");
         assert_config_error(&text, 7, phrase);
+    }
+}
+
+#[test]
+fn rejects_h2c_in_extra_upgrades() {
+    for list in ["[\"h2c\"]", "[\"foo\", \"H2C\"]", "[\"h2c/1\"]"] {
+        let text = format!("{MAIN}extra_upgrades = {list}\n");
+        assert_config_error(&text, 7, "route.extra_upgrades: ");
+        assert_config_error(
+            &text,
+            7,
+            "cannot work: the h2c upgrade needs HTTP2-Settings, a hop-by-hop header a proxy drops, and RFC 9113 deprecated it; remove it",
+        );
     }
 }
 

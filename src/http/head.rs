@@ -5,10 +5,10 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::ops::Range;
 
 use super::websocket;
-
-mod strict;
+use super::{path, strict};
 
 /// Header fields allowed in one head; more is answered with 431.
 pub const MAX_HEADERS: usize = 100;
@@ -141,6 +141,8 @@ pub struct RequestHead<'h, 'b> {
     pub websocket_key: Option<&'b [u8]>,
     pub host: Option<&'b [u8]>,
     pub body: Body,
+    /// The target split for the rewrite: authority (absolute form), path as written, query.
+    parts: path::Target<'b>,
     /// `Connection: upgrade` with an `Upgrade` that is not `websocket`: dropped unless the
     /// route lists one of its tokens.
     other_upgrade: bool,
@@ -181,6 +183,7 @@ pub fn parse_request<'h, 'b>(
     let headers: &'h [httparse::Header<'b>] = req.headers;
     strict::check_line_endings(&buf[..len])?;
     strict::check_target(method, target)?;
+    let parts = path::Target::parse(target.as_bytes()).map_err(HandshakeError::Malformed)?;
 
     let mut f = Fields::default();
     for h in headers {
@@ -279,6 +282,7 @@ pub fn parse_request<'h, 'b>(
         websocket_key,
         host: f.host,
         body,
+        parts,
         other_upgrade: version == 1
             && f.websocket.is_none()
             && f.upgrade_offered
@@ -343,35 +347,33 @@ impl<'b> RequestHead<'_, 'b> {
             });
     }
 
-    /// The path part of the target, for routing; absolute-form targets are reduced to it.
-    pub fn path(&self) -> &[u8] {
-        let target = self.target.as_bytes();
-        let absolute_form = !target.starts_with(b"/");
-        let target = match self.target.find("://").filter(|_| absolute_form) {
-            Some(scheme_end) => {
-                let rest = &target[scheme_end + 3..];
-                rest.iter()
-                    .position(|&b| b == b'/')
-                    .map_or(&b"/"[..], |i| &rest[i..])
-            }
-            None => target,
-        };
-        let end = target
-            .iter()
-            .position(|&b| b == b'?' || b == b'#')
-            .unwrap_or(target.len());
-        &target[..end]
+    /// Appends the head to send upstream: [`write_request_line`](Self::write_request_line)
+    /// then [`write_fields`](Self::write_fields).
+    pub fn write_upstream(&self, client: &ClientInfo, out: &mut Vec<u8>) {
+        self.write_request_line(out);
+        self.write_fields(client, out);
     }
 
-    /// Appends the head to send upstream: HTTP/1.1, the client's Host, hop-by-hop headers
-    /// dropped, `Upgrade` + `Connection: upgrade` for an upgrade and `Connection: close`
-    /// otherwise, and the forwarding headers.
-    pub fn write_upstream(&self, client: &ClientInfo, out: &mut Vec<u8>) {
+    /// Appends the request line to send upstream and returns where in `out` its path is: the
+    /// path to route on. It is origin form (RFC 9112 section 3.2.1) with the target's path
+    /// normalised ([`path::normalize`]) and its query as the client wrote it, in HTTP/1.1, so
+    /// the upstream acts on exactly the path that was routed on. The fragment is dropped.
+    pub fn write_request_line(&self, out: &mut Vec<u8>) -> Range<usize> {
         out.extend_from_slice(self.method.as_bytes());
         out.push(b' ');
-        out.extend_from_slice(self.target.as_bytes());
+        let start = out.len();
+        path::normalize(self.parts.path, out);
+        let path = start..out.len();
+        out.extend_from_slice(self.parts.query);
         out.extend_from_slice(b" HTTP/1.1\r\n");
+        path
+    }
 
+    /// Appends the header fields to send upstream, after the request line: the client's Host
+    /// (the target's authority for an absolute-form target, RFC 9112 section 3.2.2),
+    /// hop-by-hop headers dropped, `Upgrade` + `Connection: upgrade` for an upgrade and
+    /// `Connection: close` otherwise, and the forwarding headers.
+    pub fn write_fields(&self, client: &ClientInfo, out: &mut Vec<u8>) {
         for h in self.headers {
             if self.is_dropped(h.name) {
                 continue;
@@ -380,14 +382,24 @@ impl<'b> RequestHead<'_, 'b> {
                 // Folded below into one appended header.
                 continue;
             }
-            if h.name.eq_ignore_ascii_case("host") && trim(h.value).is_empty() {
-                // An HTTP/1.0 client's empty Host is replaced below.
+            if h.name.eq_ignore_ascii_case("host") {
+                match self.parts.authority {
+                    Some(authority) => push_header(out, b"Host", authority),
+                    // An HTTP/1.0 client's empty Host is replaced below.
+                    None if trim(h.value).is_empty() => {}
+                    None => push_header(out, h.name.as_bytes(), h.value),
+                }
                 continue;
             }
             push_header(out, h.name.as_bytes(), h.value);
         }
-        if self.host.is_none_or(|h| trim(h).is_empty()) {
-            let _ = write!(out, "Host: {}\r\n", client.local);
+        match (self.parts.authority, self.host) {
+            (Some(_), Some(_)) => {}
+            (Some(authority), None) => push_header(out, b"Host", authority),
+            (None, host) if host.is_none_or(|h| trim(h).is_empty()) => {
+                let _ = write!(out, "Host: {}\r\n", client.local);
+            }
+            (None, _) => {}
         }
         match self.upgrade {
             Some(value) => {
@@ -414,11 +426,12 @@ impl<'b> RequestHead<'_, 'b> {
         out.extend_from_slice(b"X-Forwarded-Proto: http\r\n\r\n");
     }
 
-    /// Hop-by-hop headers, the ones `Connection` names, and the ones the proxy sets itself.
+    /// Hop-by-hop headers, the ones `Connection` names, and the forwarding headers (the proxy
+    /// sets its own; those it does not set are dropped so a client cannot forge them).
     /// Host, the body's framing headers and the WebSocket key and version are never dropped:
     /// the body follows verbatim, and the upstream's `101` is checked against that key.
     fn is_dropped(&self, name: &str) -> bool {
-        const DROPPED: [&str; 7] = [
+        const DROPPED: [&str; 10] = [
             "connection",
             "keep-alive",
             "proxy-connection",
@@ -426,6 +439,10 @@ impl<'b> RequestHead<'_, 'b> {
             "upgrade",
             "x-real-ip",
             "x-forwarded-proto",
+            // Not set by the proxy, and with no trusted proxy to take them from, only forged.
+            "forwarded",
+            "x-forwarded-host",
+            "x-forwarded-port",
         ];
         const KEPT: [&str; 5] = [
             "host",

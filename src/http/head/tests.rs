@@ -66,12 +66,14 @@ fn try_rewrite(head: &[u8]) -> Result<Parsed<Rewritten>, HandshakeError> {
         Parsed::Incomplete => Parsed::Incomplete,
         Parsed::Complete(req) => {
             let mut upstream = Vec::new();
-            req.write_upstream(&client(), &mut upstream);
+            let path = req.write_request_line(&mut upstream);
+            let path = upstream[path].to_vec();
+            req.write_fields(&client(), &mut upstream);
             Parsed::Complete(Rewritten {
                 len: req.len,
                 upgrade: req.upgrade.map(<[u8]>::to_vec),
                 body: req.body,
-                path: req.path().to_vec(),
+                path,
                 upstream,
             })
         }
@@ -275,6 +277,16 @@ fn x_forwarded_for_without_client_value_is_the_peer() {
         text.contains("\r\nX-Forwarded-For: 203.0.113.7\r\n"),
         "{text}"
     );
+}
+
+#[test]
+fn forwarding_headers_the_proxy_does_not_set_are_dropped() {
+    let head = b"GET / HTTP/1.1\r\nHost: a\r\nForwarded: for=10.0.0.1;host=evil\r\nX-Forwarded-Host: evil\r\nx-forwarded-port: 444\r\nFORWARDED: by=x\r\nB: 1\r\n\r\n";
+    let text = upstream_text(head);
+    for forged in ["10.0.0.1", "evil", "444", "by=x"] {
+        assert!(!text.contains(forged), "{forged}: {text}");
+    }
+    assert!(text.contains("\r\nB: 1\r\n"), "{text}");
 }
 
 #[test]
@@ -629,6 +641,94 @@ fn path_reduces_absolute_form() {
 fn path_ignores_a_url_in_the_query() {
     assert_eq!(path_of("/ws?next=http://evil.example/admin"), "/ws");
     assert_eq!(path_of("/login?return=https://example.com/"), "/login");
+}
+
+/// The request line the upstream gets for `target`.
+fn request_line_of(target: &str) -> String {
+    let head = format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n");
+    let text = upstream_text(head.as_bytes());
+    text.split("\r\n").next().unwrap().to_string()
+}
+
+#[test]
+fn path_is_routed_and_sent_normalised_with_the_query_as_written() {
+    for (target, path, line) in [
+        ("/websocket/../admin", "/admin", "GET /admin HTTP/1.1"),
+        (
+            "/websocket/./x",
+            "/websocket/x",
+            "GET /websocket/x HTTP/1.1",
+        ),
+        (
+            "/a/b/../../websocket",
+            "/websocket",
+            "GET /websocket HTTP/1.1",
+        ),
+        (
+            "/websocket/%2e%2e/admin?x",
+            "/admin",
+            "GET /admin?x HTTP/1.1",
+        ),
+        ("/%77s?q=/../a%2F#f", "/ws", "GET /ws?q=/../a%2F HTTP/1.1"),
+        ("//ws//", "/ws/", "GET /ws/ HTTP/1.1"),
+    ] {
+        assert_eq!(path_of(target), path, "{target}");
+        assert_eq!(request_line_of(target), line, "{target}");
+    }
+}
+
+#[test]
+fn absolute_form_goes_up_in_origin_form_with_its_authority_as_host() {
+    for (target, line) in [
+        ("http://x/websocket?q", "GET /websocket?q HTTP/1.1"),
+        ("http://x?/websocket", "GET /?/websocket HTTP/1.1"),
+        ("http://x#/websocket", "GET / HTTP/1.1"),
+        ("ws://x/a/../b", "GET /b HTTP/1.1"),
+    ] {
+        let head = format!("GET {target} HTTP/1.1\r\nHost: other\r\nA: 1\r\n\r\n");
+        let text = upstream_text(head.as_bytes());
+        let lines: Vec<&str> = text.split("\r\n").collect();
+        assert_eq!(lines[..3], [line, "Host: x", "A: 1"], "{target}");
+        assert!(!text.contains("other"), "{text}");
+    }
+    let http_1_0 = upstream_text(b"GET http://x:81/ws HTTP/1.0\r\n\r\n");
+    assert!(
+        http_1_0.starts_with("GET /ws HTTP/1.1\r\nHost: x:81\r\n"),
+        "{http_1_0}"
+    );
+    let empty_host = upstream_text(b"GET http://x/ws HTTP/1.0\r\nHost:\r\n\r\n");
+    assert_eq!(empty_host.matches("Host:").count(), 1, "{empty_host}");
+    assert!(empty_host.contains("\r\nHost: x\r\n"), "{empty_host}");
+}
+
+#[test]
+fn rejects_paths_upstreams_split_differently() {
+    for target in [
+        "/websocket/..%2Fadmin",
+        "/websocket%2fadmin",
+        "/websocket%5C..%5Cadmin",
+        "/websocket\\..\\admin",
+        "/websocket/..;/admin",
+        "/a%2",
+        "http://x/a%2Fb",
+        "http://user@x/",
+        "http:///ws",
+    ] {
+        let head = format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(
+            matches!(rejection(head.as_bytes()), HandshakeError::Malformed(_)),
+            "{target}"
+        );
+    }
+    // Not in the path: the query is the upstream's business.
+    assert_eq!(path_of("/ws?a=%2F\\"), "/ws");
+}
+
+#[test]
+fn absolute_form_split_at_every_byte_offset() {
+    assert_same_at_every_split(
+        b"GET http://x:8080/a/./b/../ws?q=1#f HTTP/1.1\r\nHost: y\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    );
 }
 
 #[test]
