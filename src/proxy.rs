@@ -547,3 +547,17 @@ fn check_switch(head: &[u8], expected: &Expected<'_>) -> Result<(), HandshakeErr
 fn failed_report(side: Side, source: std::io::Error) -> Report {
     pump::report(Ok(0), Err((0, RelayError { side, source })), false)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tunnel::Tunnels;
+
+    /// An idle tunnel's table entry, with this payload, stays small.
+    #[test]
+    fn a_tunnel_entry_stays_small() {
+        let size = Tunnels::<TunnelEnd>::ENTRY_SIZE;
+        assert!(size <= 240, "{size} bytes");
+        println!("tunnel entry: {size} bytes");
+    }
+}

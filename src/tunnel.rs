@@ -8,11 +8,15 @@
 //! pins no buffer. When the ring is empty, a direction waits for readiness without a buffer
 //! and then borrows a heap buffer for the one read that is sure to find bytes.
 //!
-//! Each direction has exactly one operation in flight (a receive, the send of what it
-//! received, or a readiness poll), so bytes keep their order and a slow reader holds at most
-//! one buffer per direction. Timeouts and errors shut the sockets down, which completes
-//! whatever is pending; a tunnel's descriptors are closed only once nothing of it is in
-//! flight.
+//! A ring buffer is never held while waiting for a reader: received bytes are sent without
+//! waiting, and whatever the reader's socket cannot take at once is copied to a heap buffer
+//! that waits instead. So readers that stop reading cannot drain the ring that every other
+//! tunnel of the worker reads into.
+//!
+//! Each direction is in one [`State`], and every state but `Done` is exactly one operation in
+//! flight (a receive, a send, or a readiness poll), so bytes keep their order. Timeouts and
+//! errors shut the sockets down, which completes whatever is pending; a tunnel's descriptors
+//! are closed only once both directions are `Done`.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -23,22 +27,22 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use io_uring::types::Fd;
-use io_uring::{IoUring, cqueue, opcode, squeue};
+use io_uring::{IoUring, cqueue, squeue};
 use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use crate::proxy::Shared;
+use crate::observe::metrics::WorkerMetrics;
 
 mod buffers;
+mod direction;
 mod report;
 mod splice;
 
 pub use report::{End, RelayError, Report, Side};
 
-use buffers::{BufferRing, GROUP, Spill};
-use splice::Pipe;
+use buffers::{BufferRing, Spill};
+use direction::{Direction, State};
 
 /// Submission queue size; a full queue is submitted and refilled, so this bounds batching only.
 const SQ_ENTRIES: u32 = 1024;
@@ -53,16 +57,6 @@ const CQ_MAX: u32 = 65536;
 const TURN_BUDGET: usize = 1024;
 /// How long the loop waits before retrying a submission the kernel refused.
 const SUBMIT_RETRY: Duration = Duration::from_millis(1);
-
-/// Reads of at least this many bytes in a row count towards switching a direction to
-/// splice (see `splice::BULK_STREAK`).
-const BULK_READ: u32 = 4096;
-
-const RECV: u64 = 0;
-const SEND: u64 = 1;
-/// Readiness: of a spliced direction's source (in) or destination (out), or of a buffered
-/// direction's source while the buffer ring is empty.
-const POLL: u64 = 2;
 
 /// The tunnels of one worker. `P` is what the owner wants back when a tunnel ends.
 pub struct Tunnels<P> {
@@ -84,8 +78,7 @@ struct Engine<P> {
     /// Pipes this worker may still open for spliced directions (their descriptors come out
     /// of the open-files headroom left over `limits.max_connections`).
     pipes_left: usize,
-    shared: Arc<Shared>,
-    worker: usize,
+    metrics: Arc<WorkerMetrics>,
 }
 
 struct Tunnel<P> {
@@ -93,7 +86,6 @@ struct Tunnel<P> {
     fds: [OwnedFd; 2],
     /// [client->upstream, upstream->client]; direction `d` reads `fds[d]`, writes the other.
     dirs: [Direction; 2],
-    in_flight: u8,
     /// Bytes were read since the idle sweep last looked.
     active: bool,
     /// Idle sweeps in a row that found no bytes read.
@@ -104,43 +96,25 @@ struct Tunnel<P> {
     payload: P,
 }
 
-#[derive(Default)]
-struct Direction {
-    buf: Buf,
-    len: u32,
-    sent: u32,
-    bytes: u64,
-    /// The next read borrows a heap buffer: bytes are waiting and the kernel ring was empty,
-    /// or a spliced source is stopped at urgent data.
-    spill_next: bool,
-    /// Bytes of the current run of reads of at least [`BULK_READ`].
-    streak: u32,
-    /// A readiness poll found bytes waiting (the ring was empty when last asked).
-    readable: bool,
-    /// Set once the direction moves its bytes with splice(2) through this pipe.
-    pipe: Option<Box<Pipe>>,
-}
-
-#[derive(Default, Clone, Copy)]
-enum Buf {
-    #[default]
-    None,
-    Ring(u16),
-    Spill(u32),
-}
-
 impl<P> Tunnels<P> {
+    /// Bytes of a tunnel's table entry with payload `P`: what an idle tunnel costs besides
+    /// its sockets and kernel buffers.
+    pub const ENTRY_SIZE: usize = std::mem::size_of::<Option<Tunnel<P>>>();
+
     /// A ring of its own with `count` receive buffers of `size` bytes. Without ring-mapped
     /// buffers (kernels before 5.19) every read borrows a heap buffer instead.
     /// Up to `pipes` directions at a time may splice.
+    /// `max_connections`: tunnels this worker may have open at most (for the queue sizes);
+    /// `metrics`: this worker's counters, `worker` its id (for logs).
     pub fn new(
-        shared: Arc<Shared>,
         worker: usize,
+        metrics: Arc<WorkerMetrics>,
+        max_connections: usize,
         size: u32,
         count: u16,
         pipes: usize,
     ) -> io::Result<Self> {
-        let in_flight = 2 * shared.config.limits.max_connections;
+        let in_flight = 2 * max_connections;
         let cq = u32::try_from(in_flight.next_power_of_two())
             .unwrap_or(CQ_MAX)
             .clamp(CQ_MIN, CQ_MAX);
@@ -161,13 +135,12 @@ impl<P> Tunnels<P> {
                 spill: Spill::new(size as usize),
                 // Reserved up front: address space only until tunnels fill it, and no
                 // reallocation (a copy, and a freed block) while connections pile in.
-                slab: Vec::with_capacity(shared.config.limits.max_connections),
+                slab: Vec::with_capacity(max_connections),
                 free: Vec::new(),
                 ended: Vec::new(),
                 cqes: Vec::with_capacity(256),
                 pipes_left: pipes,
-                shared,
-                worker,
+                metrics,
                 backlog: Vec::new(),
             }),
             parked: Cell::new(None),
@@ -181,17 +154,7 @@ impl<P> Tunnels<P> {
         let [up, down] = early;
         let tunnel = Tunnel {
             fds,
-            dirs: [
-                Direction {
-                    bytes: up,
-                    ..Direction::default()
-                },
-                Direction {
-                    bytes: down,
-                    ..Direction::default()
-                },
-            ],
-            in_flight: 0,
+            dirs: [Direction::new(up), Direction::new(down)],
             // Opening counts as activity: the first sweep must not find it already quiet.
             active: true,
             quiet: 0,
@@ -210,8 +173,8 @@ impl<P> Tunnels<P> {
                 (engine.slab.len() - 1) as u32
             }
         };
-        engine.recv(index, 0);
-        engine.recv(index, 1);
+        engine.read(index, 0);
+        engine.read(index, 1);
         let submitted = engine.submit().map(drop);
         if submitted.is_err()
             && let Some(loop_task) = self.parked.take()
@@ -331,9 +294,10 @@ impl<P> Engine<P> {
     /// Moves entries that found the submission queue full back into it, as far as they fit.
     fn refill_from_backlog(&mut self) {
         while let Some(sqe) = self.backlog.pop() {
-            // SAFETY: as in `push`.
+            // SAFETY: every backlog entry was built by `enter`, whose state still holds what
+            // it points at (see `push_sqe`).
             #[allow(unsafe_code)]
-            if unsafe { self.ring.submission().push(&sqe) }.is_err() {
+            if !unsafe { push_sqe(&mut self.ring, &sqe) } {
                 self.backlog.push(sqe);
                 return;
             }
@@ -346,20 +310,20 @@ impl<P> Engine<P> {
         self.ring.submit()
     }
 
+    /// Queues an entry built by `enter`; when the queue is full, submits it first, and keeps
+    /// the entry for `turn` if the kernel takes none.
     fn push(&mut self, sqe: squeue::Entry) {
-        // SAFETY: every entry points at memory that outlives the operation: buffer-ring
-        // memory is never freed, a spill buffer stays in `spill` until its direction's
-        // operation completed, and the descriptors stay open until the tunnel has nothing
-        // in flight.
+        // SAFETY: `enter` built the entry from the state it stored, which holds the buffer
+        // (ring memory is never freed, a spill buffer stays lent to the state) until this
+        // completion is handled; the descriptors stay open until both directions are `Done`.
         #[allow(unsafe_code)]
-        if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
+        if unsafe { push_sqe(&mut self.ring, &sqe) } {
             return;
         }
-        // Full: hand the queue to the kernel. If it takes none, keep the entry for `turn`.
         let _ = self.submit();
         // SAFETY: as above.
         #[allow(unsafe_code)]
-        if unsafe { self.ring.submission().push(&sqe) }.is_err() {
+        if !unsafe { push_sqe(&mut self.ring, &sqe) } {
             self.backlog.push(sqe);
         }
     }
@@ -370,156 +334,11 @@ impl<P> Engine<P> {
             .expect("completion for a closed tunnel")
     }
 
-    /// Reads direction `d` of tunnel `index`: into a buffer the kernel picks when bytes
-    /// arrive, or into a borrowed heap buffer when the kernel ran out.
-    fn recv(&mut self, index: u32, d: usize) {
-        let ring_size = self.buffers.as_ref().map(|b| b.size);
-        let tunnel = self.slab[index as usize].as_mut().expect("open tunnel");
-        let fd = Fd(tunnel.fds[d].as_raw_fd());
-        let dir = &mut tunnel.dirs[d];
-        let sqe = match ring_size {
-            Some(size) if !dir.spill_next => opcode::Recv::new(fd, std::ptr::null_mut(), size)
-                .buf_group(GROUP)
-                .build()
-                .flags(squeue::Flags::BUFFER_SELECT),
-            _ => {
-                let (id, ptr) = self.spill.take();
-                dir.buf = Buf::Spill(id);
-                opcode::Recv::new(fd, ptr, self.spill.size as u32).build()
-            }
-        };
-        tunnel.in_flight += 1;
-        self.push(sqe.user_data(user_data(index, d, RECV)));
-    }
-
-    /// Sends what direction `d` received and has not yet written.
-    fn send(&mut self, index: u32, d: usize) {
-        let tunnel = self.slab[index as usize].as_mut().expect("open tunnel");
-        let dir = &tunnel.dirs[d];
-        let start = match dir.buf {
-            Buf::Ring(id) => self.buffers.as_ref().expect("ring buffer").start(id),
-            Buf::Spill(id) => self.spill.start(id),
-            Buf::None => unreachable!("send without a buffer"),
-        };
-        // SAFETY: `sent < len <= buffer size`, inside the buffer.
-        #[allow(unsafe_code)]
-        let ptr = unsafe { start.add(dir.sent as usize) };
-        let fd = Fd(tunnel.fds[1 - d].as_raw_fd());
-        let sqe = opcode::Send::new(fd, ptr, dir.len - dir.sent)
-            .flags(libc::MSG_NOSIGNAL)
-            .build();
-        tunnel.in_flight += 1;
-        self.push(sqe.user_data(user_data(index, d, SEND)));
-    }
-
-    fn release(&mut self, index: u32, d: usize) {
-        let tunnel = self.slab[index as usize].as_mut().expect("open tunnel");
-        match std::mem::take(&mut tunnel.dirs[d].buf) {
-            Buf::Ring(id) => self.buffers.as_mut().expect("ring buffer").give_back(id),
-            Buf::Spill(id) => self.spill.put(id),
-            Buf::None => {}
-        }
-    }
-
-    fn complete(&mut self, cqe: &cqueue::Entry) {
-        let (index, d, op) = parse_user_data(cqe.user_data());
-        let res = cqe.result();
+    fn finish_if_done(&mut self, index: u32) {
         let tunnel = self.tunnel(index);
-        tunnel.in_flight -= 1;
-        if let Some(id) = cqueue::buffer_select(cqe.flags()) {
-            tunnel.dirs[d].buf = Buf::Ring(id);
-        }
-        let aborted = tunnel.aborted;
-        match op {
-            RECV if res > 0 && !aborted => {
-                tunnel.active = true;
-                let dir = &mut tunnel.dirs[d];
-                dir.spill_next = false;
-                dir.readable = false;
-                dir.streak = if res as u32 >= BULK_READ {
-                    dir.streak.saturating_add(res as u32)
-                } else {
-                    0
-                };
-                dir.len = res as u32;
-                dir.sent = 0;
-                dir.bytes += res as u64;
-                self.shared.metrics.workers[self.worker].bytes[d].add(res as u64);
-                self.send(index, d);
-            }
-            RECV if res == -libc::ENOBUFS && !aborted => {
-                // The ring was empty when the receive was issued. Wait for bytes without a
-                // buffer; once they are there, a heap buffer is borrowed for that one read.
-                let dir = &mut tunnel.dirs[d];
-                if std::mem::take(&mut dir.readable) {
-                    dir.spill_next = true;
-                    self.recv(index, d);
-                } else {
-                    self.poll(index, d, tunnel_fd(self, index, d), libc::POLLIN);
-                }
-            }
-            RECV => {
-                self.release(index, d);
-                let tunnel = self.tunnel(index);
-                if !aborted {
-                    if res == 0 {
-                        let _ = SockRef::from(&tunnel.fds[1 - d]).shutdown(Shutdown::Write);
-                    } else {
-                        tunnel.fail(side_of(d), io::Error::from_raw_os_error(-res));
-                    }
-                }
-            }
-            SEND if res > 0 && !aborted => {
-                let dir = &mut tunnel.dirs[d];
-                dir.sent += res as u32;
-                if dir.sent < dir.len {
-                    self.send(index, d);
-                } else {
-                    self.release(index, d);
-                    if self.start_splice(index, d) {
-                        self.splice(index, d, false);
-                    } else {
-                        self.recv(index, d);
-                    }
-                }
-            }
-            POLL if aborted => {}
-            POLL if res < 0 => {
-                let side = if tunnel.dirs[d].pipe.as_ref().is_some_and(|p| p.held > 0) {
-                    side_of(1 - d)
-                } else {
-                    side_of(d)
-                };
-                tunnel.fail(side, io::Error::from_raw_os_error(-res));
-            }
-            POLL if tunnel.dirs[d].pipe.is_some() => self.splice(index, d, true),
-            POLL => {
-                tunnel.dirs[d].readable = true;
-                self.recv(index, d);
-            }
-            _ => {
-                self.release(index, d);
-                let tunnel = self.tunnel(index);
-                if !aborted {
-                    let error = if res == 0 {
-                        io::ErrorKind::WriteZero.into()
-                    } else {
-                        io::Error::from_raw_os_error(-res)
-                    };
-                    tunnel.fail(side_of(1 - d), error);
-                }
-            }
-        }
-        if self.tunnel(index).in_flight == 0 {
+        if tunnel.dirs.iter().all(|d| matches!(d.state, State::Done)) {
             self.finish(index);
         }
-    }
-
-    /// Waits, with no buffer held, until `fd` is ready for `events` (for direction `d`).
-    fn poll(&mut self, index: u32, d: usize, fd: RawFd, events: libc::c_short) {
-        self.tunnel(index).in_flight += 1;
-        let sqe = opcode::PollAdd::new(Fd(fd), events as u32).build();
-        self.push(sqe.user_data(user_data(index, d, POLL)));
     }
 
     /// Both directions are over and nothing is in flight: close and report.
@@ -542,6 +361,19 @@ impl<P> Engine<P> {
         drop(tunnel.fds);
         self.ended.push((tunnel.payload, report));
     }
+}
+
+/// Queues `sqe` on `ring`'s submission queue; `false` if the queue is full. Every entry of
+/// the tunnels' ring goes through here.
+///
+/// # Safety
+/// Until the entry's completion is reaped, the memory it points at (a receive's or send's
+/// buffer) must stay allocated and untouched by anything else, and its descriptor must
+/// stay open (or at least not be reused).
+#[allow(unsafe_code)]
+unsafe fn push_sqe(ring: &mut IoUring, sqe: &squeue::Entry) -> bool {
+    // SAFETY: the caller keeps what the entry points at valid until its completion.
+    unsafe { ring.submission().push(sqe) }.is_ok()
 }
 
 impl<P> Tunnel<P> {
@@ -570,15 +402,6 @@ enum Turn {
     Stalled,
 }
 
-/// The descriptor direction `d` of tunnel `index` reads.
-fn tunnel_fd<P>(engine: &Engine<P>, index: u32, d: usize) -> RawFd {
-    engine.slab[index as usize]
-        .as_ref()
-        .expect("open tunnel")
-        .fds[d]
-        .as_raw_fd()
-}
-
 impl<P> std::fmt::Debug for Tunnels<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tunnels")
@@ -591,12 +414,14 @@ fn side_of(d: usize) -> Side {
     if d == 0 { Side::Client } else { Side::Upstream }
 }
 
-fn user_data(index: u32, d: usize, op: u64) -> u64 {
-    (u64::from(index) << 3) | ((d as u64) << 2) | op
+/// A completion names its tunnel and direction; the direction's state says which
+/// operation it was.
+fn user_data(index: u32, d: usize) -> u64 {
+    (u64::from(index) << 1) | d as u64
 }
 
-fn parse_user_data(data: u64) -> (u32, usize, u64) {
-    ((data >> 3) as u32, ((data >> 2) & 1) as usize, data & 3)
+fn parse_user_data(data: u64) -> (u32, usize) {
+    ((data >> 1) as u32, (data & 1) as usize)
 }
 
 /// A ring with SINGLE_ISSUER and COOP_TASKRUN (no submit locking, no interrupt to run
@@ -621,5 +446,17 @@ struct RingFd(RawFd);
 impl AsRawFd for RingFd {
     fn as_raw_fd(&self) -> RawFd {
         self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_round_trips() {
+        for (index, d) in [(0, 0), (0, 1), (7, 1), (u32::MAX, 0), (u32::MAX, 1)] {
+            assert_eq!(parse_user_data(user_data(index, d)), (index, d));
+        }
     }
 }

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Labels of the two directions, shared by logs and metrics.
@@ -85,6 +85,11 @@ pub struct WorkerMetrics {
     pub tunnels: Meter,
     /// Tunnel directions moved to splice(2) after sustained bulk traffic.
     pub spliced: Meter,
+    /// Tunnel reads that borrowed a heap buffer because the kernel's buffer ring was empty.
+    pub heap_reads: Meter,
+    /// Tunnel sends that found the reader's socket full: the unsent rest moved to a heap
+    /// buffer so the ring buffer could go back at once.
+    pub spilled_sends: Meter,
     upgrades: [Meter; 4],
     /// Responses by status, 100..=599.
     responses: Box<[Meter]>,
@@ -102,6 +107,8 @@ impl Default for WorkerMetrics {
             active: Meter::default(),
             tunnels: Meter::default(),
             spliced: Meter::default(),
+            heap_reads: Meter::default(),
+            spilled_sends: Meter::default(),
             upgrades: Default::default(),
             responses: (100..600).map(|_| Meter::default()).collect(),
             bytes: Default::default(),
@@ -139,7 +146,8 @@ impl WorkerMetrics {
 /// Every worker's counters plus the few process-wide ones.
 #[derive(Debug)]
 pub struct Metrics {
-    pub workers: Vec<WorkerMetrics>,
+    /// Shared with each worker's tunnel engine, which counts into its own block.
+    pub workers: Vec<Arc<WorkerMetrics>>,
     /// Failed connects by upstream server; only written on failure, so a lock is fine.
     connect_failures: Mutex<BTreeMap<SocketAddr, u64>>,
     pub access_log_dropped: AtomicU64,
@@ -148,7 +156,9 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(workers: usize) -> Self {
         Metrics {
-            workers: (0..workers).map(|_| WorkerMetrics::default()).collect(),
+            workers: (0..workers)
+                .map(|_| Arc::new(WorkerMetrics::default()))
+                .collect(),
             connect_failures: Mutex::new(BTreeMap::new()),
             access_log_dropped: AtomicU64::new(0),
         }
@@ -300,6 +310,20 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
         "counter",
         "Tunnel directions that moved to splice(2) (zero-copy through a pipe) after sustained bulk traffic.",
         m.sum(|w| &w.spliced),
+    );
+    single(
+        &mut out,
+        "wsplice_tunnel_heap_reads_total",
+        "counter",
+        "Tunnel reads into a heap buffer because the receive buffer ring was empty (or this kernel has none), or to get a spliced direction past TCP urgent data. Growing with traffic means limits.receive_buffers is too small for the load.",
+        m.sum(|w| &w.heap_reads),
+    );
+    single(
+        &mut out,
+        "wsplice_tunnel_spilled_sends_total",
+        "counter",
+        "Tunnel sends the reader's socket could not take whole at once: the unsent rest was copied to a heap buffer so the receive buffer went back to the ring. Counts slow or stuck readers.",
+        m.sum(|w| &w.spilled_sends),
     );
 
     header(

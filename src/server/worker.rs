@@ -62,7 +62,9 @@ pub fn spawn(
                 // tunnels borrow heap buffers.
                 let count = shared.config.limits.receive_buffers;
                 let pipes = shared.pipes_per_worker;
-                let tunnels = match Tunnels::new(shared.clone(), id, RELAY_BUFFER as u32, count, pipes) {
+                let metrics = shared.metrics.workers[id].clone();
+                let max = shared.config.limits.max_connections;
+                let tunnels = match Tunnels::new(id, metrics, max, RELAY_BUFFER as u32, count, pipes) {
                     Ok(t) => Rc::new(t),
                     Err(e) => {
                         let _ = ready.send(Err(format!(

@@ -1,7 +1,8 @@
-//! The tunnels' receive buffers: a ring-mapped buffer ring the kernel picks from when bytes
-//! arrive, and heap buffers lent for one read when that ring is empty.
+//! The tunnels' buffers: a ring-mapped buffer ring the kernel picks from when bytes arrive,
+//! and heap buffers lent when that ring is empty or a reader is too slow to take a send.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU16, Ordering};
 
 use io_uring::IoUring;
@@ -89,13 +90,16 @@ impl BufferRing {
     }
 }
 
-/// Heap buffers for reads when the kernel ring is empty, each lent for one read and send.
-/// Ids stay valid for good; up to [`SPILL_KEEP`] of them keep their memory for reuse.
+/// Heap buffers: for reads when the kernel ring is empty, and for the unsent rest of a send
+/// the reader could not take at once. Each is lent for one read or one rest and its sends.
+/// Ids stay valid for good; up to [`SPILL_KEEP`] of them keep their memory for reuse. The
+/// memory is never initialised by us: only the kernel (a receive) or a copy of bytes already
+/// received writes it, and it is only ever read through raw pointers up to what was written.
 pub(super) struct Spill {
-    buffers: Vec<Vec<u8>>,
+    buffers: Vec<Box<[MaybeUninit<u8>]>>,
     /// Free ids whose buffer kept its memory.
     kept: Vec<u32>,
-    /// Free ids whose memory was given back.
+    /// Free ids whose memory was given back (an empty box: no allocation).
     empty: Vec<u32>,
     pub(super) size: usize,
 }
@@ -110,32 +114,58 @@ impl Spill {
         }
     }
 
-    pub(super) fn take(&mut self) -> (u32, *mut u8) {
+    /// A free buffer of `size` bytes: a kept one if any, else freshly allocated.
+    pub(super) fn take(&mut self) -> u32 {
         let id = self
             .kept
             .pop()
             .or_else(|| self.empty.pop())
             .unwrap_or_else(|| {
-                self.buffers.push(Vec::new());
+                self.buffers.push(Box::default());
                 (self.buffers.len() - 1) as u32
             });
         let buf = &mut self.buffers[id as usize];
-        if buf.capacity() < self.size {
-            *buf = vec![0u8; self.size];
+        if buf.len() < self.size {
+            *buf = Box::new_uninit_slice(self.size);
         }
-        (id, buf.as_mut_ptr())
+        id
     }
 
+    /// The first byte of buffer `id`, which holds `size` bytes.
     pub(super) fn start(&mut self, id: u32) -> *mut u8 {
-        self.buffers[id as usize].as_mut_ptr()
+        self.buffers[id as usize].as_mut_ptr().cast()
     }
 
     pub(super) fn put(&mut self, id: u32) {
         if self.kept.len() < SPILL_KEEP {
             self.kept.push(id);
         } else {
-            self.buffers[id as usize] = Vec::new();
+            self.buffers[id as usize] = Box::default();
             self.empty.push(id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spill_buffers_are_reused_and_only_the_kept_keep_memory() {
+        let mut spill = Spill::new(64);
+        let ids: Vec<u32> = (0..SPILL_KEEP as u32 + 2).map(|_| spill.take()).collect();
+        let first = spill.start(ids[0]);
+        for &id in &ids {
+            spill.put(id);
+        }
+        assert_eq!(spill.kept.len(), SPILL_KEEP);
+        assert_eq!(spill.empty.len(), 2);
+        assert!(spill.buffers.iter().filter(|b| b.is_empty()).count() == 2);
+        let again: Vec<u32> = (0..ids.len()).map(|_| spill.take()).collect();
+        assert_eq!(spill.buffers.len(), ids.len(), "no new ids");
+        assert!(
+            again.iter().any(|&id| spill.start(id) == first),
+            "memory reused"
+        );
     }
 }

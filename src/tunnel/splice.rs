@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use socket2::SockRef;
 
-use super::{Engine, side_of};
+use super::{Engine, State, side_of};
 
 /// Bytes a direction must move in reads of at least `BULK_READ` (4 KiB) in a row before it
 /// switches to splice. Message traffic (even pipelined) never gets there; a bulk stream gets
@@ -60,14 +60,14 @@ impl<P> Engine<P> {
         }
         tunnel.dirs[d].pipe = Some(Box::new(pipe));
         self.pipes_left -= 1;
-        self.shared.metrics.workers[self.worker].spliced.add(1);
+        self.metrics.spliced.add(1);
         true
     }
 
     /// Moves what direction `d` can without waiting, then waits for readiness of its source
-    /// (pipe empty) or destination (pipe not yet written on): one poll in flight, as a
-    /// buffered direction has one read or send in flight. `polled`: called because a poll
-    /// completed.
+    /// (pipe empty) or destination (pipe not yet written on): one poll in flight
+    /// ([`State::Spliced`]), as a buffered direction has one read or send in flight.
+    /// `polled`: called because a poll completed.
     ///
     /// A source reported readable that still will not splice is stopped at TCP urgent data
     /// (splice stops at the mark, a plain read skips the byte): one buffered read, into a
@@ -93,8 +93,7 @@ impl<P> Engine<P> {
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         if waited_for_bytes && moved == 0 {
-                            tunnel.dirs[d].spill_next = true;
-                            self.recv(index, d);
+                            self.read_into_heap(index, d);
                             return;
                         }
                         break;
@@ -118,18 +117,18 @@ impl<P> Engine<P> {
                 }
             }
         }
-        let (fd, events) = if pipe.held == 0 {
-            (src, libc::POLLIN)
+        let events = if pipe.held == 0 {
+            libc::POLLIN
         } else {
-            (dst, libc::POLLOUT)
+            libc::POLLOUT
         };
         if moved > 0 {
             tunnel.active = true;
             tunnel.dirs[d].bytes += moved;
-            self.shared.metrics.workers[self.worker].bytes[d].add(moved);
+            self.metrics.bytes[d].add(moved);
         }
         match outcome {
-            Ok(None) => self.poll(index, d, fd, events),
+            Ok(None) => self.enter(index, d, State::Spliced { events }),
             Ok(Some(how)) => {
                 let _ = SockRef::from(&tunnel.fds[1 - d]).shutdown(how);
             }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use io_uring::{cqueue, opcode, types};
 use socket2::{Domain, SockAddr, Socket, Type};
-use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
+use tokio_uring::OneshotOutputTransform;
 
 use super::deadline::with_deadline;
 use super::stream::{self, Stream};
@@ -57,18 +57,15 @@ pub async fn connect(addr: SocketAddr, timeout: Option<Duration>) -> Result<Stre
     socket.set_tcp_nodelay(true)?;
     let fd = socket.as_raw_fd();
     let addr = Box::new(SockAddr::from(addr));
-    // The entry points at `addr`'s heap allocation and at `fd`; both move into the op's stable
-    // data below and outlive the kernel's use of them (see ConnectData).
     let sqe = opcode::Connect::new(types::Fd(fd), addr.as_ptr().cast(), addr.len()).build();
-    let op = UnsubmittedOneshot::new(
-        ConnectData {
-            socket,
-            _addr: addr,
-        },
-        ConnectTransform,
-        sqe,
-    )
-    .submit();
+    let data = ConnectData {
+        socket,
+        _addr: addr,
+    };
+    // SAFETY: the entry reads `addr`'s heap allocation and uses `fd`; both are the op's data
+    // (see ConnectData), which outlives the kernel's use of them.
+    #[allow(unsafe_code)]
+    let op = unsafe { stream::oneshot(data, ConnectTransform, sqe) }.submit();
     let ((res, socket), timed_out) = with_deadline(timeout, op, || {
         // Aborts a connect in SYN_SENT; the pending op then completes with an error.
         // SAFETY: `fd` is open: ConnectData owns the socket until the op completes, and the op

@@ -1,7 +1,8 @@
 //! A TCP connection that owns a plain descriptor. tokio-uring's `TcpStream` keeps its fd to
 //! itself; this one gives it up ([`Stream::into_fd`]), so that after the handshake a
 //! connection can be handed to other code with its own ring. Operations go through
-//! tokio-uring's `UnsubmittedOneshot` escape hatch (as in [`super::connect`]), with tokio-uring's own semantics: the buffer is the op's stable data,
+//! tokio-uring's `UnsubmittedOneshot` escape hatch, always by way of [`oneshot`] (also for
+//! [`super::connect`]), with tokio-uring's own semantics: the buffer is the op's stable data,
 //! kept alive until the kernel is done with it even if the future is dropped.
 //!
 //! The descriptor is not: dropping a `Stream` closes it at once, so its pending operations
@@ -12,7 +13,7 @@ use std::marker::PhantomData;
 use std::net::{Shutdown, SocketAddr, TcpListener};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-use io_uring::{cqueue, opcode, types};
+use io_uring::{cqueue, opcode, squeue, types};
 use socket2::{SockAddr, SockAddrStorage, SockRef};
 use tokio_uring::buf::{BoundedBuf, BoundedBufMut};
 use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
@@ -40,9 +41,11 @@ impl Stream {
         let ptr = buf.stable_mut_ptr();
         let len = buf.bytes_total() as u32;
         let sqe = opcode::Recv::new(types::Fd(self.as_raw_fd()), ptr, len).build();
-        let (res, mut buf) = UnsubmittedOneshot::new(buf, WithBuf(PhantomData), sqe)
-            .submit()
-            .await;
+        // SAFETY: the entry writes at most `bytes_total()` bytes at `buf`'s stable pointer,
+        // and `buf` is the op's data.
+        #[allow(unsafe_code)]
+        let op = unsafe { oneshot(buf, WithBuf(PhantomData), sqe) };
+        let (res, mut buf) = op.submit().await;
         if let Ok(n) = res {
             // SAFETY: the kernel wrote `n` bytes from `stable_mut_ptr()` on.
             #[allow(unsafe_code)]
@@ -66,9 +69,11 @@ impl Stream {
             )
             .flags(libc::MSG_NOSIGNAL)
             .build();
-            let (res, done) = UnsubmittedOneshot::new(slice, WithBuf(PhantomData), sqe)
-                .submit()
-                .await;
+            // SAFETY: the entry reads `bytes_init()` bytes at `slice`'s stable pointer, and
+            // `slice` is the op's data.
+            #[allow(unsafe_code)]
+            let op = unsafe { oneshot(slice, WithBuf(PhantomData), sqe) };
+            let (res, done) = op.submit().await;
             slice = match res {
                 Ok(0) => {
                     let err =
@@ -118,7 +123,32 @@ pub async fn accept(listener: &TcpListener) -> io::Result<(Stream, SocketAddr)> 
     )
     .flags(libc::SOCK_CLOEXEC)
     .build();
-    UnsubmittedOneshot::new(peer, Accepted, sqe).submit().await
+    // SAFETY: the entry writes the peer's address and its length into `peer`'s heap
+    // allocation, and `peer` is the op's data.
+    #[allow(unsafe_code)]
+    let op = unsafe { oneshot(peer, Accepted, sqe) };
+    op.submit().await
+}
+
+/// A tokio-uring operation from a raw entry: every raw entry for a worker's tokio-uring ring
+/// is made into an operation here.
+///
+/// # Safety
+/// The memory `sqe` reads or writes must lie inside `data`'s heap allocation or stable
+/// buffer (tokio-uring keeps `data`, unmoved, until the kernel completes the operation, even
+/// if its future is dropped), or otherwise outlive the operation; nothing else may touch the
+/// memory the kernel writes until then. Its descriptor must stay open until the operation
+/// completes (else the kernel may act on whatever file reuses the number).
+#[allow(unsafe_code)]
+pub(crate) unsafe fn oneshot<D, T>(
+    data: D,
+    transform: T,
+    sqe: squeue::Entry,
+) -> UnsubmittedOneshot<D, T>
+where
+    T: OneshotOutputTransform<StoredData = D>,
+{
+    UnsubmittedOneshot::new(data, transform, sqe)
 }
 
 /// Where the kernel writes an accepted peer's address; boxed, so it stays put.

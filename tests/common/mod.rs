@@ -4,6 +4,7 @@
 
 pub mod echo_upstream;
 pub mod limited;
+pub mod raw_tunnel;
 pub mod raw_upstream;
 pub mod record_upstream;
 pub mod refused;
