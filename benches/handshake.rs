@@ -1,11 +1,13 @@
 //! The per-connection hot path before the byte pump: request head parse + upstream rewrite,
-//! response head parse, upstream pick and relay-buffer reuse, all through the library's API.
+//! response head parse, upstream pick and relay-buffer reuse, all through the library's API;
+//! and the cost of a head that trickles in a byte at a time, parsed on every read (what the
+//! proxy did before [`HeadScan`]) against scanned once.
 
 use std::hint::black_box;
 use std::net::SocketAddr;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use wsplice::http::{ClientInfo, MAX_HEADERS, Parsed, parse_request, parse_response};
+use wsplice::http::{ClientInfo, HeadScan, MAX_HEADERS, Parsed, parse_request, parse_response};
 use wsplice::upstream::balancer::{Balancer, Health};
 use wsplice::uring::buffers::BufferPool;
 
@@ -105,6 +107,52 @@ fn bench_response(c: &mut Criterion) {
     group.finish();
 }
 
+/// A 16 KiB head, as 40 fields of 400 bytes.
+fn slow_head() -> Vec<u8> {
+    let mut head = b"GET /chat HTTP/1.1\r\nHost: server.example.com\r\n".to_vec();
+    let pad = format!("X-Pad: {}\r\n", "a".repeat(400));
+    while head.len() < 16 * 1024 {
+        head.extend_from_slice(pad.as_bytes());
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// Feeds `head` one byte per read and parses whenever `ready` says so; panics unless the
+/// head parses once whole.
+fn trickle(head: &[u8], buf: &mut Vec<u8>, mut ready: impl FnMut(&[u8]) -> bool) {
+    buf.clear();
+    for &byte in head {
+        buf.push(byte);
+        if !ready(buf) {
+            continue;
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        if let Ok(Parsed::Complete(req)) = parse_request(buf, &mut headers) {
+            assert_eq!(req.len, head.len());
+            return;
+        }
+    }
+    panic!("bench head does not parse");
+}
+
+fn bench_slow_head(c: &mut Criterion) {
+    let head = slow_head();
+    let mut buf = Vec::with_capacity(head.len());
+    let mut group = c.benchmark_group("16KiB head in 1-byte reads");
+    group.sample_size(10);
+    group.bench_function("parsed on every read (before)", |b| {
+        b.iter(|| trickle(black_box(&head), &mut buf, |_| true))
+    });
+    group.bench_function("scanned once (HeadScan)", |b| {
+        b.iter(|| {
+            let mut scan = HeadScan::default();
+            trickle(black_box(&head), &mut buf, |buf| scan.ready(buf))
+        })
+    });
+    group.finish();
+}
+
 fn bench_pick(c: &mut Criterion) {
     let servers: Vec<(SocketAddr, u32)> = (0..4)
         .map(|i| (SocketAddr::from(([10, 0, 0, i], 3000)), u32::from(i) + 1))
@@ -129,6 +177,7 @@ criterion_group!(
     benches,
     bench_request,
     bench_response,
+    bench_slow_head,
     bench_pick,
     bench_buffers
 );

@@ -11,7 +11,8 @@ use tracing::{debug, info, warn};
 
 use crate::http::websocket::{self, Accept, Expected};
 use crate::http::{
-    Body, ClientInfo, HandshakeError, MAX_HEADERS, Parsed, parse_request, parse_response,
+    Body, ClientInfo, Framing, HandshakeError, HeadScan, MAX_HEADERS, Parsed, parse_request,
+    parse_response,
 };
 use crate::observe::access_log;
 use crate::observe::metrics::Upgrade;
@@ -35,6 +36,8 @@ struct Request {
     upgrade: Option<Switch>,
     route: usize,
     body: Body,
+    /// The method is `HEAD`: the response has no body whatever its head says.
+    to_head: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -102,6 +105,7 @@ pub async fn serve(ctx: Rc<WorkerContext>, client: Stream, info: ClientInfo, slo
             if trace.upgrade {
                 metrics.upgrade(Upgrade::Refused);
             }
+            linger(&client, &mut a, LINGER).await;
             (status, Some(report))
         }
         Err(e) => {
@@ -267,13 +271,19 @@ pub const LINGER: Duration = Duration::from_secs(1);
 /// descriptors): a flood of them must not hold descriptors for long.
 pub const SHORT_LINGER: Duration = Duration::from_millis(100);
 
-/// Answers `err` and closes. Reads what the client still sends for up to `linger` first, so
-/// that closing with unread bytes does not reset the connection before the answer is read.
+/// Answers `err` and closes, lingering (see [`linger`]).
 pub async fn reject(client: &Stream, err: HandshakeError, scratch: &mut Vec<u8>, linger: Duration) {
     let (res, _) = client.write_all(err.response()).await;
-    if res.is_err() {
-        return;
+    if res.is_ok() {
+        self::linger(client, scratch, linger).await;
     }
+}
+
+/// Ends the client's connection after its answer: sends FIN, then reads what the client still
+/// sends (at most 64 KiB, for up to `limit`) before the close, because closing a socket with
+/// unread bytes resets the connection, and a reset can destroy the answer before the client
+/// has read it (nginx's lingering close).
+async fn linger(client: &Stream, scratch: &mut Vec<u8>, limit: Duration) {
     let _ = client.shutdown(Shutdown::Write);
     let drain = async {
         let mut drained = 0usize;
@@ -288,7 +298,7 @@ pub async fn reject(client: &Stream, err: HandshakeError, scratch: &mut Vec<u8>,
             }
         }
     };
-    with_deadline(Some(linger), drain, || {
+    with_deadline(Some(limit), drain, || {
         let _ = client.shutdown(Shutdown::Read);
     })
     .await;
@@ -320,36 +330,57 @@ async fn proxy(
 
     trace.route = Some(request.route);
     trace.upgrade = request.upgrade.is_some();
+    // A plain request's body bytes that came with the head go up with it, and not a byte
+    // after the body's end; an upgrade's are held until the switch is proven.
+    let mut body = Framing::from(request.body);
+    let sent = match request.upgrade {
+        Some(_) => 0,
+        None => body
+            .take(&req[request.head_len..])
+            .map_err(HandshakeError::BadBody)?,
+    };
+
     let table = ctx.shared.table.load_full();
     let group = table.group_for_route(request.route);
     let (upstream, addr) = connect_group(group, timeouts.connect, &ctx.shared.metrics).await?;
     drop(table);
     trace.upstream = Some(addr);
 
-    let (sent, body_left) = match request.body {
-        _ if request.upgrade.is_some() => (0, 0),
-        Body::None => (0, 0),
-        Body::Length(n) => {
-            let early = (req.len() - request.head_len) as u64;
-            (early.min(n), n - early.min(n))
-        }
-        Body::Chunked => ((req.len() - request.head_len) as u64, u64::MAX),
-    };
-    let (res, b) = upstream.write_all(std::mem::take(out)).await;
+    let range = request.head_len..request.head_len + sent;
+    out.extend_from_slice(&req[range]);
+    let (res, b) = write_within(&upstream, std::mem::take(out), timeouts.response).await;
     *out = b;
-    res.map_err(|_| HandshakeError::UpstreamFailed)?;
-    if sent > 0 {
-        let range = request.head_len..request.head_len + sent as usize;
-        let (res, slice) = upstream.write_all(std::mem::take(req).slice(range)).await;
-        *req = slice.into_inner();
-        res.map_err(|_| HandshakeError::UpstreamFailed)?;
-        ctx.metrics().bytes[0].add(sent);
-    }
+    res.map_err(|e| match e.kind() {
+        std::io::ErrorKind::TimedOut => HandshakeError::RequestWriteTimeout,
+        _ => HandshakeError::UpstreamFailed,
+    })?;
+    ctx.metrics().bytes[0].add(sent as u64);
 
     match request.upgrade {
         Some(switch) => upgrade(ctx, client, upstream, switch, request.head_len, req, out).await,
-        None => respond(ctx, client, &upstream, [sent, body_left], req, out).await,
+        None => {
+            let body = (sent as u64, body);
+            respond(ctx, client, &upstream, body, request.to_head, req, out).await
+        }
     }
+}
+
+/// Writes all of `buf` within `limit`: past it, shuts `stream` down (which ends the write)
+/// and reports `TimedOut`. For the handshake's writes; a relay's are bounded by its idle
+/// timeout instead.
+async fn write_within(
+    stream: &Stream,
+    buf: Vec<u8>,
+    limit: Option<Duration>,
+) -> (std::io::Result<()>, Vec<u8>) {
+    let ((res, buf), timed_out) = with_deadline(limit, stream.write_all(buf), || {
+        let _ = stream.shutdown(Shutdown::Both);
+    })
+    .await;
+    if timed_out {
+        return (Err(std::io::ErrorKind::TimedOut.into()), buf);
+    }
+    (res, buf)
 }
 
 /// Reads the request head into `req` and writes the rewritten head into `out`.
@@ -363,6 +394,7 @@ async fn read_request(
 ) -> Result<Option<Request>, HandshakeError> {
     let config = &ctx.shared.config;
     let max_head = config.limits.max_request_head;
+    let mut scan = HeadScan::default();
     loop {
         let filled = req.len();
         if filled >= max_head {
@@ -373,6 +405,9 @@ async fn read_request(
         match res {
             Ok(0) | Err(_) => return Ok(None),
             Ok(_) => {}
+        }
+        if !scan.ready(req) {
+            continue;
         }
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut head = match parse_request(req, &mut headers)? {
@@ -408,6 +443,7 @@ async fn read_request(
             upgrade,
             route,
             body: head.body,
+            to_head: head.method == "HEAD",
         }));
     }
 }
@@ -419,8 +455,9 @@ async fn read_response(
     upstream: &Stream,
     buf: &mut Vec<u8>,
 ) -> Result<Option<(u16, usize)>, HandshakeError> {
+    let mut scan = HeadScan::default();
     loop {
-        if !buf.is_empty() {
+        if !buf.is_empty() && scan.ready(buf) {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             if let Parsed::Complete(head) = parse_response(buf, &mut headers)? {
                 return Ok(Some((head.status, head.len)));
@@ -487,13 +524,14 @@ async fn upgrade(
     if status != 101 {
         req.clear();
         // The refusal ends with its body, so a keep-alive upstream cannot hold the client.
-        let (copied, body_left) = write_closing_head(resp, resp_len, req, true);
-        let (res, b) = client.write_all(std::mem::take(req)).await;
+        let (copied, framing) = write_closing_head(resp, resp_len, req, false)?;
+        let limit = ctx.shared.config.timeouts.handshake;
+        let (res, b) = write_within(client, std::mem::take(req), limit).await;
         *req = b;
         let report = match res {
             Ok(()) => {
                 ctx.metrics().bytes[1].add(copied);
-                let mut report = relay_response(ctx, client, upstream, resp, body_left).await;
+                let mut report = relay_response(ctx, client, upstream, resp, framing).await;
                 report.upstream_to_client += copied;
                 report
             }
@@ -510,7 +548,8 @@ async fn upgrade(
     ];
     let bytes = &ctx.metrics().bytes;
     bytes[1].add(early[1]);
-    let (res, b) = client.write_all(std::mem::take(resp)).await;
+    let limit = ctx.shared.config.timeouts.handshake;
+    let (res, b) = write_within(client, std::mem::take(resp), limit).await;
     *resp = b;
     if let Err(source) = res {
         let report = failed_report(Side::Client, source);
@@ -518,10 +557,10 @@ async fn upgrade(
     }
     if early[0] > 0 {
         bytes[0].add(early[0]);
-        let (res, slice) = upstream
-            .write_all(std::mem::take(req).slice(head_len..))
-            .await;
-        *req = slice.into_inner();
+        req.drain(..head_len);
+        let limit = ctx.shared.config.timeouts.response;
+        let (res, b) = write_within(upstream, std::mem::take(req), limit).await;
+        *req = b;
         if let Err(source) = res {
             let report = failed_report(Side::Upstream, source);
             return Ok(Done::Relayed { status, report });
@@ -559,5 +598,33 @@ mod tests {
         let size = Tunnels::<TunnelEnd>::ENTRY_SIZE;
         assert!(size <= 240, "{size} bytes");
         println!("tunnel entry: {size} bytes");
+    }
+
+    /// A handshake write the peer never takes ends at its deadline. (Through the binary this
+    /// cannot be shown on loopback: the kernel's send buffer grows to hold the largest head
+    /// allowed. Here the sender's buffer is fixed small.)
+    #[test]
+    fn a_write_the_peer_does_not_take_ends_at_its_deadline() {
+        tokio_uring::start(async {
+            let socket = || {
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap()
+            };
+            // Fixed buffers at both ends: the kernel grows neither past a few KiB.
+            let listener = socket();
+            listener.set_recv_buffer_size(4096).unwrap();
+            let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+            listener.bind(&any.into()).unwrap();
+            listener.listen(1).unwrap();
+            let sender = socket();
+            sender.set_send_buffer_size(4096).unwrap();
+            sender.connect(&listener.local_addr().unwrap()).unwrap();
+            let (_receiver, _) = listener.accept().unwrap();
+            let stream = Stream::from_fd(sender.into());
+            let write = write_within(&stream, vec![0; 1 << 22], Some(Duration::from_millis(200)));
+            let (res, _) = tokio::time::timeout(Duration::from_secs(10), write)
+                .await
+                .expect("the write ended by its deadline");
+            assert_eq!(res.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+        });
     }
 }

@@ -1,17 +1,18 @@
 //! Any bytes as an upstream's response head: `parse_response`, the `101` check, the body
-//! length and the closing rewrite never panic; a head reads the same however it is split;
+//! framing and the closing rewrite never panic; a head reads the same however it is split,
+//! and so does where its body ends;
 //! a `101` passes the WebSocket check only with the one right accept value; and the closing
 //! rewrite is itself a valid response head with the same status.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wsplice::http::{HandshakeError, MAX_HEADERS, Parsed, parse_response};
+use wsplice::http::{Framing, HandshakeError, MAX_HEADERS, Parsed, parse_response};
 use wsplice::http::websocket::{Accept, Expected, check_switch};
 
 const KEY: &[u8] = b"dGhlIHNhbXBsZSBub25jZQ==";
 
-/// Status, head length, WebSocket check, h2c check, body length, closing rewrite.
-type Outcome = (u16, usize, bool, bool, Option<u64>, Vec<u8>);
+/// Status, head length, WebSocket check, h2c check, body framing, closing rewrite.
+type Outcome = (u16, usize, bool, bool, Result<Framing, HandshakeError>, Vec<u8>);
 
 fn outcome(buf: &[u8]) -> Result<Parsed<Outcome>, HandshakeError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -37,7 +38,7 @@ fn outcome(buf: &[u8]) -> Result<Parsed<Outcome>, HandshakeError> {
                 head.len,
                 websocket.is_ok(),
                 h2c,
-                head.body_len(),
+                head.framing(false),
                 out,
             ))
         }
@@ -55,6 +56,9 @@ fuzz_target!(|data: &[u8]| {
                 "split at {cut}: {part:?} vs {whole:?}"
             );
         }
+    }
+    if let Ok(Parsed::Complete((_, len, _, _, Ok(framing), _))) = &whole {
+        body_end_is_split_invariant(framing.clone(), &data[*len..]);
     }
     if let Ok(Parsed::Complete((status, _, _, _, _, out))) = whole {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS + 1];
@@ -75,3 +79,24 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 });
+
+/// Where the body ends (or that it is malformed) does not depend on how it is read.
+fn body_end_is_split_invariant(framing: Framing, body: &[u8]) {
+    let end = |step: usize| {
+        let mut f = framing.clone();
+        let mut taken = 0;
+        for piece in body.chunks(step.max(1)) {
+            let n = f.take(piece)?;
+            taken += n;
+            if f.is_done() {
+                return Ok(Some(taken));
+            }
+            assert_eq!(n, piece.len());
+        }
+        Ok::<_, &str>(None)
+    };
+    let whole = end(body.len());
+    for step in [1, 2, 3, 7, 64] {
+        assert_eq!(end(step), whole, "step {step}");
+    }
+}

@@ -7,6 +7,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::ops::Range;
 
+use super::framing::Framing;
 use super::websocket;
 use super::{path, strict};
 
@@ -49,6 +50,10 @@ pub enum HandshakeError {
     UnsupportedVersion,
     #[error("upstream answered 101 without a valid switch: {0}")]
     BadSwitch(&'static str),
+    #[error("malformed chunked request body: {0}")]
+    BadBody(&'static str),
+    #[error("upstream did not take the request within timeouts.response")]
+    RequestWriteTimeout,
 }
 
 macro_rules! error_response {
@@ -71,7 +76,7 @@ impl HandshakeError {
     /// The HTTP status the client gets.
     pub fn status(&self) -> u16 {
         match self {
-            HandshakeError::Malformed(_) => 400,
+            HandshakeError::Malformed(_) | HandshakeError::BadBody(_) => 400,
             HandshakeError::NoRoute => 404,
             HandshakeError::HeadTimeout => 408,
             HandshakeError::HeadTooLarge | HandshakeError::TooManyHeaders => 431,
@@ -80,7 +85,9 @@ impl HandshakeError {
             | HandshakeError::BadResponse(_)
             | HandshakeError::BadSwitch(_) => 502,
             HandshakeError::Overloaded | HandshakeError::OutOfFiles => 503,
-            HandshakeError::UpstreamTimeout | HandshakeError::ResponseTimeout => 504,
+            HandshakeError::UpstreamTimeout
+            | HandshakeError::ResponseTimeout
+            | HandshakeError::RequestWriteTimeout => 504,
         }
     }
 
@@ -516,27 +523,40 @@ impl ResponseHead<'_, '_> {
 }
 
 impl ResponseHead<'_, '_> {
-    /// The length of the body that follows this head, when the head alone tells it for a
-    /// response to a GET: none for 1xx, 204 and 304, else a valid `Content-Length` without
-    /// `Transfer-Encoding`. `None`: only the upstream's close ends the body.
-    pub fn body_len(&self) -> Option<u64> {
-        if (100..200).contains(&self.status) || self.status == 204 || self.status == 304 {
-            return Some(0);
+    /// Where the body that follows this head ends (RFC 9112 section 6.3). `to_head`: the
+    /// request was `HEAD`, so there is no body whatever the head says.
+    pub fn framing(&self, to_head: bool) -> Result<Framing, HandshakeError> {
+        if to_head || (100..200).contains(&self.status) || self.status == 204 || self.status == 304
+        {
+            return Ok(Framing::Length(0));
         }
         let mut len = None;
+        let mut chunked = None;
         for h in self.headers {
             if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                return None;
-            }
-            if h.name.eq_ignore_ascii_case("content-length") {
-                let n = parse_content_length(h.value).ok()?;
+                // Only the last coding counts: chunked is applied last or not at all.
+                if let Some(last) = tokens(h.value).last() {
+                    chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+                }
+            } else if h.name.eq_ignore_ascii_case("content-length") {
+                let n = parse_content_length(h.value)
+                    .map_err(|_| HandshakeError::BadResponse("invalid Content-Length"))?;
                 if len.is_some_and(|prev| prev != n) {
-                    return None;
+                    return Err(HandshakeError::BadResponse(
+                        "conflicting Content-Length headers",
+                    ));
                 }
                 len = Some(n);
             }
         }
-        len
+        match (chunked, len) {
+            (Some(_), Some(_)) => Err(HandshakeError::BadResponse(
+                "both Content-Length and Transfer-Encoding",
+            )),
+            (Some(true), None) => Ok(Framing::Chunked(Default::default())),
+            (Some(false), None) | (None, None) => Ok(Framing::UntilClose),
+            (None, Some(n)) => Ok(Framing::Length(n)),
+        }
     }
 }
 

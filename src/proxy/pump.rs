@@ -7,12 +7,14 @@
 
 use std::cell::Cell;
 use std::future::Future;
+use std::io;
 use std::net::Shutdown;
 use std::pin::Pin;
 use std::time::Duration;
 
 use tokio_uring::buf::BoundedBuf;
 
+use crate::http::Framing;
 use crate::observe::metrics::Meter;
 use crate::tunnel::{End, RelayError, Report, Side};
 use crate::uring::stream::Stream;
@@ -35,26 +37,25 @@ pub struct Peer<'a> {
     pub side: Side,
 }
 
-/// Copies from `src` to `dst` until end of stream or `limit` bytes, reusing `buf`.
-/// Returns the bytes copied; on error, the side that failed.
+/// Copies one body from `src` to `dst`, reusing `buf`, until `framing` says it has ended or
+/// `src` closes; bytes after the body are not read on purpose and never written. Returns the
+/// bytes copied; on error, the side that failed (a malformed body: [`Malformed`] from `src`).
 pub async fn pump(
     src: Peer<'_>,
     dst: Peer<'_>,
     buf: &mut Vec<u8>,
-    mut limit: u64,
+    framing: &mut Framing,
     activity: &Activity,
     bytes: &Meter,
 ) -> Result<u64, (u64, RelayError)> {
     let mut total = 0u64;
-    while limit > 0 {
-        let want = usize::try_from(limit).unwrap_or(usize::MAX);
-        match copy_once(src, dst, buf, want).await {
+    while !framing.is_done() {
+        match copy_once(src, dst, buf, framing).await {
             Ok(0) => break,
             Ok(n) => {
                 activity.touch();
                 bytes.add(n as u64);
                 total += n as u64;
-                limit -= n as u64;
             }
             Err(e) => return Err((total, e)),
         }
@@ -62,16 +63,17 @@ pub async fn pump(
     Ok(total)
 }
 
-/// One read of at most `want` bytes into `buf`, written on in full. `Ok(0)`: end of stream.
+/// One read into `buf`, and the part of it that belongs to the body written on in full.
+/// `Ok(0)`: end of stream.
 async fn copy_once(
     src: Peer<'_>,
     dst: Peer<'_>,
     buf: &mut Vec<u8>,
-    want: usize,
+    framing: &mut Framing,
 ) -> Result<usize, RelayError> {
     let mut owned = std::mem::take(buf);
     owned.clear();
-    let want = want.min(owned.capacity());
+    let want = framing.read_limit(owned.capacity());
     let (res, slice) = src.stream.read(owned.slice(..want)).await;
     *buf = slice.into_inner();
     let n = match res {
@@ -82,12 +84,29 @@ async fn copy_once(
             return Err(RelayError { side, source });
         }
     };
+    let n = framing.take(&buf[..n]).map_err(|reason| RelayError {
+        side: src.side,
+        source: io::Error::new(io::ErrorKind::InvalidData, Malformed(reason)),
+    })?;
     let (res, slice) = dst.stream.write_all(std::mem::take(buf).slice(..n)).await;
     *buf = slice.into_inner();
     res.map(|()| n).map_err(|source| RelayError {
         side: dst.side,
         source,
     })
+}
+
+/// A body whose framing is broken, as the error a pump ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed body: {0}")]
+pub struct Malformed(pub &'static str);
+
+impl Malformed {
+    /// The reason, when `e` is a pump's malformed-body error.
+    pub fn reason(e: &RelayError) -> Option<&'static str> {
+        let inner = e.source.get_ref()?;
+        inner.downcast_ref::<Malformed>().map(|m| m.0)
+    }
 }
 
 /// Shuts both sockets down both ways, which completes every pending operation on them.

@@ -1,30 +1,35 @@
 //! The response to a plain request, or to a refused upgrade: the head made
-//! connection-closing, then the body relayed until it ends, and the connection closed.
+//! connection-closing, then the body relayed to the end its framing gives, and the
+//! connection closed.
 
+use std::cell::Cell;
 use std::net::Shutdown;
 
 use tokio_uring::buf::BoundedBuf;
 
 use super::WorkerContext;
-use super::pump::{self, Activity, Peer};
+use super::pump::{self, Activity, Malformed, Peer};
 use super::{Done, await_response};
-use crate::http::{HandshakeError, MAX_HEADERS, Parsed, parse_response};
+use crate::http::{Framing, HandshakeError, MAX_HEADERS, Parsed, parse_response};
 use crate::tunnel::{RelayError, Report, Side};
 use crate::uring::stream::Stream;
 
-/// A plain request: the rest of the body flows up while the response head is awaited, then
-/// the response flows down until the upstream closes, and the connection ends.
+/// A plain request: the rest of its body flows up while the response head is awaited, then
+/// the response flows down to its end, and the connection closes. A malformed chunked body
+/// stops at the bad byte; the client gets `400` unless the response has already begun.
 pub(super) async fn respond(
     ctx: &WorkerContext,
     client: &Stream,
     upstream: &Stream,
-    [body_sent, body_left]: [u64; 2],
+    (body_sent, mut body): (u64, Framing),
+    to_head: bool,
     req: &mut Vec<u8>,
     resp: &mut Vec<u8>,
 ) -> Result<Done, HandshakeError> {
     let activity = Activity::default();
-    let body = async {
-        pump::pump(
+    let answered = Cell::new(false);
+    let up = async {
+        let out = pump::pump(
             Peer {
                 stream: client,
                 side: Side::Client,
@@ -34,26 +39,43 @@ pub(super) async fn respond(
                 side: Side::Upstream,
             },
             req,
-            body_left,
+            &mut body,
             &activity,
             &ctx.metrics().bytes[0],
         )
-        .await
+        .await;
+        if let Err((_, e)) = &out
+            && Malformed::reason(e).is_some()
+        {
+            // Ends the exchange: the upstream has an unfinished request, and the client
+            // can still be told why unless its answer has begun.
+            let _ = upstream.shutdown(Shutdown::Both);
+            if answered.get() {
+                let _ = client.shutdown(Shutdown::Both);
+            }
+        }
+        out
     };
-    let response = async {
-        let out = response_down(ctx, client, upstream, resp, &activity).await;
+    let down = async {
+        let out = response_down(ctx, client, upstream, resp, to_head, &activity, &answered).await;
         // The exchange is over, whatever happened: this ends the body pump. The client can
         // still be written to, for an error answer.
         let _ = client.shutdown(Shutdown::Read);
         out
     };
     let ((up, down), idled) = pump::idle_guard(
-        std::pin::pin!(async { tokio::join!(body, response) }),
+        std::pin::pin!(async { tokio::join!(up, down) }),
         ctx.shared.config.timeouts.idle,
         &activity,
         || pump::abort(client, upstream),
     )
     .await;
+    if let Err((_, e)) = &up
+        && let Some(reason) = Malformed::reason(e)
+        && !answered.get()
+    {
+        return Err(HandshakeError::BadBody(reason));
+    }
     let (status, down) = down?;
     Ok(Done::Relayed {
         status,
@@ -64,13 +86,16 @@ pub(super) async fn respond(
 type PumpResult = Result<u64, (u64, RelayError)>;
 
 /// The downstream half of a plain request: interim responses passed on as they are, the final
-/// response head made connection-closing, then the rest until the upstream closes.
+/// response head made connection-closing, then its body. `answered` is set once the client
+/// may have received a byte of the final response.
 async fn response_down(
     ctx: &WorkerContext,
     client: &Stream,
     upstream: &Stream,
     resp: &mut Vec<u8>,
+    to_head: bool,
     activity: &Activity,
+    answered: &Cell<bool>,
 ) -> Result<(u16, PumpResult), HandshakeError> {
     let client_failed = |source| {
         Err((
@@ -101,25 +126,32 @@ async fn response_down(
         resp.drain(..len);
     };
     let mut head = ctx.pool.get();
-    // A plain request's upstream was told to close: its close ends the response.
-    let (copied, _) = write_closing_head(resp, len, &mut head, false);
+    let written = write_closing_head(resp, len, &mut head, to_head);
+    let (copied, mut framing) = match written {
+        Ok(written) => written,
+        Err(e) => {
+            ctx.pool.put(head);
+            return Err(e);
+        }
+    };
+    answered.set(true);
     let (res, head) = client.write_all(head).await;
     ctx.pool.put(head);
     if let Err(source) = res {
         return Ok((status, client_failed(source)));
     }
     ctx.metrics().bytes[1].add(copied);
-    let down = pump_down(ctx, client, upstream, resp, u64::MAX, activity).await;
+    let down = pump_down(ctx, client, upstream, resp, &mut framing, activity).await;
     Ok((status, plus(down, copied)))
 }
 
-/// Relays at most `limit` more response bytes from the upstream to the client.
+/// Relays the rest of a response body from the upstream to the client.
 async fn pump_down(
     ctx: &WorkerContext,
     client: &Stream,
     upstream: &Stream,
     resp: &mut Vec<u8>,
-    limit: u64,
+    framing: &mut Framing,
     activity: &Activity,
 ) -> PumpResult {
     let from = Peer {
@@ -130,20 +162,19 @@ async fn pump_down(
         stream: client,
         side: Side::Client,
     };
-    pump::pump(from, to, resp, limit, activity, &ctx.metrics().bytes[1]).await
+    pump::pump(from, to, resp, framing, activity, &ctx.metrics().bytes[1]).await
 }
 
-/// Relays the rest of a response (at most `body_left` bytes) to the client after its head
-/// was passed on.
+/// Relays the rest of a response body to the client after its head was passed on.
 pub(super) async fn relay_response(
     ctx: &WorkerContext,
     client: &Stream,
     upstream: &Stream,
     resp: &mut Vec<u8>,
-    body_left: u64,
+    mut framing: Framing,
 ) -> Report {
     let activity = Activity::default();
-    let down = pump_down(ctx, client, upstream, resp, body_left, &activity);
+    let down = pump_down(ctx, client, upstream, resp, &mut framing, &activity);
     let (down, idled) = pump::idle_guard(
         std::pin::pin!(down),
         ctx.shared.config.timeouts.idle,
@@ -154,28 +185,27 @@ pub(super) async fn relay_response(
     pump::report(Ok(0), down, idled)
 }
 
-/// Writes the response head in `resp[..len]`, made connection-closing, then what followed it
-/// into `out`. When `bounded` and the head gives the body's length, only up to the end of the
-/// body. Returns the body bytes copied and how many are still to come (`u64::MAX`: until the
-/// upstream closes).
+/// Writes the response head in `resp[..len]`, made connection-closing, then the part of what
+/// followed it that belongs to its body, into `out`. `to_head`: the request was `HEAD`.
+/// Returns the body bytes copied and the framing of the rest. Err: the head does not say
+/// where its body ends in a way wsplice can trust (`502`).
 pub(super) fn write_closing_head(
     resp: &[u8],
     len: usize,
     out: &mut Vec<u8>,
-    bounded: bool,
-) -> (u64, u64) {
+    to_head: bool,
+) -> Result<(u64, Framing), HandshakeError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut body = u64::MAX;
-    if let Ok(Parsed::Complete(head)) = parse_response(&resp[..len], &mut headers) {
-        head.write_closing(out);
-        if bounded {
-            body = head.body_len().unwrap_or(u64::MAX);
-        }
-    }
-    let after = &resp[len..];
-    let sent = usize::try_from(body).map_or(after.len(), |b| b.min(after.len()));
-    out.extend_from_slice(&after[..sent]);
-    (sent as u64, body.saturating_sub(sent as u64))
+    let Parsed::Complete(head) = parse_response(&resp[..len], &mut headers)? else {
+        return Err(HandshakeError::BadResponse("incomplete response head"));
+    };
+    let mut framing = head.framing(to_head)?;
+    head.write_closing(out);
+    let sent = framing
+        .take(&resp[len..])
+        .map_err(|_| HandshakeError::BadResponse("malformed chunked body"))?;
+    out.extend_from_slice(&resp[len..len + sent]);
+    Ok((sent as u64, framing))
 }
 
 /// A pump's result with `n` more bytes, relayed before it started.

@@ -903,3 +903,57 @@ fn error_statuses() {
     let statuses: Vec<u16> = ALL_ERRORS.iter().map(HandshakeError::status).collect();
     assert_eq!(statuses, [400, 431, 431, 408, 404, 502, 504, 502, 504, 503]);
 }
+
+/// Where a response body ends, per RFC 9112 section 6.3.
+fn response_framing(head: &str, to_head: bool) -> Result<Framing, HandshakeError> {
+    let text = format!("{head}\r\n\r\n");
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let Parsed::Complete(resp) = parse_response(text.as_bytes(), &mut headers).unwrap() else {
+        panic!("incomplete");
+    };
+    resp.framing(to_head)
+}
+
+#[test]
+fn response_body_framing() {
+    use crate::http::chunked::Chunked;
+    let ok = |head: &str, to_head: bool| response_framing(head, to_head).unwrap();
+    let length = "HTTP/1.1 200 OK\r\nContent-Length: 12";
+    assert_eq!(ok(length, false), Framing::Length(12));
+    assert_eq!(ok(length, true), Framing::Length(0), "a response to HEAD");
+    for status in ["204 No Content", "304 Not Modified", "103 Early Hints"] {
+        let head = format!("HTTP/1.1 {status}\r\nContent-Length: 12");
+        assert_eq!(ok(&head, false), Framing::Length(0), "{status}");
+    }
+    let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked";
+    assert_eq!(ok(chunked, false), Framing::Chunked(Chunked::default()));
+    let unframed = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip";
+    assert_eq!(ok(unframed, false), Framing::UntilClose);
+    assert_eq!(ok("HTTP/1.1 200 OK", false), Framing::UntilClose);
+    let same_twice = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3";
+    assert_eq!(ok(same_twice, false), Framing::Length(3));
+}
+
+#[test]
+fn response_framing_that_cannot_be_trusted_is_a_bad_gateway() {
+    let cases = [
+        (
+            "Content-Length: 3\r\nContent-Length: 4",
+            "conflicting Content-Length headers",
+        ),
+        ("Content-Length: -1", "invalid Content-Length"),
+        ("Content-Length: 3, 3", "invalid Content-Length"),
+        (
+            "Content-Length: 3\r\nTransfer-Encoding: chunked",
+            "both Content-Length and Transfer-Encoding",
+        ),
+    ];
+    for (fields, reason) in cases {
+        let head = format!("HTTP/1.1 200 OK\r\n{fields}");
+        assert_eq!(
+            response_framing(&head, false),
+            Err(HandshakeError::BadResponse(reason)),
+            "{fields}"
+        );
+    }
+}
