@@ -7,7 +7,9 @@
 //!
 //! - [`os`]: CPU pinning, the open-files budget, the spare descriptor, memory, sd_notify.
 //! - [`http`]: sans-IO HTTP/1.1: the request head (strict checks, the rewrite sent
-//!   upstream), the response head, the RFC 6455 key and accept checks.
+//!   upstream), the request path in normal form (what routes match), where a head ends
+//!   (scanned once) and where a body ends (`Content-Length`, chunked), the response head,
+//!   the RFC 6455 key and accept checks.
 //! - [`config`]: the TOML config, raw serde types validated into [`config::Config`].
 //! - [`observe`]: per-worker metrics, the admin endpoint (`/metrics`, `/healthz`), the
 //!   access log written from its own thread.
@@ -17,9 +19,12 @@
 //! - [`uring`]: tokio-uring plumbing: the connection type over a plain descriptor, a connect
 //!   that a timeout really ends, deadlines that never drop a pending read, the buffer pool.
 //! - [`tunnel`]: every open tunnel of a worker, relayed by one loop over a ring of their own
-//!   (kernel-selected receive buffers, so an idle tunnel holds none; splice for bulk).
+//!   (kernel-selected receive buffers, so an idle tunnel holds none; a blocked send spills
+//!   to the heap and gives its buffer back; splice for bulk); each direction's state is one
+//!   enum, so one operation per direction is checked by the compiler.
 //! - [`proxy`]: one connection: read the request head -> route -> connect an upstream ->
-//!   response head -> hand the tunnel over after a real `101`, or relay one response.
+//!   response head -> hand the tunnel over after a real `101`, or relay one framed request
+//!   and response and close.
 //! - [`server`]: start-up and stop, the listeners, one pinned worker thread per CPU with
 //!   its own tokio-uring runtime and accept loop.
 

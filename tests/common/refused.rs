@@ -1,5 +1,5 @@
 //! The request heads wsplice refuses, each with the status the client must get. Shared by the
-//! tests that send them through the real binary; the unit tests in src/handshake/strict/
+//! tests that send them through the real binary; the unit tests in src/http/strict/
 //! check the same rules with their reasons.
 
 const WS: &str = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
