@@ -50,11 +50,15 @@ async fn stuck_readers_do_not_push_other_tunnels_onto_heap_buffers() {
     // One client at a time, so that each stuck direction blocks while the ring still has
     // buffers (as readers that go quiet one by one do): pushed all at once, transfers in
     // progress would empty the ring, and directions would block on borrowed heap buffers
-    // instead, leaving ring buffers free even without the fix.
+    // instead, leaving ring buffers free even without the fix. The client's own send
+    // buffer takes the whole push at once, so "blocked" is read from the proxy: the next
+    // client starts once this one's echo has spilled.
     let data = common::pseudo_random(PUSH, 42);
     let mut pushed = Vec::with_capacity(STUCK);
     for client in &mut stuck {
+        let spilled = spilled(admin).await;
         pushed.push(push(client, &data).await);
+        wait_spilled(admin, spilled + 1.0).await;
     }
     let echoed = settled(
         admin,
@@ -62,6 +66,10 @@ async fn stuck_readers_do_not_push_other_tunnels_onto_heap_buffers() {
     )
     .await;
     let before = scrape(admin).await;
+    eprintln!(
+        "after the push: {} heap reads, {} spilled sends",
+        before["wsplice_tunnel_heap_reads_total"], before["wsplice_tunnel_spilled_sends_total"]
+    );
     assert_eq!(
         before["wsplice_spliced_directions_total"], 0.0,
         "a stuck tunnel went to splice(2); the test means to hold relay buffers"
@@ -126,6 +134,21 @@ async fn push(client: &mut TcpStream, data: &[u8]) -> usize {
         }
     }
     written
+}
+
+async fn spilled(admin: SocketAddr) -> f64 {
+    scrape(admin).await["wsplice_tunnel_spilled_sends_total"]
+}
+
+/// Waits (up to 10 s) until at least `n` tunnel sends have spilled.
+async fn wait_spilled(admin: SocketAddr, n: f64) {
+    for _ in 0..2000 {
+        if spilled(admin).await >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("fewer than {n} spilled sends after 10 s: a stuck reader did not block the proxy");
 }
 
 /// One scrape of the admin endpoint.
