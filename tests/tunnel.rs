@@ -11,30 +11,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-/// Opens a raw tunnel: sends the upgrade head and reads exactly the 101 head back.
 async fn open_tunnel(proxy: &Proxy) -> TcpStream {
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    stream
-        .write_all(common::upgrade_request("/tunnel").as_bytes())
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
-            .await
-            .expect("101 within 10 s")
-            .unwrap();
-        assert_eq!(
-            n,
-            1,
-            "closed before 101: {:?}",
-            String::from_utf8_lossy(&head)
-        );
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
-    stream
+    common::raw_tunnel::open(proxy.addr).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
