@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::http::origin::OriginPattern;
 use crate::http::path;
 
 /// What went wrong with a config or upstream file, always pointing at a place in it.
@@ -118,6 +119,10 @@ struct RawRoute {
     upstream: Spanned<String>,
     #[serde(default)]
     extra_upgrades: Vec<Spanned<String>>,
+    #[serde(default)]
+    allowed_origins: Vec<Spanned<String>>,
+    #[serde(default)]
+    require_origin: bool,
 }
 
 /// Timeouts; `None` means the operator disabled it with `"0s"`.
@@ -149,6 +154,10 @@ pub struct Route {
     /// `connect-udp`; never `h2c`, see `parse_extra_upgrades`);
     /// any other offered upgrade is stripped and the request goes up as a plain one.
     pub extra_upgrades: Vec<String>,
+    /// Origins whose pages may upgrade on this route; empty: any.
+    pub allowed_origins: Vec<OriginPattern>,
+    /// An upgrade without `Origin` (a non-browser client) is refused too.
+    pub require_origin: bool,
 }
 
 /// Routes sorted longest prefix first, so the first match is the longest.
@@ -375,11 +384,26 @@ impl Config {
             }
             let extra_upgrades = parse_extra_upgrades(&route.extra_upgrades)
                 .map_err(|(offset, msg)| err(offset, msg))?;
+            let allowed_origins = route
+                .allowed_origins
+                .iter()
+                .map(|o| {
+                    OriginPattern::parse(o.get_ref()).map_err(|reason| {
+                        let text = o.get_ref();
+                        err(
+                            o.span().start,
+                            format!("route.allowed_origins: {text:?} {reason}"),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             routes.push(Route {
                 path: p.clone(),
                 upstream: group.clone(),
                 line,
                 extra_upgrades,
+                allowed_origins,
+                require_origin: route.require_origin,
             });
         }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio_uring::buf::BoundedBuf;
 use tracing::{debug, info, warn};
 
+use crate::http::origin;
 use crate::http::websocket::{self, Accept, Expected};
 use crate::http::{
     Body, ClientInfo, Framing, HandshakeError, HeadScan, MAX_HEADERS, Parsed, parse_request,
@@ -427,7 +428,8 @@ async fn read_request(
             .routes
             .find(&out[path])
             .ok_or(HandshakeError::NoRoute)?;
-        let extra = &config.routes.get(route).extra_upgrades;
+        let policy = config.routes.get(route);
+        let extra = &policy.extra_upgrades;
         head.allow_upgrade(extra);
         let upgrade = match (head.websocket_key, head.upgrade) {
             (Some(key), _) => Some(Switch::WebSocket(Accept::for_key(key))),
@@ -437,6 +439,10 @@ async fn read_request(
                 .map(|token| Switch::Listed { route, token }),
             (None, None) => None,
         };
+        if upgrade.is_some() {
+            origin::allowed(&policy.allowed_origins, policy.require_origin, head.headers)
+                .map_err(HandshakeError::OriginRefused)?;
+        }
         head.write_fields(info, out);
         return Ok(Some(Request {
             head_len: head.len,

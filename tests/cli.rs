@@ -182,3 +182,18 @@ fn address_in_use_exits_2() {
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(text.contains(&format!("cannot listen on {addr}")), "{text}");
 }
+
+#[test]
+fn bad_allowed_origin() {
+    let config = format!(
+        "{}allowed_origins = [\"https://app.example.com/chat\"]\n",
+        TestConfig::default().toml()
+    );
+    let line = config.lines().count();
+    assert_rejected(
+        &config,
+        GOOD_UPSTREAMS,
+        &format!("wsplice.toml:{line}:"),
+        &["route.allowed_origins", "without a path"],
+    );
+}

@@ -81,6 +81,8 @@ fn minimal_config_gets_defaults() {
             upstream: "backend".into(),
             line: 5,
             extra_upgrades: Vec::new(),
+            allowed_origins: Vec::new(),
+            require_origin: false,
         }
     );
 }
@@ -532,6 +534,8 @@ fn routes(paths: &[&str]) -> Routes {
                 upstream: format!("g{i}"),
                 line: i + 1,
                 extra_upgrades: Vec::new(),
+                allowed_origins: Vec::new(),
+                require_origin: false,
             })
             .collect(),
     )
@@ -635,4 +639,37 @@ fn receive_buffers_is_read_and_bounded() {
         err.contains("limits.receive_buffers: 32769 is out of range; use 1 to 32768"),
         "{err}"
     );
+}
+
+#[test]
+fn allowed_origins_are_read_per_route() {
+    let config = parse(&format!(
+        "{MAIN}allowed_origins = [\"https://app.example.com\", \"https://*.example.net\"]\nrequire_origin = true\n"
+    ))
+    .unwrap();
+    let route = config
+        .routes
+        .get(config.routes.find(b"/websocket").unwrap());
+    assert_eq!(route.allowed_origins.len(), 2);
+    assert!(route.allowed_origins[1].matches(b"https://chat.example.net"));
+    assert!(route.require_origin);
+}
+
+#[test]
+fn rejects_invalid_allowed_origins() {
+    for (list, message) in [
+        (
+            "[\"app.example.com\"]",
+            "route.allowed_origins: \"app.example.com\" is not an origin",
+        ),
+        ("[\"https://a.example.com/ws\"]", "without a path"),
+        (
+            "[\"https://a.*.example.com\"]",
+            "only as the whole first label",
+        ),
+        ("\"https://a.example.com\"", "invalid type"),
+    ] {
+        let text = format!("{MAIN}allowed_origins = {list}\n");
+        assert_error(parse(&text), "wsplice.toml", 7, message);
+    }
 }

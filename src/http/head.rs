@@ -54,6 +54,8 @@ pub enum HandshakeError {
     BadBody(&'static str),
     #[error("upstream did not take the request within timeouts.response")]
     RequestWriteTimeout,
+    #[error("upgrade refused by the route's origin policy: {0}")]
+    OriginRefused(&'static str),
 }
 
 macro_rules! error_response {
@@ -77,6 +79,7 @@ impl HandshakeError {
     pub fn status(&self) -> u16 {
         match self {
             HandshakeError::Malformed(_) | HandshakeError::BadBody(_) => 400,
+            HandshakeError::OriginRefused(_) => 403,
             HandshakeError::NoRoute => 404,
             HandshakeError::HeadTimeout => 408,
             HandshakeError::HeadTooLarge | HandshakeError::TooManyHeaders => 431,
@@ -95,6 +98,7 @@ impl HandshakeError {
     pub fn response(&self) -> &'static [u8] {
         match self.status() {
             400 => error_response!("400", "Bad Request", "12", "bad request\n"),
+            403 => error_response!("403", "Forbidden", "19", "origin not allowed\n"),
             404 => error_response!("404", "Not Found", "23", "no route for this path\n"),
             408 => error_response!("408", "Request Timeout", "22", "request head too slow\n"),
             // RFC 6455 section 4.4: the versions the server speaks, in the refusal.

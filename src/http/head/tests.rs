@@ -853,8 +853,14 @@ fn write_closing_without_headers() {
     assert_eq!(out, b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
 }
 
-const ALL_ERRORS: [HandshakeError; 10] = [
+const ALL_ERRORS: [HandshakeError; 16] = [
     HandshakeError::Malformed("x"),
+    HandshakeError::BadBody("x"),
+    HandshakeError::OriginRefused("x"),
+    HandshakeError::UnsupportedVersion,
+    HandshakeError::BadSwitch("x"),
+    HandshakeError::RequestWriteTimeout,
+    HandshakeError::OutOfFiles,
     HandshakeError::HeadTooLarge,
     HandshakeError::TooManyHeaders,
     HandshakeError::HeadTimeout,
@@ -901,7 +907,12 @@ fn error_responses_are_valid_and_close() {
 #[test]
 fn error_statuses() {
     let statuses: Vec<u16> = ALL_ERRORS.iter().map(HandshakeError::status).collect();
-    assert_eq!(statuses, [400, 431, 431, 408, 404, 502, 504, 502, 504, 503]);
+    assert_eq!(
+        statuses,
+        [
+            400, 400, 403, 426, 502, 504, 503, 431, 431, 408, 404, 502, 504, 502, 504, 503
+        ]
+    );
 }
 
 /// Where a response body ends, per RFC 9112 section 6.3.
