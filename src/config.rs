@@ -69,6 +69,8 @@ pub const DEFAULT_CONNECT: Duration = Duration::from_secs(5);
 pub const DEFAULT_RESPONSE: Duration = Duration::from_secs(60);
 pub const DEFAULT_IDLE: Duration = Duration::from_secs(3600);
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
+/// nginx's `keepalive_timeout` default.
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(75);
 pub const DEFAULT_MAX_REQUEST_HEAD: usize = 16 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 9000;
 pub const DEFAULT_RECEIVE_BUFFERS: usize = 256;
@@ -102,6 +104,7 @@ struct RawTimeouts {
     response: Option<Spanned<String>>,
     idle: Option<Spanned<String>>,
     drain: Option<Spanned<String>>,
+    keepalive: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -133,6 +136,10 @@ pub struct Timeouts {
     pub response: Option<Duration>,
     pub idle: Option<Duration>,
     pub drain: Option<Duration>,
+    /// How long a client connection may wait for its next plain request; `None` (`"0s"`):
+    /// no keep-alive, every response closes its connection (as nginx's
+    /// `keepalive_timeout 0`).
+    pub keepalive: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -323,6 +330,7 @@ impl Config {
             response: duration("timeouts.response", &t.response, DEFAULT_RESPONSE)?,
             idle: duration("timeouts.idle", &t.idle, DEFAULT_IDLE)?,
             drain: duration("timeouts.drain", &t.drain, DEFAULT_DRAIN)?,
+            keepalive: duration("timeouts.keepalive", &t.keepalive, DEFAULT_KEEPALIVE)?,
         };
 
         let limits = Limits {

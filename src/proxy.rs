@@ -4,6 +4,7 @@
 
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio_uring::buf::BoundedBuf;
@@ -12,8 +13,8 @@ use tracing::{debug, info, warn};
 use crate::http::origin;
 use crate::http::websocket::{self, Accept, Expected};
 use crate::http::{
-    Body, ClientInfo, Framing, HandshakeError, HeadScan, MAX_HEADERS, Parsed, parse_request,
-    parse_response,
+    Body, ClientInfo, Framing, HandshakeError, HeadScan, MAX_HEADERS, Parsed, RequestHead,
+    parse_request, parse_response,
 };
 use crate::observe::access_log;
 use crate::observe::metrics::Upgrade;
@@ -28,7 +29,7 @@ mod respond;
 
 use connect::connect_group;
 pub use context::{Shared, Slot, WorkerContext};
-use respond::{relay_response, respond, write_closing_head};
+use respond::{HeadFor, relay_response, respond, write_response_head};
 
 /// What the request head told us.
 struct Request {
@@ -39,6 +40,8 @@ struct Request {
     body: Body,
     /// The method is `HEAD`: the response has no body whatever its head says.
     to_head: bool,
+    /// The client may send another request after this one's response.
+    persistent: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -51,12 +54,33 @@ enum Switch {
     },
 }
 
+/// A plain request on its way: what of its body has gone up, and how its connection may go
+/// on.
+struct Exchange {
+    /// Body bytes that went up with the head.
+    body_sent: u64,
+    /// The rest of the body.
+    body: Framing,
+    /// Bytes of the request buffer the head and those body bytes took; what follows them,
+    /// once the body is complete, is the start of the next request.
+    consumed: usize,
+    to_head: bool,
+    /// The connection may carry another request after this one's response.
+    persistent: bool,
+}
+
 /// How a connection that got past the handshake ended.
 enum Done {
     /// The client closed before sending a whole head; nothing to answer.
     ClientLeft,
-    /// A response was relayed (a plain request, or a refused upgrade) and the exchange is over.
-    Relayed { status: u16, report: Report },
+    /// A response was relayed (a plain request, or a refused upgrade) and the exchange is
+    /// over. `keep_alive`: both messages ended where their framing said, and the connection
+    /// waits for the next request, whose first bytes may already be in the request buffer.
+    Relayed {
+        status: u16,
+        report: Report,
+        keep_alive: bool,
+    },
     /// The upstream switched protocols: the tunnel takes both streams. `early` counts the
     /// bytes that came with the heads [client->upstream, upstream->client], already relayed.
     Switched { upstream: Stream, early: [u64; 2] },
@@ -70,76 +94,110 @@ struct Trace {
     upgrade: bool,
 }
 
-/// Serves one accepted client connection: the handshake here, then either the end of the
-/// exchange or a tunnel task of its own. `slot` is its place under `max_connections`.
+/// Serves one accepted client connection: its requests in turn (plain ones may keep the
+/// connection open for the next), until one upgrades, which hands both streams to the
+/// worker's tunnel loop, or the connection closes. `slot` is its place under
+/// `max_connections`.
 pub async fn serve(ctx: Rc<WorkerContext>, client: Stream, info: ClientInfo, slot: Slot) {
-    let started = Instant::now();
     let _ = client.set_nodelay(true);
     let mut a = ctx.pool.get();
     // Taken from the pool once the head is complete, so a slow client holds one buffer.
     let mut b = Vec::new();
-    let mut trace = Trace::default();
-    let outcome = proxy(&ctx, &client, &info, &mut a, &mut b, &mut trace).await;
     let metrics = ctx.metrics();
-    let (status, report) = match outcome {
-        Ok(Done::Switched { upstream, early }) => {
-            ctx.pool.put(a);
-            ctx.pool.put(b);
-            metrics.response(101);
-            metrics.upgrade(Upgrade::Tunnelled);
-            let end = Closing {
-                peer: info.peer,
-                trace,
-                started,
-                _slot: Some(slot),
-            };
-            // From here on, the tunnel is an entry in the worker's tunnel loop: no task of its
-            // own, and nothing of the handshake's state.
-            open_tunnel(&ctx, client, upstream, early, end);
-            return;
-        }
-        Ok(Done::ClientLeft) => {
-            debug!(client = %info.peer, "client closed before a complete request head");
-            (0, None)
-        }
-        Ok(Done::Relayed { status, report }) => {
-            if trace.upgrade {
-                metrics.upgrade(Upgrade::Refused);
+    for served in 0.. {
+        let started = Instant::now();
+        let mut trace = Trace::default();
+        let turn = Turn {
+            served,
+            last: served + 1 >= MAX_REQUESTS,
+        };
+        let outcome = proxy(&ctx, &client, &info, turn, &mut a, &mut b, &mut trace).await;
+        let end = Closing {
+            peer: info.peer,
+            trace,
+            started,
+            _slot: None,
+        };
+        let (status, report) = match outcome {
+            Ok(Done::Switched { upstream, early }) => {
+                ctx.pool.put(a);
+                ctx.pool.put(b);
+                metrics.response(101);
+                metrics.upgrade(Upgrade::Tunnelled);
+                let end = Closing {
+                    _slot: Some(slot),
+                    ..end
+                };
+                // From here on, the tunnel is an entry in the worker's tunnel loop: no task of
+                // its own, and nothing of the handshake's state.
+                open_tunnel(&ctx, client, upstream, early, end);
+                return;
             }
-            linger(&client, &mut a, LINGER).await;
-            (status, Some(report))
-        }
-        Err(e) => {
-            if e.status() >= 500 {
-                warn!(client = %info.peer, status = e.status(), "{e}");
-            } else {
-                info!(client = %info.peer, status = e.status(), "{e}");
+            // An idle keep-alive connection that closes (or is closed) is not a request.
+            Ok(Done::ClientLeft) if served > 0 => break,
+            Ok(Done::ClientLeft) => {
+                debug!(client = %info.peer, "client closed before a complete request head");
+                (0, None)
             }
-            if trace.upgrade || asked_for_upgrade(&a) {
-                metrics.upgrade(
-                    if trace.upstream.is_some() || e.status() == 502 || e.status() == 504 {
-                        Upgrade::UpstreamFailed
-                    } else {
-                        Upgrade::Rejected
-                    },
-                );
+            Ok(Done::Relayed {
+                status,
+                report,
+                keep_alive,
+            }) => {
+                if end.trace.upgrade {
+                    metrics.upgrade(Upgrade::Refused);
+                }
+                if keep_alive {
+                    metrics.response(status);
+                    end.log(&ctx, status, Some(&report));
+                    // The next request's head buffer comes from the pool when it is complete.
+                    ctx.pool.put(std::mem::take(&mut b));
+                    continue;
+                }
+                linger(&client, &mut a, LINGER).await;
+                (status, Some(report))
             }
-            reject(&client, e, &mut a, LINGER).await;
-            (e.status(), None)
+            Err(e) => {
+                if e.status() >= 500 {
+                    warn!(client = %info.peer, status = e.status(), "{e}");
+                } else {
+                    info!(client = %info.peer, status = e.status(), "{e}");
+                }
+                if end.trace.upgrade || asked_for_upgrade(&a) {
+                    metrics.upgrade(
+                        if end.trace.upstream.is_some() || e.status() == 502 || e.status() == 504 {
+                            Upgrade::UpstreamFailed
+                        } else {
+                            Upgrade::Rejected
+                        },
+                    );
+                }
+                reject(&client, e, &mut a, LINGER).await;
+                (e.status(), None)
+            }
+        };
+        if status != 0 {
+            metrics.response(status);
         }
-    };
-    if status != 0 {
-        metrics.response(status);
+        end.log(&ctx, status, report.as_ref());
+        break;
     }
-    let end = Closing {
-        peer: info.peer,
-        trace,
-        started,
-        _slot: Some(slot),
-    };
-    end.log(&ctx, status, report.as_ref());
     ctx.pool.put(a);
     ctx.pool.put(b);
+    drop(slot);
+}
+
+/// Requests one client connection may carry (nginx's `keepalive_requests` default); the
+/// last one's response closes it.
+const MAX_REQUESTS: usize = 1000;
+
+/// Where a request stands among its connection's.
+#[derive(Clone, Copy)]
+struct Turn {
+    /// Requests served on this connection before this one.
+    served: usize,
+    /// Its response must close the connection.
+    last: bool,
 }
 
 /// What is known when a connection closes, for its log line.
@@ -309,12 +367,16 @@ async fn proxy(
     ctx: &WorkerContext,
     client: &Stream,
     info: &ClientInfo,
+    turn: Turn,
     req: &mut Vec<u8>,
     out: &mut Vec<u8>,
     trace: &mut Trace,
 ) -> Result<Done, HandshakeError> {
     let timeouts = &ctx.shared.config.timeouts;
 
+    if turn.served > 0 && req.is_empty() && !next_request(ctx, client, req).await {
+        return Ok(Done::ClientLeft);
+    }
     let (res, timed_out) = with_deadline(
         timeouts.handshake,
         read_request(ctx, client, info, req, out),
@@ -360,10 +422,49 @@ async fn proxy(
     match request.upgrade {
         Some(switch) => upgrade(ctx, client, upstream, switch, request.head_len, req, out).await,
         None => {
-            let body = (sent as u64, body);
-            respond(ctx, client, &upstream, body, request.to_head, req, out).await
+            let exchange = Exchange {
+                body_sent: sent as u64,
+                body,
+                consumed: request.head_len + sent,
+                to_head: request.to_head,
+                persistent: request.persistent
+                    && !turn.last
+                    && timeouts.keepalive.is_some()
+                    && !ctx.shared.stopping.load(Ordering::Relaxed),
+            };
+            respond(ctx, client, &upstream, exchange, req, out).await
         }
     }
+}
+
+/// Waits up to `timeouts.keepalive` for the first bytes of a keep-alive connection's next
+/// request, and no longer than until the process stops. `false`: none came.
+async fn next_request(ctx: &WorkerContext, client: &Stream, req: &mut Vec<u8>) -> bool {
+    let read = client.read(std::mem::take(req));
+    tokio::pin!(read);
+    let stop = ctx.shared.stopped();
+    tokio::pin!(stop);
+    let wait = async {
+        match ctx.shared.config.timeouts.keepalive {
+            Some(limit) => tokio::time::sleep(limit).await,
+            None => std::future::pending().await,
+        }
+    };
+    // A pending read is never dropped: the socket is shut so that it completes.
+    let (res, buf) = tokio::select! {
+        biased;
+        out = &mut read => out,
+        () = wait => {
+            let _ = client.shutdown(Shutdown::Read);
+            read.await
+        }
+        () = &mut stop => {
+            let _ = client.shutdown(Shutdown::Read);
+            read.await
+        }
+    };
+    *req = buf;
+    matches!(res, Ok(n) if n > 0)
 }
 
 /// Writes all of `buf` within `limit`: past it, shuts `stream` down (which ends the write)
@@ -384,8 +485,9 @@ async fn write_within(
     (res, buf)
 }
 
-/// Reads the request head into `req` and writes the rewritten head into `out`.
-/// `Ok(None)`: the client closed (or the handshake deadline shut it) before a whole head.
+/// Reads the request head into `req` (after any bytes of it already there) and writes the
+/// rewritten head into `out`. `Ok(None)`: the client closed (or the handshake deadline shut
+/// it) before a whole head.
 async fn read_request(
     ctx: &WorkerContext,
     client: &Stream,
@@ -393,10 +495,18 @@ async fn read_request(
     req: &mut Vec<u8>,
     out: &mut Vec<u8>,
 ) -> Result<Option<Request>, HandshakeError> {
-    let config = &ctx.shared.config;
-    let max_head = config.limits.max_request_head;
+    let max_head = ctx.shared.config.limits.max_request_head;
     let mut scan = HeadScan::default();
     loop {
+        if !req.is_empty() && scan.ready(req) {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            if let Parsed::Complete(head) = parse_request(req, &mut headers)? {
+                if head.len > max_head {
+                    return Err(HandshakeError::HeadTooLarge);
+                }
+                return route_request(ctx, info, head, out).map(Some);
+            }
+        }
         let filled = req.len();
         if filled >= max_head {
             return Err(HandshakeError::HeadTooLarge);
@@ -407,51 +517,52 @@ async fn read_request(
             Ok(0) | Err(_) => return Ok(None),
             Ok(_) => {}
         }
-        if !scan.ready(req) {
-            continue;
-        }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut head = match parse_request(req, &mut headers)? {
-            Parsed::Incomplete => continue,
-            Parsed::Complete(head) => head,
-        };
-        if head.len > max_head {
-            return Err(HandshakeError::HeadTooLarge);
-        }
-        if out.capacity() == 0 {
-            *out = ctx.pool.get();
-        }
-        out.clear();
-        // Routed on the path the upstream gets, as written into its request line.
-        let path = head.write_request_line(out);
-        let route = config
-            .routes
-            .find(&out[path])
-            .ok_or(HandshakeError::NoRoute)?;
-        let policy = config.routes.get(route);
-        let extra = &policy.extra_upgrades;
-        head.allow_upgrade(extra);
-        let upgrade = match (head.websocket_key, head.upgrade) {
-            (Some(key), _) => Some(Switch::WebSocket(Accept::for_key(key))),
-            (None, Some(token)) => extra
-                .iter()
-                .position(|e| token.eq_ignore_ascii_case(e.as_bytes()))
-                .map(|token| Switch::Listed { route, token }),
-            (None, None) => None,
-        };
-        if upgrade.is_some() {
-            origin::allowed(&policy.allowed_origins, policy.require_origin, head.headers)
-                .map_err(HandshakeError::OriginRefused)?;
-        }
-        head.write_fields(info, out);
-        return Ok(Some(Request {
-            head_len: head.len,
-            upgrade,
-            route,
-            body: head.body,
-            to_head: head.method == "HEAD",
-        }));
     }
+}
+
+/// Routes a complete request head, applies its route's policy and writes the head for the
+/// upstream into `out`.
+fn route_request(
+    ctx: &WorkerContext,
+    info: &ClientInfo,
+    mut head: RequestHead<'_, '_>,
+    out: &mut Vec<u8>,
+) -> Result<Request, HandshakeError> {
+    let config = &ctx.shared.config;
+    if out.capacity() == 0 {
+        *out = ctx.pool.get();
+    }
+    out.clear();
+    // Routed on the path the upstream gets, as written into its request line.
+    let path = head.write_request_line(out);
+    let route = config
+        .routes
+        .find(&out[path])
+        .ok_or(HandshakeError::NoRoute)?;
+    let policy = config.routes.get(route);
+    let extra = &policy.extra_upgrades;
+    head.allow_upgrade(extra);
+    let upgrade = match (head.websocket_key, head.upgrade) {
+        (Some(key), _) => Some(Switch::WebSocket(Accept::for_key(key))),
+        (None, Some(token)) => extra
+            .iter()
+            .position(|e| token.eq_ignore_ascii_case(e.as_bytes()))
+            .map(|token| Switch::Listed { route, token }),
+        (None, None) => None,
+    };
+    if upgrade.is_some() {
+        origin::allowed(&policy.allowed_origins, policy.require_origin, head.headers)
+            .map_err(HandshakeError::OriginRefused)?;
+    }
+    head.write_fields(info, out);
+    Ok(Request {
+        head_len: head.len,
+        upgrade,
+        route,
+        body: head.body,
+        to_head: head.method == "HEAD",
+        persistent: head.persistent,
+    })
 }
 
 /// Reads the upstream's response head into `buf`, after any bytes already there; returns its
@@ -530,7 +641,11 @@ async fn upgrade(
     if status != 101 {
         req.clear();
         // The refusal ends with its body, so a keep-alive upstream cannot hold the client.
-        let (copied, framing) = write_closing_head(resp, resp_len, req, false)?;
+        let head_for = HeadFor {
+            to_head: false,
+            persistent: false,
+        };
+        let (copied, framing, _) = write_response_head(resp, resp_len, req, head_for)?;
         let limit = ctx.shared.config.timeouts.handshake;
         let (res, b) = write_within(client, std::mem::take(req), limit).await;
         *req = b;
@@ -543,7 +658,11 @@ async fn upgrade(
             }
             Err(source) => failed_report(Side::Client, source),
         };
-        return Ok(Done::Relayed { status, report });
+        return Ok(Done::Relayed {
+            status,
+            report,
+            keep_alive: false,
+        });
     }
     check_switch(&resp[..resp_len], &expected)?;
 
@@ -559,7 +678,11 @@ async fn upgrade(
     *resp = b;
     if let Err(source) = res {
         let report = failed_report(Side::Client, source);
-        return Ok(Done::Relayed { status, report });
+        return Ok(Done::Relayed {
+            status,
+            report,
+            keep_alive: false,
+        });
     }
     if early[0] > 0 {
         bytes[0].add(early[0]);
@@ -569,7 +692,11 @@ async fn upgrade(
         *req = b;
         if let Err(source) = res {
             let report = failed_report(Side::Upstream, source);
-            return Ok(Done::Relayed { status, report });
+            return Ok(Done::Relayed {
+                status,
+                report,
+                keep_alive: false,
+            });
         }
     }
     Ok(Done::Switched {

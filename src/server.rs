@@ -101,6 +101,7 @@ pub fn run(config: Config, table: UpstreamTable) -> Result<(), StartError> {
         table: ArcSwap::from_pointee(table),
         active: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
+        stop: tokio::sync::Notify::new(),
         reloads: ReloadStats::started(read_file(&config_upstreams).ok()),
         metrics: Metrics::new(workers),
         access_log,
@@ -143,6 +144,7 @@ pub fn run(config: Config, table: UpstreamTable) -> Result<(), StartError> {
         };
 
         shared.stopping.store(true, Ordering::SeqCst);
+        shared.stop.notify_waiters();
         warn_if_queued_connections_would_be_reset();
         for listener in &stop_handles {
             // Stops accepting on every worker: their pending accepts complete with an error.

@@ -13,8 +13,9 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 const SMUGGLED: &[u8] = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+/// With `Connection: close`, what follows the body is not a next request: it is dropped.
 const CHUNKED_HEAD: &[u8] =
-    b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+    b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
 const BODY: &[u8] = b"5\r\nhello\r\n1;ext=\"v\"\r\n!\r\n0\r\nX-Checksum: 1\r\n\r\n";
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
@@ -138,7 +139,7 @@ fn closing(head: &str, body: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_ends_at_its_length() {
-    let get = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+    let get = b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloEXTRA";
     let want = closing("HTTP/1.1 200 OK\r\nContent-Length: 5", "hello");
     held_response(get, answer, &want).await;
@@ -154,12 +155,12 @@ async fn a_response_ends_at_its_length() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_204_and_304_responses_have_no_body() {
-    let head = b"HEAD /a HTTP/1.1\r\nHost: x\r\n\r\n";
+    let head = b"HEAD /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n";
     let want = closing("HTTP/1.1 200 OK\r\nContent-Length: 100", "");
     held_response(head, answer, &want).await;
 
-    let get = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+    let get = b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     for status in ["204 No Content", "304 Not Modified"] {
         let answer = format!("HTTP/1.1 {status}\r\nContent-Length: 100\r\n\r\n");
         let want = closing(&format!("HTTP/1.1 {status}\r\nContent-Length: 100"), "");
@@ -199,7 +200,7 @@ async fn a_16_kib_head_in_1_byte_writes_is_served() {
     for byte in &head {
         client.write_all(std::slice::from_ref(byte)).await.unwrap();
     }
-    let response = common::read_to_close(&mut client, Duration::from_secs(10)).await;
+    let response = common::read_response(&mut client, Duration::from_secs(10)).await;
     assert_eq!(status_of(&response), 200, "{}", text(&response));
     assert!(response.ends_with(b"GET /slow\n"), "{}", text(&response));
 }

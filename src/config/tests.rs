@@ -63,6 +63,7 @@ fn minimal_config_gets_defaults() {
             response: Some(DEFAULT_RESPONSE),
             idle: Some(DEFAULT_IDLE),
             drain: Some(DEFAULT_DRAIN),
+            keepalive: Some(DEFAULT_KEEPALIVE),
         }
     );
     assert_eq!(
@@ -99,6 +100,7 @@ connect = "500ms"
 response = "1m"
 idle = "2h"
 drain = "0s"
+keepalive = "0s"
 
 [limits]
 max_request_head = 4096
@@ -133,6 +135,7 @@ upstream = "backend"
             response: Some(Duration::from_secs(60)),
             idle: Some(Duration::from_secs(7200)),
             drain: None,
+            keepalive: None,
         }
     );
     assert_eq!(
@@ -148,7 +151,7 @@ upstream = "backend"
         .iter()
         .map(|r| (r.path.as_str(), r.upstream.as_str(), r.line))
         .collect();
-    assert_eq!(routes, [("/websocket", "backend", 21), ("/", "web", 17)]);
+    assert_eq!(routes, [("/websocket", "backend", 22), ("/", "web", 18)]);
 }
 
 #[test]

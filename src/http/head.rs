@@ -157,6 +157,9 @@ pub struct RequestHead<'h, 'b> {
     /// `Connection: upgrade` with an `Upgrade` that is not `websocket`: dropped unless the
     /// route lists one of its tokens.
     other_upgrade: bool,
+    /// HTTP/1.1 without `Connection: close`: the client may send another request on this
+    /// connection once the response is through (HTTP/1.0 keep-alive is not offered).
+    pub persistent: bool,
 }
 
 /// What the header fields of a request said, gathered in one pass.
@@ -164,6 +167,7 @@ pub struct RequestHead<'h, 'b> {
 struct Fields<'b> {
     host: Option<&'b [u8]>,
     connection_upgrade: bool,
+    connection_close: bool,
     upgrade_offered: bool,
     websocket: Option<&'b [u8]>,
     content_length: Option<u64>,
@@ -213,6 +217,7 @@ pub fn parse_request<'h, 'b>(
             }
         } else if name.eq_ignore_ascii_case("connection") {
             f.connection_upgrade |= tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"upgrade"));
+            f.connection_close |= tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"close"));
         } else if name.eq_ignore_ascii_case("content-length") {
             let n = parse_content_length(h.value)?;
             if f.content_length.is_some_and(|prev| prev != n) {
@@ -298,6 +303,7 @@ pub fn parse_request<'h, 'b>(
             && f.websocket.is_none()
             && f.upgrade_offered
             && f.connection_upgrade,
+        persistent: version == 1 && !f.connection_close,
     }))
 }
 
@@ -513,6 +519,13 @@ impl ResponseHead<'_, '_> {
     /// Appends the head to pass to the client for a response that ends the connection:
     /// connection-scoped headers dropped and `Connection: close` added.
     pub fn write_closing(&self, out: &mut Vec<u8>) {
+        self.write_for_client(out, false);
+    }
+
+    /// Appends the head to pass to the client: connection-scoped headers dropped, and
+    /// `Connection: close` added unless the connection stays open (`persistent`: HTTP/1.1
+    /// connections persist by default).
+    pub fn write_for_client(&self, out: &mut Vec<u8>, persistent: bool) {
         let _ = write!(out, "HTTP/1.1 {} {}\r\n", self.status, self.reason);
         for h in self.headers {
             let connection_scoped = ["connection", "keep-alive", "proxy-connection"]
@@ -522,7 +535,10 @@ impl ResponseHead<'_, '_> {
                 push_header(out, h.name.as_bytes(), h.value);
             }
         }
-        out.extend_from_slice(b"Connection: close\r\n\r\n");
+        if !persistent {
+            out.extend_from_slice(b"Connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
     }
 }
 

@@ -27,6 +27,8 @@ pub struct Shared {
     pub active: AtomicUsize,
     /// Set once a stop signal arrived: accept loops end instead of retrying.
     pub stopping: AtomicBool,
+    /// Notified when `stopping` is set: connections waiting for their next request close.
+    pub stop: tokio::sync::Notify,
     pub reloads: ReloadStats,
     pub metrics: Metrics,
     pub access_log: Option<AccessLog>,
@@ -86,5 +88,19 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.0.shared.active.fetch_sub(1, Ordering::Relaxed);
         self.0.metrics().active.sub(1);
+    }
+}
+
+impl Shared {
+    /// Resolves once the process is stopping.
+    pub async fn stopped(&self) {
+        let notified = self.stop.notified();
+        tokio::pin!(notified);
+        // Registered before the check, so a stop between the two is not missed.
+        notified.as_mut().enable();
+        if self.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        notified.await;
     }
 }

@@ -38,7 +38,8 @@ pub struct Peer<'a> {
 }
 
 /// Copies one body from `src` to `dst`, reusing `buf`, until `framing` says it has ended or
-/// `src` closes; bytes after the body are not read on purpose and never written. Returns the
+/// `src` closes; bytes after the body are never written, and those that came with its last
+/// read are left in `buf`. Returns the
 /// bytes copied; on error, the side that failed (a malformed body: [`Malformed`] from `src`).
 pub async fn pump(
     src: Peer<'_>,
@@ -90,6 +91,10 @@ async fn copy_once(
     })?;
     let (res, slice) = dst.stream.write_all(std::mem::take(buf).slice(..n)).await;
     *buf = slice.into_inner();
+    if framing.is_done() {
+        // What the read took past the body stays in `buf`: the next message's start.
+        buf.drain(..n);
+    }
     res.map(|()| n).map_err(|source| RelayError {
         side: dst.side,
         source,

@@ -9,25 +9,39 @@ use tokio_uring::buf::BoundedBuf;
 
 use super::WorkerContext;
 use super::pump::{self, Activity, Malformed, Peer};
-use super::{Done, await_response};
+use super::{Done, Exchange, await_response};
 use crate::http::{Framing, HandshakeError, MAX_HEADERS, Parsed, parse_response};
 use crate::tunnel::{RelayError, Report, Side};
 use crate::uring::stream::Stream;
 
 /// A plain request: the rest of its body flows up while the response head is awaited, then
-/// the response flows down to its end, and the connection closes. A malformed chunked body
-/// stops at the bad byte; the client gets `400` unless the response has already begun.
+/// the response flows down to its end. The connection stays open for the next request only
+/// if both messages ended where their framing said (the next request's first bytes are then
+/// left in `req`); otherwise it closes. A malformed chunked body stops at the bad byte; the
+/// client gets `400` unless the response has already begun.
 pub(super) async fn respond(
     ctx: &WorkerContext,
     client: &Stream,
     upstream: &Stream,
-    (body_sent, mut body): (u64, Framing),
-    to_head: bool,
+    exchange: Exchange,
     req: &mut Vec<u8>,
     resp: &mut Vec<u8>,
 ) -> Result<Done, HandshakeError> {
+    let Exchange {
+        body_sent,
+        mut body,
+        consumed,
+        to_head,
+        persistent,
+    } = exchange;
+    if body.is_done() {
+        req.drain(..consumed);
+    } else {
+        req.clear();
+    }
     let activity = Activity::default();
     let answered = Cell::new(false);
+    let body_over = Cell::new(false);
     let up = async {
         let out = pump::pump(
             Peer {
@@ -54,13 +68,21 @@ pub(super) async fn respond(
                 let _ = client.shutdown(Shutdown::Both);
             }
         }
+        body_over.set(true);
         out
     };
+    let head = HeadFor {
+        to_head,
+        persistent,
+    };
     let down = async {
-        let out = response_down(ctx, client, upstream, resp, to_head, &activity, &answered).await;
-        // The exchange is over, whatever happened: this ends the body pump. The client can
-        // still be written to, for an error answer.
-        let _ = client.shutdown(Shutdown::Read);
+        let out = response_down(ctx, client, upstream, resp, head, &activity, &answered).await;
+        if !body_over.get() {
+            // The exchange is over, whatever happened, and the body is not: this ends the
+            // body pump (and the connection). The client can still be written to, for an
+            // error answer.
+            let _ = client.shutdown(Shutdown::Read);
+        }
         out
     };
     let ((up, down), idled) = pump::idle_guard(
@@ -76,27 +98,40 @@ pub(super) async fn respond(
     {
         return Err(HandshakeError::BadBody(reason));
     }
-    let (status, down) = down?;
+    let (status, down, kept) = down?;
+    let keep_alive = kept && up.is_ok() && body.is_done() && !idled;
     Ok(Done::Relayed {
         status,
         report: pump::report(plus(up, body_sent), down, idled),
+        keep_alive,
     })
+}
+
+/// What the response head to the client depends on besides the upstream's head.
+#[derive(Clone, Copy)]
+pub(super) struct HeadFor {
+    /// The request was `HEAD`: no body, whatever the head says.
+    pub to_head: bool,
+    /// The connection may stay open after the response if its framing allows.
+    pub persistent: bool,
 }
 
 type PumpResult = Result<u64, (u64, RelayError)>;
 
 /// The downstream half of a plain request: interim responses passed on as they are, the final
-/// response head made connection-closing, then its body. `answered` is set once the client
-/// may have received a byte of the final response.
+/// response head (connection-closing unless the connection may persist and the body has a
+/// length), then its body. `answered` is set once the client may have received a byte of
+/// the final response. Also says whether the head let the connection persist and the body
+/// ended where its framing said.
 async fn response_down(
     ctx: &WorkerContext,
     client: &Stream,
     upstream: &Stream,
     resp: &mut Vec<u8>,
-    to_head: bool,
+    head_for: HeadFor,
     activity: &Activity,
     answered: &Cell<bool>,
-) -> Result<(u16, PumpResult), HandshakeError> {
+) -> Result<(u16, PumpResult, bool), HandshakeError> {
     let client_failed = |source| {
         Err((
             0,
@@ -121,13 +156,13 @@ async fn response_down(
         let (res, slice) = client.write_all(std::mem::take(resp).slice(..len)).await;
         *resp = slice.into_inner();
         if let Err(source) = res {
-            return Ok((status, client_failed(source)));
+            return Ok((status, client_failed(source), false));
         }
         resp.drain(..len);
     };
     let mut head = ctx.pool.get();
-    let written = write_closing_head(resp, len, &mut head, to_head);
-    let (copied, mut framing) = match written {
+    let written = write_response_head(resp, len, &mut head, head_for);
+    let (copied, mut framing, persistent) = match written {
         Ok(written) => written,
         Err(e) => {
             ctx.pool.put(head);
@@ -138,11 +173,12 @@ async fn response_down(
     let (res, head) = client.write_all(head).await;
     ctx.pool.put(head);
     if let Err(source) = res {
-        return Ok((status, client_failed(source)));
+        return Ok((status, client_failed(source), false));
     }
     ctx.metrics().bytes[1].add(copied);
     let down = pump_down(ctx, client, upstream, resp, &mut framing, activity).await;
-    Ok((status, plus(down, copied)))
+    let kept = persistent && down.is_ok() && framing.is_done();
+    Ok((status, plus(down, copied), kept))
 }
 
 /// Relays the rest of a response body from the upstream to the client.
@@ -185,27 +221,29 @@ pub(super) async fn relay_response(
     pump::report(Ok(0), down, idled)
 }
 
-/// Writes the response head in `resp[..len]`, made connection-closing, then the part of what
-/// followed it that belongs to its body, into `out`. `to_head`: the request was `HEAD`.
-/// Returns the body bytes copied and the framing of the rest. Err: the head does not say
-/// where its body ends in a way wsplice can trust (`502`).
-pub(super) fn write_closing_head(
+/// Writes the response head in `resp[..len]` for the client, then the part of what followed
+/// it that belongs to its body, into `out`. The head keeps the connection open only if
+/// `head_for` allows it and the body has an end other than the upstream's close. Returns the
+/// body bytes copied, the framing of the rest, and whether the connection may persist.
+/// Err: the head does not say where its body ends in a way wsplice can trust (`502`).
+pub(super) fn write_response_head(
     resp: &[u8],
     len: usize,
     out: &mut Vec<u8>,
-    to_head: bool,
-) -> Result<(u64, Framing), HandshakeError> {
+    head_for: HeadFor,
+) -> Result<(u64, Framing, bool), HandshakeError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let Parsed::Complete(head) = parse_response(&resp[..len], &mut headers)? else {
         return Err(HandshakeError::BadResponse("incomplete response head"));
     };
-    let mut framing = head.framing(to_head)?;
-    head.write_closing(out);
+    let mut framing = head.framing(head_for.to_head)?;
+    let persistent = head_for.persistent && framing != Framing::UntilClose;
+    head.write_for_client(out, persistent);
     let sent = framing
         .take(&resp[len..])
         .map_err(|_| HandshakeError::BadResponse("malformed chunked body"))?;
     out.extend_from_slice(&resp[len..len + sent]);
-    Ok((sent as u64, framing))
+    Ok((sent as u64, framing, persistent))
 }
 
 /// A pump's result with `n` more bytes, relayed before it started.

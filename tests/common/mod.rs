@@ -251,11 +251,63 @@ pub fn run_wsplice(config: &str, upstreams: &str, extra: &[&str]) -> Output {
     child.wait_with_output().unwrap()
 }
 
-/// Sends raw bytes and reads the reply until the proxy closes (at most 10 s).
+/// Sends raw bytes and reads the reply: until the proxy closes, or until one whole response
+/// has arrived that leaves the connection open (keep-alive); at most 10 s.
 pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(request).await.unwrap();
-    read_to_close(&mut stream, Duration::from_secs(10)).await
+    read_response(&mut stream, Duration::from_secs(10)).await
+}
+
+/// Reads one final response (after any 1xx): until the proxy closes, or until a response
+/// without `Connection: close` is complete by its `Content-Length` or last chunk; at most
+/// `limit`.
+pub async fn read_response(stream: &mut TcpStream, limit: Duration) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 16384];
+        while !persistent_response_complete(&out) {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    out
+}
+
+/// Whether `buf` holds interim responses and a whole final response whose connection stays
+/// open.
+pub fn persistent_response_complete(mut buf: &[u8]) -> bool {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut response = httparse::Response::new(&mut headers);
+        let Ok(httparse::Status::Complete(len)) = response.parse(buf) else {
+            return false;
+        };
+        let status = response.code.unwrap_or(0);
+        if (100..200).contains(&status) && status != 101 {
+            buf = &buf[len..];
+            continue;
+        }
+        let header = |name: &str| {
+            response
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| String::from_utf8_lossy(h.value).to_ascii_lowercase())
+        };
+        if status == 101 || header("connection").is_some_and(|c| c.contains("close")) {
+            return false;
+        }
+        let body = &buf[len..];
+        return match (header("content-length"), header("transfer-encoding")) {
+            (Some(n), _) => n.trim().parse::<usize>().is_ok_and(|n| body.len() >= n),
+            (None, Some(te)) if te.ends_with("chunked") => body.ends_with(b"0\r\n\r\n"),
+            _ => status == 204 || status == 304,
+        };
+    }
 }
 
 /// Reads until end of stream, an error, or `limit`.
