@@ -4,6 +4,7 @@
 pub mod chunked;
 pub mod framing;
 pub mod head;
+pub mod lookup;
 pub mod path;
 pub mod scan;
 mod strict;

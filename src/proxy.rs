@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio_uring::buf::BoundedBuf;
 use tracing::{debug, info, warn};
 
+use crate::http::head::fields_end;
 use crate::http::websocket::{self, Accept, Expected};
 use crate::http::{
     Body, ClientInfo, Framing, HandshakeError, HeadScan, MAX_HEADERS, Parsed, parse_request,
@@ -17,6 +18,8 @@ use crate::http::{
 use crate::observe::access_log;
 use crate::observe::metrics::Upgrade;
 use crate::tunnel::{RelayError, Report, Side};
+use crate::upstream::balancer::Affinity;
+use crate::upstream::balancer::least_conn::Open;
 use crate::uring::deadline::with_deadline;
 use crate::uring::stream::Stream;
 
@@ -38,6 +41,8 @@ struct Request {
     body: Body,
     /// The method is `HEAD`: the response has no body whatever its head says.
     to_head: bool,
+    /// What the head brings to the upstream choice (hash key, sticky cookie).
+    affinity: Affinity,
 }
 
 #[derive(Clone, Copy)]
@@ -64,9 +69,13 @@ enum Done {
 /// What the access log and the metrics learn about a connection on the way.
 #[derive(Debug, Default)]
 struct Trace {
-    route: Option<usize>,
+    /// A route index; u32 keeps the tunnel's table entry within its size.
+    route: Option<u32>,
     upstream: Option<SocketAddr>,
     upgrade: bool,
+    /// Counts the connection against its upstream server (`least_conn`) for as long as the
+    /// connection, tunnel included, lives.
+    open: Option<Open>,
 }
 
 /// Serves one accepted client connection: the handshake here, then either the end of the
@@ -163,10 +172,9 @@ impl Closing {
             },
             |r| r.end.to_string(),
         );
-        let route = self
-            .trace
-            .route
-            .map_or("-", |r| ctx.shared.config.routes.get(r).path.as_str());
+        let route = self.trace.route.map_or("-", |r| {
+            ctx.shared.config.routes.get(r as usize).path.as_str()
+        });
         let duration = self.started.elapsed();
         debug!(
             client = %self.peer,
@@ -328,7 +336,7 @@ async fn proxy(
         None => return Ok(Done::ClientLeft),
     };
 
-    trace.route = Some(request.route);
+    trace.route = u32::try_from(request.route).ok();
     trace.upgrade = request.upgrade.is_some();
     // A plain request's body bytes that came with the head go up with it, and not a byte
     // after the body's end; an upgrade's are held until the switch is proven.
@@ -342,9 +350,15 @@ async fn proxy(
 
     let table = ctx.shared.table.load_full();
     let group = table.group_for_route(request.route);
-    let (upstream, addr) = connect_group(group, timeouts.connect, &ctx.shared.metrics).await?;
+    let affinity = &request.affinity;
+    let connected = connect_group(group, affinity, timeouts.connect, &ctx.shared.metrics).await?;
+    // Cloned out (no allocation) so the table is not held for a long response.
+    let set_cookie = group.balancer.set_cookie(affinity, connected.index);
     drop(table);
-    trace.upstream = Some(addr);
+    let upstream = connected.stream;
+    trace.upstream = Some(connected.addr);
+    trace.open = Some(connected.open);
+    let set_cookie = set_cookie.as_deref().unwrap_or_default();
 
     let range = request.head_len..request.head_len + sent;
     out.extend_from_slice(&req[range]);
@@ -357,10 +371,17 @@ async fn proxy(
     ctx.metrics().bytes[0].add(sent as u64);
 
     match request.upgrade {
-        Some(switch) => upgrade(ctx, client, upstream, switch, request.head_len, req, out).await,
+        Some(switch) => {
+            let head_len = request.head_len;
+            upgrade(
+                ctx, client, upstream, switch, head_len, set_cookie, req, out,
+            )
+            .await
+        }
         None => {
             let body = (sent as u64, body);
-            respond(ctx, client, &upstream, body, request.to_head, req, out).await
+            let to_head = request.to_head;
+            respond(ctx, client, &upstream, body, to_head, set_cookie, req, out).await
         }
     }
 }
@@ -425,7 +446,7 @@ async fn read_request(
         let path = head.write_request_line(out);
         let route = config
             .routes
-            .find(&out[path])
+            .find(&out[path.clone()])
             .ok_or(HandshakeError::NoRoute)?;
         let extra = &config.routes.get(route).extra_upgrades;
         head.allow_upgrade(extra);
@@ -437,8 +458,16 @@ async fn read_request(
                 .map(|token| Switch::Listed { route, token }),
             (None, None) => None,
         };
+        let affinity = ctx
+            .shared
+            .table
+            .load()
+            .group_for_route(route)
+            .balancer
+            .affinity(&head, &out[path], info.peer.ip());
         head.write_fields(info, out);
         return Ok(Some(Request {
+            affinity,
             head_len: head.len,
             upgrade,
             route,
@@ -502,13 +531,16 @@ async fn await_response(
 /// An upgrade request: after a `101` that completes the switch the client asked for, passes
 /// it on and hands the upstream back for the tunnel; any other answer is passed on and the
 /// exchange ends. Client bytes that came with the head are held until then, and never
-/// sent after a refusal or a `101` that does not prove the upstream switched.
+/// sent after a refusal or a `101` that does not prove the upstream switched. `set_cookie`
+/// (header lines) goes into either answer's head.
+#[allow(clippy::too_many_arguments)]
 async fn upgrade(
     ctx: &WorkerContext,
     client: &Stream,
     upstream_stream: Stream,
     switch: Switch,
     head_len: usize,
+    set_cookie: &[u8],
     req: &mut Vec<u8>,
     resp: &mut Vec<u8>,
 ) -> Result<Done, HandshakeError> {
@@ -524,7 +556,7 @@ async fn upgrade(
     if status != 101 {
         req.clear();
         // The refusal ends with its body, so a keep-alive upstream cannot hold the client.
-        let (copied, framing) = write_closing_head(resp, resp_len, req, false)?;
+        let (copied, framing) = write_closing_head(resp, resp_len, req, false, set_cookie)?;
         let limit = ctx.shared.config.timeouts.handshake;
         let (res, b) = write_within(client, std::mem::take(req), limit).await;
         *req = b;
@@ -546,6 +578,11 @@ async fn upgrade(
         req.len().saturating_sub(head_len) as u64,
         (resp.len() - resp_len) as u64,
     ];
+    if !set_cookie.is_empty() {
+        // The one rewrite of a 101: the lines go in before its end, ahead of any early bytes.
+        let at = fields_end(&resp[..resp_len]);
+        resp.splice(at..at, set_cookie.iter().copied());
+    }
     let bytes = &ctx.metrics().bytes;
     bytes[1].add(early[1]);
     let limit = ctx.shared.config.timeouts.handshake;

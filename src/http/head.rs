@@ -335,6 +335,11 @@ fn check_websocket<'b>(
 }
 
 impl<'b> RequestHead<'_, 'b> {
+    /// `?` and the query as the client wrote it; empty when there is none.
+    pub fn query(&self) -> &'b [u8] {
+        self.parts.query
+    }
+
     /// Lets an upgrade to another protocol than WebSocket through when the route lists one of
     /// the tokens the client offered (`extra`, case-insensitive) and the request has no body;
     /// otherwise its `Upgrade` stays stripped and the request goes up as a plain one.
@@ -507,8 +512,9 @@ pub fn parse_response<'h, 'b>(
 
 impl ResponseHead<'_, '_> {
     /// Appends the head to pass to the client for a response that ends the connection:
-    /// connection-scoped headers dropped and `Connection: close` added.
-    pub fn write_closing(&self, out: &mut Vec<u8>) {
+    /// connection-scoped headers dropped, `extra` header lines (each ending in CRLF) and
+    /// `Connection: close` added.
+    pub fn write_closing(&self, out: &mut Vec<u8>, extra: &[&[u8]]) {
         let _ = write!(out, "HTTP/1.1 {} {}\r\n", self.status, self.reason);
         for h in self.headers {
             let connection_scoped = ["connection", "keep-alive", "proxy-connection"]
@@ -517,6 +523,9 @@ impl ResponseHead<'_, '_> {
             if !connection_scoped {
                 push_header(out, h.name.as_bytes(), h.value);
             }
+        }
+        for line in extra {
+            out.extend_from_slice(line);
         }
         out.extend_from_slice(b"Connection: close\r\n\r\n");
     }
@@ -557,6 +566,16 @@ impl ResponseHead<'_, '_> {
             (Some(false), None) | (None, None) => Ok(Framing::UntilClose),
             (None, Some(n)) => Ok(Framing::Length(n)),
         }
+    }
+}
+
+/// Where header lines can be inserted into the complete head `head`: before the empty line
+/// that ends it (CRLF, or a bare LF, which a response head may end with).
+pub fn fields_end(head: &[u8]) -> usize {
+    if head.ends_with(b"\r\n\r\n") || head.ends_with(b"\n\r\n") {
+        head.len() - 2
+    } else {
+        head.len().saturating_sub(1)
     }
 }
 

@@ -17,12 +17,15 @@ use crate::uring::stream::Stream;
 /// A plain request: the rest of its body flows up while the response head is awaited, then
 /// the response flows down to its end, and the connection closes. A malformed chunked body
 /// stops at the bad byte; the client gets `400` unless the response has already begun.
+/// `set_cookie` (header lines) goes into the final response's head.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn respond(
     ctx: &WorkerContext,
     client: &Stream,
     upstream: &Stream,
     (body_sent, mut body): (u64, Framing),
     to_head: bool,
+    set_cookie: &[u8],
     req: &mut Vec<u8>,
     resp: &mut Vec<u8>,
 ) -> Result<Done, HandshakeError> {
@@ -57,7 +60,8 @@ pub(super) async fn respond(
         out
     };
     let down = async {
-        let out = response_down(ctx, client, upstream, resp, to_head, &activity, &answered).await;
+        let head = (to_head, set_cookie);
+        let out = response_down(ctx, client, upstream, resp, head, &activity, &answered).await;
         // The exchange is over, whatever happened: this ends the body pump. The client can
         // still be written to, for an error answer.
         let _ = client.shutdown(Shutdown::Read);
@@ -93,7 +97,7 @@ async fn response_down(
     client: &Stream,
     upstream: &Stream,
     resp: &mut Vec<u8>,
-    to_head: bool,
+    (to_head, set_cookie): (bool, &[u8]),
     activity: &Activity,
     answered: &Cell<bool>,
 ) -> Result<(u16, PumpResult), HandshakeError> {
@@ -126,7 +130,7 @@ async fn response_down(
         resp.drain(..len);
     };
     let mut head = ctx.pool.get();
-    let written = write_closing_head(resp, len, &mut head, to_head);
+    let written = write_closing_head(resp, len, &mut head, to_head, set_cookie);
     let (copied, mut framing) = match written {
         Ok(written) => written,
         Err(e) => {
@@ -187,6 +191,8 @@ pub(super) async fn relay_response(
 
 /// Writes the response head in `resp[..len]`, made connection-closing, then the part of what
 /// followed it that belongs to its body, into `out`. `to_head`: the request was `HEAD`.
+/// `set_cookie`: header lines to add, with `Cache-Control: private` unless the head has a
+/// `Cache-Control` (a shared cache must not hand one client's server cookie to others).
 /// Returns the body bytes copied and the framing of the rest. Err: the head does not say
 /// where its body ends in a way wsplice can trust (`502`).
 pub(super) fn write_closing_head(
@@ -194,13 +200,24 @@ pub(super) fn write_closing_head(
     len: usize,
     out: &mut Vec<u8>,
     to_head: bool,
+    set_cookie: &[u8],
 ) -> Result<(u64, Framing), HandshakeError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let Parsed::Complete(head) = parse_response(&resp[..len], &mut headers)? else {
         return Err(HandshakeError::BadResponse("incomplete response head"));
     };
     let mut framing = head.framing(to_head)?;
-    head.write_closing(out);
+    let private: &[u8] = if set_cookie.is_empty()
+        || head
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("cache-control"))
+    {
+        b""
+    } else {
+        b"Cache-Control: private\r\n"
+    };
+    head.write_closing(out, &[set_cookie, private]);
     let sent = framing
         .take(&resp[len..])
         .map_err(|_| HandshakeError::BadResponse("malformed chunked body"))?;

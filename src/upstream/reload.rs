@@ -100,7 +100,7 @@ pub fn reload(
     last.text = Some(text);
     last.unresolved = matches!(&outcome, Err(refused) if refused.unresolved);
     match outcome {
-        Ok(new) => {
+        Ok(mut new) => {
             let old = table.load();
             new.inherit(&old);
             let changes = describe_changes(&old, &new);
