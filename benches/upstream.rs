@@ -48,7 +48,13 @@ fn bench_pick(c: &mut Criterion) {
     let shared = Arc::new(ArcSwap::from_pointee(table(&config, 3000)));
     let pick = |shared: &ArcSwap<UpstreamTable>| {
         let table = shared.load_full();
-        black_box(table.group_for_route(route).balancer.pick(&Affinity::NONE).next())
+        black_box(
+            table
+                .group_for_route(route)
+                .balancer
+                .pick(&Affinity::NONE)
+                .next(),
+        )
     };
 
     let mut group = c.benchmark_group("round-robin pick");

@@ -252,7 +252,9 @@ fn rejects_hash_key_without_balance_hash() {
 #[test]
 fn rejects_bad_hash_key_form() {
     let bad = |key: &str| {
-        format!("[backend]\nservers = [\"127.0.0.1:3000\"]\nbalance = \"hash\"\nhash_key = \"{key}\"\n")
+        format!(
+            "[backend]\nservers = [\"127.0.0.1:3000\"]\nbalance = \"hash\"\nhash_key = \"{key}\"\n"
+        )
     };
     assert_upstream_error(
         &bad("ip"),
@@ -267,14 +269,9 @@ fn rejects_bad_hash_key_form() {
 #[test]
 fn rejects_bad_sticky_cookie_name() {
     for name in ["", "srv id", "srv;x", "srv=1", "sr\\u00e9v"] {
-        let text = format!(
-            "[backend]\nservers = [\"127.0.0.1:3000\"]\n\nsticky_cookie = \"{name}\"\n"
-        );
-        assert_upstream_error(
-            &text,
-            4,
-            "backend.sticky_cookie: ",
-        );
+        let text =
+            format!("[backend]\nservers = [\"127.0.0.1:3000\"]\n\nsticky_cookie = \"{name}\"\n");
+        assert_upstream_error(&text, 4, "backend.sticky_cookie: ");
         assert_upstream_error(&text, 4, "is not a cookie name; use an RFC 6265 token");
     }
 }

@@ -246,7 +246,11 @@ fn a_hash_keys_server_marked_down_hands_it_to_another_until_it_is_back() {
     assert!(b.record_failure(home));
     let other = b.pick(&affinity).next().unwrap().0;
     assert_ne!(other, home);
-    assert_eq!(b.pick(&affinity).next().unwrap().0, other, "the same stand-in");
+    assert_eq!(
+        b.pick(&affinity).next().unwrap().0,
+        other,
+        "the same stand-in"
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     while b.is_down(home) {
         assert!(Instant::now() < deadline);
@@ -265,7 +269,9 @@ fn a_valid_cookie_wins_while_its_server_is_up() {
     };
     assert!((0..6).all(|_| first(&b, &affinity) == 2));
     assert_eq!(b.set_cookie(&affinity, 1), None, "already has it");
-    let line = b.set_cookie(&Affinity::NONE, 1).expect("a new client gets one");
+    let line = b
+        .set_cookie(&Affinity::NONE, 1)
+        .expect("a new client gets one");
     assert_eq!(
         &line[..],
         format!("Set-Cookie: srv={id:016x}; Path=/; HttpOnly\r\n").as_bytes()
