@@ -88,6 +88,11 @@ pub async fn serve(ctx: Rc<WorkerContext>, client: Stream, info: ClientInfo, slo
     let mut b = Vec::new();
     let mut trace = Trace::default();
     let outcome = proxy(&ctx, &client, &info, &mut a, &mut b, &mut trace).await;
+    if !matches!(outcome, Ok(Done::Switched { .. })) {
+        // The upstream connection is closed: it no longer counts against its server, though
+        // the client's may linger.
+        trace.open = None;
+    }
     let metrics = ctx.metrics();
     let (status, report) = match outcome {
         Ok(Done::Switched { upstream, early }) => {

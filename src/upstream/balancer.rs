@@ -72,6 +72,21 @@ pub struct Policy {
     pub sticky_cookie: Option<String>,
 }
 
+impl std::fmt::Display for Policy {
+    /// As the upstream file writes it: `balance = "hash" hash_key = "path" sticky_cookie = "s"`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.balance {
+            Balance::RoundRobin => write!(f, "balance = \"round_robin\"")?,
+            Balance::LeastConn => write!(f, "balance = \"least_conn\"")?,
+            Balance::Hash(key) => write!(f, "balance = \"hash\" hash_key = \"{key}\"")?,
+        }
+        match &self.sticky_cookie {
+            Some(name) => write!(f, " sticky_cookie = \"{name}\""),
+            None => Ok(()),
+        }
+    }
+}
+
 /// What a request brings to the choice, read from its head by [`Balancer::affinity`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Affinity {
@@ -105,6 +120,7 @@ pub struct Balancer {
     next: AtomicUsize,
     health: Health,
     state: Vec<ServerHealth>,
+    policy: Policy,
     mode: Mode,
     sticky: Option<Sticky>,
     /// Open connections by server, shared with the tables before and after this one.
@@ -152,7 +168,12 @@ impl Balancer {
             next: AtomicUsize::new(0),
             health,
             mode,
+            policy: policy.clone(),
         }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
     }
 
     /// What the request brings to the choice: its hash key's hash and its sticky cookie.

@@ -275,3 +275,25 @@ fn rejects_bad_sticky_cookie_name() {
         assert_upstream_error(&text, 4, "is not a cookie name; use an RFC 6265 token");
     }
 }
+
+#[test]
+fn a_reload_names_a_changed_balance_and_start_up_names_the_policy() {
+    let config = parse(MAIN).unwrap();
+    let old = parse_upstreams(&config, UPSTREAMS).unwrap();
+    let text = format!(
+        "{UPSTREAMS}balance = \"hash\"\nhash_key = \"query:room\"\nsticky_cookie = \"srv\"\n"
+    );
+    let new = parse_upstreams(&config, &text).unwrap();
+    assert_eq!(
+        reload::describe_changes(&old, &new),
+        "backend: balance = \"hash\" hash_key = \"query:room\" sticky_cookie = \"srv\" (was balance = \"round_robin\")"
+    );
+    assert_eq!(
+        reload::summarize(&new),
+        "backend=[127.0.0.1:3000, 127.0.0.1:3001] balance = \"hash\" hash_key = \"query:room\" sticky_cookie = \"srv\""
+    );
+    assert_eq!(
+        reload::summarize(&old),
+        "backend=[127.0.0.1:3000, 127.0.0.1:3001]"
+    );
+}

@@ -28,6 +28,19 @@ pub enum HashKey {
 pub const FORMS: &str =
     "\"client_ip\", \"path\", \"header:NAME\", \"cookie:NAME\" or \"query:NAME\"";
 
+impl std::fmt::Display for HashKey {
+    /// As `hash_key` is written.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HashKey::ClientIp => f.write_str("client_ip"),
+            HashKey::Header(name) => write!(f, "header:{name}"),
+            HashKey::Cookie(name) => write!(f, "cookie:{name}"),
+            HashKey::Query(name) => write!(f, "query:{name}"),
+            HashKey::Path => f.write_str("path"),
+        }
+    }
+}
+
 impl HashKey {
     /// Reads `hash_key`; Err says what is wrong with it.
     pub fn parse(text: &str) -> Result<HashKey, String> {
