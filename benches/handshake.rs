@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use wsplice::http::{ClientInfo, HeadScan, MAX_HEADERS, Parsed, parse_request, parse_response};
-use wsplice::upstream::balancer::{Balancer, Health};
+use wsplice::upstream::balancer::key::HashKey;
+use wsplice::upstream::balancer::{Affinity, Balance, Balancer, Health, Policy};
 use wsplice::uring::buffers::BufferPool;
 
 const SMALL_UPGRADE: &[u8] = b"GET /chat HTTP/1.1\r\n\
@@ -157,9 +158,37 @@ fn bench_pick(c: &mut Criterion) {
     let servers: Vec<(SocketAddr, u32)> = (0..4)
         .map(|i| (SocketAddr::from(([10, 0, 0, i], 3000)), u32::from(i) + 1))
         .collect();
-    let balancer = Balancer::new(servers, Health::default());
+    let balancer = Balancer::new(servers.clone(), Health::default());
     c.bench_function("Balancer::pick", |b| {
-        b.iter(|| black_box(balancer.pick().next()))
+        b.iter(|| black_box(balancer.pick(&Affinity::NONE).next()))
+    });
+    let with = |balance, sticky: Option<&str>| {
+        let policy = Policy {
+            balance,
+            sticky_cookie: sticky.map(str::to_string),
+        };
+        Balancer::with_policy("chat", servers.clone(), Health::default(), &policy)
+    };
+    // What a connection pays: the choice plus its open-connection count held and dropped.
+    let least = with(Balance::LeastConn, None);
+    c.bench_function("Balancer::pick least_conn + open", |b| {
+        b.iter(|| {
+            let (i, addr) = least.pick(&Affinity::NONE).next().unwrap();
+            black_box((least.open(i), addr))
+        })
+    });
+    let hash = with(Balance::Hash(HashKey::Header("X-User".into())), Some("srv"));
+    let head = b"GET /chat?room=1 HTTP/1.1\r\nHost: example.com\r\nX-User: alice@example.com\r\nCookie: a=1; srv=00000000000000ff\r\n\r\n";
+    let client = std::net::IpAddr::from([10, 1, 2, 3]);
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let Ok(Parsed::Complete(req)) = parse_request(head, &mut headers) else {
+        unreachable!("a complete head")
+    };
+    c.bench_function("Balancer::affinity + pick hash header + sticky", |b| {
+        b.iter(|| {
+            let affinity = hash.affinity(black_box(&req), b"/chat", client);
+            black_box(hash.pick(&affinity).next())
+        })
     });
 }
 

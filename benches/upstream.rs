@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 use criterion::{Criterion, criterion_group, criterion_main};
 use wsplice::config::Config;
 use wsplice::upstream::UpstreamTable;
+use wsplice::upstream::balancer::Affinity;
 
 const CONFIG: &str = r#"
 listen = ["127.0.0.1:0"]
@@ -47,7 +48,13 @@ fn bench_pick(c: &mut Criterion) {
     let shared = Arc::new(ArcSwap::from_pointee(table(&config, 3000)));
     let pick = |shared: &ArcSwap<UpstreamTable>| {
         let table = shared.load_full();
-        black_box(table.group_for_route(route).balancer.pick().next())
+        black_box(
+            table
+                .group_for_route(route)
+                .balancer
+                .pick(&Affinity::NONE)
+                .next(),
+        )
     };
 
     let mut group = c.benchmark_group("round-robin pick");

@@ -9,13 +9,15 @@
 //! - [`http`]: sans-IO HTTP/1.1: the request head (strict checks, the rewrite sent
 //!   upstream), the request path in normal form (what routes match), where a head ends
 //!   (scanned once) and where a body ends (`Content-Length`, chunked), the response head,
-//!   the RFC 6455 key and accept checks.
+//!   the RFC 6455 key and accept checks, and the lookups a balancer hashes (a header, a
+//!   cookie, a query parameter).
 //! - [`config`]: the TOML config, raw serde types validated into [`config::Config`].
 //! - [`observe`]: per-worker metrics, the admin endpoint (`/metrics`, `/healthz`), the
 //!   access log written from its own thread.
 //! - [`upstream`]: the upstream file as an immutable table of groups, each with its balancer
-//!   (smooth weighted round robin, passive health); hot reload (inotify, SIGHUP) swaps the
-//!   table whole through arc-swap.
+//!   (smooth weighted round robin, least connections, a consistent-hash ring, sticky
+//!   cookies; passive health); hot reload (inotify, SIGHUP) swaps the table whole through
+//!   arc-swap, handing on health and open-connection counts.
 //! - [`uring`]: tokio-uring plumbing: the connection type over a plain descriptor, a connect
 //!   that a timeout really ends, deadlines that never drop a pending read, the buffer pool.
 //! - [`tunnel`]: every open tunnel of a worker, relayed by one loop over a ring of their own

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio_uring::buf::BoundedBuf;
 use tracing::{debug, info, warn};
 
+use crate::http::head::fields_end;
 use crate::http::origin;
 use crate::http::websocket::{self, Accept, Expected};
 use crate::http::{
@@ -19,6 +20,8 @@ use crate::http::{
 use crate::observe::access_log;
 use crate::observe::metrics::Upgrade;
 use crate::tunnel::{RelayError, Report, Side};
+use crate::upstream::balancer::Affinity;
+use crate::upstream::balancer::least_conn::Open;
 use crate::uring::deadline::with_deadline;
 use crate::uring::stream::Stream;
 
@@ -42,6 +45,8 @@ struct Request {
     to_head: bool,
     /// The client may send another request after this one's response.
     persistent: bool,
+    /// What the head brings to the upstream choice (hash key, sticky cookie).
+    affinity: Affinity,
 }
 
 #[derive(Clone, Copy)]
@@ -56,7 +61,7 @@ enum Switch {
 
 /// A plain request on its way: what of its body has gone up, and how its connection may go
 /// on.
-struct Exchange {
+struct Exchange<'a> {
     /// Body bytes that went up with the head.
     body_sent: u64,
     /// The rest of the body.
@@ -65,6 +70,8 @@ struct Exchange {
     /// once the body is complete, is the start of the next request.
     consumed: usize,
     to_head: bool,
+    /// Header lines for the response head (the sticky cookie), or empty.
+    set_cookie: &'a [u8],
     /// The connection may carry another request after this one's response.
     persistent: bool,
 }
@@ -89,9 +96,13 @@ enum Done {
 /// What the access log and the metrics learn about a connection on the way.
 #[derive(Debug, Default)]
 struct Trace {
-    route: Option<usize>,
+    /// A route index; u32 keeps the tunnel's table entry within its size.
+    route: Option<u32>,
     upstream: Option<SocketAddr>,
     upgrade: bool,
+    /// Counts the connection against its upstream server (`least_conn`) for as long as the
+    /// connection, tunnel included, lives.
+    open: Option<Open>,
 }
 
 /// Serves one accepted client connection: its requests in turn (plain ones may keep the
@@ -112,6 +123,11 @@ pub async fn serve(ctx: Rc<WorkerContext>, client: Stream, info: ClientInfo, slo
             last: served + 1 >= MAX_REQUESTS,
         };
         let outcome = proxy(&ctx, &client, &info, turn, &mut a, &mut b, &mut trace).await;
+        if !matches!(outcome, Ok(Done::Switched { .. })) {
+            // The upstream connection is closed: it no longer counts against its server,
+            // though the client's may linger or wait for its next request.
+            trace.open = None;
+        }
         let end = Closing {
             peer: info.peer,
             trace,
@@ -222,10 +238,9 @@ impl Closing {
             },
             |r| r.end.to_string(),
         );
-        let route = self
-            .trace
-            .route
-            .map_or("-", |r| ctx.shared.config.routes.get(r).path.as_str());
+        let route = self.trace.route.map_or("-", |r| {
+            ctx.shared.config.routes.get(r as usize).path.as_str()
+        });
         let duration = self.started.elapsed();
         debug!(
             client = %self.peer,
@@ -391,7 +406,7 @@ async fn proxy(
         None => return Ok(Done::ClientLeft),
     };
 
-    trace.route = Some(request.route);
+    trace.route = u32::try_from(request.route).ok();
     trace.upgrade = request.upgrade.is_some();
     // A plain request's body bytes that came with the head go up with it, and not a byte
     // after the body's end; an upgrade's are held until the switch is proven.
@@ -405,9 +420,15 @@ async fn proxy(
 
     let table = ctx.shared.table.load_full();
     let group = table.group_for_route(request.route);
-    let (upstream, addr) = connect_group(group, timeouts.connect, &ctx.shared.metrics).await?;
+    let affinity = &request.affinity;
+    let connected = connect_group(group, affinity, timeouts.connect, &ctx.shared.metrics).await?;
+    // Cloned out (no allocation) so the table is not held for a long response.
+    let set_cookie = group.balancer.set_cookie(affinity, connected.index);
     drop(table);
-    trace.upstream = Some(addr);
+    let upstream = connected.stream;
+    trace.upstream = Some(connected.addr);
+    trace.open = Some(connected.open);
+    let set_cookie = set_cookie.as_deref().unwrap_or_default();
 
     let range = request.head_len..request.head_len + sent;
     out.extend_from_slice(&req[range]);
@@ -420,13 +441,20 @@ async fn proxy(
     ctx.metrics().bytes[0].add(sent as u64);
 
     match request.upgrade {
-        Some(switch) => upgrade(ctx, client, upstream, switch, request.head_len, req, out).await,
+        Some(switch) => {
+            let head_len = request.head_len;
+            upgrade(
+                ctx, client, upstream, switch, head_len, set_cookie, req, out,
+            )
+            .await
+        }
         None => {
             let exchange = Exchange {
                 body_sent: sent as u64,
                 body,
                 consumed: request.head_len + sent,
                 to_head: request.to_head,
+                set_cookie,
                 persistent: request.persistent
                     && !turn.last
                     && timeouts.keepalive.is_some()
@@ -537,7 +565,7 @@ fn route_request(
     let path = head.write_request_line(out);
     let route = config
         .routes
-        .find(&out[path])
+        .find(&out[path.clone()])
         .ok_or(HandshakeError::NoRoute)?;
     let policy = config.routes.get(route);
     let extra = &policy.extra_upgrades;
@@ -554,8 +582,16 @@ fn route_request(
         origin::allowed(&policy.allowed_origins, policy.require_origin, head.headers)
             .map_err(HandshakeError::OriginRefused)?;
     }
+    let affinity = ctx
+        .shared
+        .table
+        .load()
+        .group_for_route(route)
+        .balancer
+        .affinity(&head, &out[path], info.peer.ip());
     head.write_fields(info, out);
     Ok(Request {
+        affinity,
         head_len: head.len,
         upgrade,
         route,
@@ -619,13 +655,16 @@ async fn await_response(
 /// An upgrade request: after a `101` that completes the switch the client asked for, passes
 /// it on and hands the upstream back for the tunnel; any other answer is passed on and the
 /// exchange ends. Client bytes that came with the head are held until then, and never
-/// sent after a refusal or a `101` that does not prove the upstream switched.
+/// sent after a refusal or a `101` that does not prove the upstream switched. `set_cookie`
+/// (header lines) goes into either answer's head.
+#[allow(clippy::too_many_arguments)]
 async fn upgrade(
     ctx: &WorkerContext,
     client: &Stream,
     upstream_stream: Stream,
     switch: Switch,
     head_len: usize,
+    set_cookie: &[u8],
     req: &mut Vec<u8>,
     resp: &mut Vec<u8>,
 ) -> Result<Done, HandshakeError> {
@@ -644,6 +683,7 @@ async fn upgrade(
         let head_for = HeadFor {
             to_head: false,
             persistent: false,
+            set_cookie,
         };
         let (copied, framing, _) = write_response_head(resp, resp_len, req, head_for)?;
         let limit = ctx.shared.config.timeouts.handshake;
@@ -671,6 +711,11 @@ async fn upgrade(
         req.len().saturating_sub(head_len) as u64,
         (resp.len() - resp_len) as u64,
     ];
+    if !set_cookie.is_empty() {
+        // The one rewrite of a 101: the lines go in before its end, ahead of any early bytes.
+        let at = fields_end(&resp[..resp_len]);
+        resp.splice(at..at, set_cookie.iter().copied());
+    }
     let bytes = &ctx.metrics().bytes;
     bytes[1].add(early[1]);
     let limit = ctx.shared.config.timeouts.handshake;

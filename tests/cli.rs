@@ -197,3 +197,43 @@ fn bad_allowed_origin() {
         &["route.allowed_origins", "without a path"],
     );
 }
+
+/// Each balance setting's mistakes: exit 1 with the upstream file's line.
+#[test]
+fn bad_balance_settings() {
+    let config = TestConfig::default().toml();
+    let group = |settings: &str| format!("[backend]\nservers = [\"127.0.0.1:3000\"]\n{settings}\n");
+    assert_rejected(
+        &config,
+        &group("balance = \"ip_hash\""),
+        "upstreams.toml:3:",
+        &[
+            "backend.balance",
+            "\"ip_hash\" is not a balance",
+            "\"least_conn\"",
+        ],
+    );
+    assert_rejected(
+        &config,
+        &group("hash_key = \"client_ip\""),
+        "upstreams.toml:3:",
+        &["backend.hash_key: only used with balance = \"hash\""],
+    );
+    assert_rejected(
+        &config,
+        &group("balance = \"hash\"\nhash_key = \"cookie\""),
+        "upstreams.toml:4:",
+        &["backend.hash_key", "is not a hash key", "\"cookie:NAME\""],
+    );
+    assert_rejected(
+        &config,
+        &group("sticky_cookie = \"my cookie\""),
+        "upstreams.toml:3:",
+        &["backend.sticky_cookie", "is not a cookie name"],
+    );
+    let (code, text) = check(
+        &config,
+        &group("balance = \"hash\"\nhash_key = \"query:room\"\nsticky_cookie = \"srv\""),
+    );
+    assert_eq!(code, 0, "{text}");
+}

@@ -32,7 +32,7 @@ fn outcome(buf: &[u8]) -> Result<Parsed<Outcome>, HandshakeError> {
             let h2c = check_switch(head.headers, &Expected::Protocol("h2c")).is_ok();
             assert!(!(websocket.is_ok() && h2c));
             let mut out = Vec::new();
-            head.write_closing(&mut out);
+            head.write_closing(&mut out, &[]);
             Parsed::Complete((
                 head.status,
                 head.len,

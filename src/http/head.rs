@@ -345,6 +345,11 @@ fn check_websocket<'b>(
 }
 
 impl<'b> RequestHead<'_, 'b> {
+    /// `?` and the query as the client wrote it; empty when there is none.
+    pub fn query(&self) -> &'b [u8] {
+        self.parts.query
+    }
+
     /// Lets an upgrade to another protocol than WebSocket through when the route lists one of
     /// the tokens the client offered (`extra`, case-insensitive) and the request has no body;
     /// otherwise its `Upgrade` stays stripped and the request goes up as a plain one.
@@ -517,15 +522,16 @@ pub fn parse_response<'h, 'b>(
 
 impl ResponseHead<'_, '_> {
     /// Appends the head to pass to the client for a response that ends the connection:
-    /// connection-scoped headers dropped and `Connection: close` added.
-    pub fn write_closing(&self, out: &mut Vec<u8>) {
-        self.write_for_client(out, false);
+    /// connection-scoped headers dropped, `extra` header lines (each ending in CRLF) and
+    /// `Connection: close` added.
+    pub fn write_closing(&self, out: &mut Vec<u8>, extra: &[&[u8]]) {
+        self.write_for_client(out, false, extra);
     }
 
-    /// Appends the head to pass to the client: connection-scoped headers dropped, and
-    /// `Connection: close` added unless the connection stays open (`persistent`: HTTP/1.1
-    /// connections persist by default).
-    pub fn write_for_client(&self, out: &mut Vec<u8>, persistent: bool) {
+    /// Appends the head to pass to the client: connection-scoped headers dropped, `extra`
+    /// header lines (each ending in CRLF) added, and `Connection: close` unless the
+    /// connection stays open (`persistent`: HTTP/1.1 connections persist by default).
+    pub fn write_for_client(&self, out: &mut Vec<u8>, persistent: bool, extra: &[&[u8]]) {
         let _ = write!(out, "HTTP/1.1 {} {}\r\n", self.status, self.reason);
         for h in self.headers {
             let connection_scoped = ["connection", "keep-alive", "proxy-connection"]
@@ -534,6 +540,9 @@ impl ResponseHead<'_, '_> {
             if !connection_scoped {
                 push_header(out, h.name.as_bytes(), h.value);
             }
+        }
+        for line in extra {
+            out.extend_from_slice(line);
         }
         if !persistent {
             out.extend_from_slice(b"Connection: close\r\n");
@@ -577,6 +586,16 @@ impl ResponseHead<'_, '_> {
             (Some(false), None) | (None, None) => Ok(Framing::UntilClose),
             (None, Some(n)) => Ok(Framing::Length(n)),
         }
+    }
+}
+
+/// Where header lines can be inserted into the complete head `head`: before the empty line
+/// that ends it (CRLF, or a bare LF, which a response head may end with).
+pub fn fields_end(head: &[u8]) -> usize {
+    if head.ends_with(b"\r\n\r\n") || head.ends_with(b"\n\r\n") {
+        head.len() - 2
+    } else {
+        head.len().saturating_sub(1)
     }
 }
 

@@ -9,22 +9,42 @@ use tracing::warn;
 use crate::http::HandshakeError;
 use crate::observe::metrics::Metrics;
 use crate::upstream::Group;
+use crate::upstream::balancer::Affinity;
+use crate::upstream::balancer::least_conn::Open;
 use crate::uring::connect::{ConnectError, connect};
 use crate::uring::stream::Stream;
 
-/// Tries the group's servers, weighted round-robin choice first, until one accepts; each
-/// outcome feeds the group's passive health.
+/// An upstream connection and what the connection keeps of its choice.
+pub struct Connected {
+    pub stream: Stream,
+    pub addr: SocketAddr,
+    /// The server's index in the group.
+    pub index: usize,
+    /// Counts the connection against the server (`least_conn`) until dropped.
+    pub open: Open,
+}
+
+/// Tries the group's servers, the balancer's choice for `affinity` first, until one accepts;
+/// each outcome feeds the group's passive health. Each attempt counts against its server from
+/// its start, so connects in progress weigh in `least_conn` too.
 pub async fn connect_group(
     group: &Group,
+    affinity: &Affinity,
     timeout: Option<Duration>,
     metrics: &Metrics,
-) -> Result<(Stream, SocketAddr), HandshakeError> {
+) -> Result<Connected, HandshakeError> {
     let mut all_timed_out = true;
-    for (index, addr) in group.balancer.pick() {
+    for (index, addr) in group.balancer.pick(affinity) {
+        let open = group.balancer.open(index);
         match connect(addr, timeout).await {
             Ok(stream) => {
                 group.balancer.record_success(index);
-                return Ok((stream, addr));
+                return Ok(Connected {
+                    stream,
+                    addr,
+                    index,
+                    open,
+                });
             }
             Err(ConnectError::NoDescriptor(e)) => {
                 warn!(upstream = %addr, group = %group.name, "cannot connect: {e}");

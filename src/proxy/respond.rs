@@ -23,7 +23,7 @@ pub(super) async fn respond(
     ctx: &WorkerContext,
     client: &Stream,
     upstream: &Stream,
-    exchange: Exchange,
+    exchange: Exchange<'_>,
     req: &mut Vec<u8>,
     resp: &mut Vec<u8>,
 ) -> Result<Done, HandshakeError> {
@@ -32,6 +32,7 @@ pub(super) async fn respond(
         mut body,
         consumed,
         to_head,
+        set_cookie,
         persistent,
     } = exchange;
     if body.is_done() {
@@ -73,6 +74,7 @@ pub(super) async fn respond(
     };
     let head = HeadFor {
         to_head,
+        set_cookie,
         persistent,
     };
     let down = async {
@@ -109,9 +111,11 @@ pub(super) async fn respond(
 
 /// What the response head to the client depends on besides the upstream's head.
 #[derive(Clone, Copy)]
-pub(super) struct HeadFor {
+pub(super) struct HeadFor<'a> {
     /// The request was `HEAD`: no body, whatever the head says.
     pub to_head: bool,
+    /// Header lines to add (the sticky cookie), or empty.
+    pub set_cookie: &'a [u8],
     /// The connection may stay open after the response if its framing allows.
     pub persistent: bool,
 }
@@ -128,7 +132,7 @@ async fn response_down(
     client: &Stream,
     upstream: &Stream,
     resp: &mut Vec<u8>,
-    head_for: HeadFor,
+    head_for: HeadFor<'_>,
     activity: &Activity,
     answered: &Cell<bool>,
 ) -> Result<(u16, PumpResult, bool), HandshakeError> {
@@ -223,14 +227,16 @@ pub(super) async fn relay_response(
 
 /// Writes the response head in `resp[..len]` for the client, then the part of what followed
 /// it that belongs to its body, into `out`. The head keeps the connection open only if
-/// `head_for` allows it and the body has an end other than the upstream's close. Returns the
+/// `head_for` allows it and the body has an end other than the upstream's close; its
+/// `set_cookie` lines go in, with `Cache-Control: private` unless the head has a
+/// `Cache-Control`. Returns the
 /// body bytes copied, the framing of the rest, and whether the connection may persist.
 /// Err: the head does not say where its body ends in a way wsplice can trust (`502`).
 pub(super) fn write_response_head(
     resp: &[u8],
     len: usize,
     out: &mut Vec<u8>,
-    head_for: HeadFor,
+    head_for: HeadFor<'_>,
 ) -> Result<(u64, Framing, bool), HandshakeError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let Parsed::Complete(head) = parse_response(&resp[..len], &mut headers)? else {
@@ -238,7 +244,19 @@ pub(super) fn write_response_head(
     };
     let mut framing = head.framing(head_for.to_head)?;
     let persistent = head_for.persistent && framing != Framing::UntilClose;
-    head.write_for_client(out, persistent);
+    let set_cookie = head_for.set_cookie;
+    // A shared cache must not hand one client's server cookie to others.
+    let private: &[u8] = if set_cookie.is_empty()
+        || head
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("cache-control"))
+    {
+        b""
+    } else {
+        b"Cache-Control: private\r\n"
+    };
+    head.write_for_client(out, persistent, &[set_cookie, private]);
     let sent = framing
         .take(&resp[len..])
         .map_err(|_| HandshakeError::BadResponse("malformed chunked body"))?;

@@ -1,11 +1,27 @@
-//! Server choice within a group: nginx's smooth weighted round robin, precomputed into one
-//! cycle so a pick is a single atomic add shared by all workers, and nginx-style passive
-//! health (`max_fails` within `fail_timeout` marks a server down for `fail_timeout`).
+//! Server choice within a group. Every mode ends the same way: one first choice, then the
+//! rest of the group in rotation order from it, servers marked down last. The first choice is
+//! the server a valid sticky cookie names, if it is up; else, by `balance`, nginx's smooth
+//! weighted round robin (precomputed into one cycle, so a pick is one atomic add shared by
+//! all workers), the least-loaded server ([`least_conn`]), or the key's server on a
+//! consistent-hash ring ([`ring`], [`key`]). Passive health is nginx's: `max_fails` within
+//! `fail_timeout` marks a server down for `fail_timeout`.
 
-use std::net::SocketAddr;
-use std::sync::OnceLock;
+pub mod cookie;
+pub mod key;
+pub mod least_conn;
+pub mod ring;
+pub mod stable_hash;
+
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+use crate::http::RequestHead;
+use cookie::Sticky;
+use key::HashKey;
+use least_conn::{Load, Open};
+use ring::Ring;
 
 /// Largest weight a server may have; keeps the precomputed cycle small.
 pub const MAX_WEIGHT: u32 = 1000;
@@ -40,6 +56,60 @@ struct ServerHealth {
     down_until_ms: AtomicU64,
 }
 
+/// A group's `balance`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    LeastConn,
+    Hash(HashKey),
+}
+
+/// How a group picks: its `balance` and `sticky_cookie`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Policy {
+    pub balance: Balance,
+    pub sticky_cookie: Option<String>,
+}
+
+impl std::fmt::Display for Policy {
+    /// As the upstream file writes it: `balance = "hash" hash_key = "path" sticky_cookie = "s"`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.balance {
+            Balance::RoundRobin => write!(f, "balance = \"round_robin\"")?,
+            Balance::LeastConn => write!(f, "balance = \"least_conn\"")?,
+            Balance::Hash(key) => write!(f, "balance = \"hash\" hash_key = \"{key}\"")?,
+        }
+        match &self.sticky_cookie {
+            Some(name) => write!(f, " sticky_cookie = \"{name}\""),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What a request brings to the choice, read from its head by [`Balancer::affinity`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Affinity {
+    /// The hash of the group's `hash_key` in the request (`balance = "hash"`).
+    pub key: Option<u64>,
+    /// The server id the request's sticky cookie carries.
+    pub cookie: Option<u64>,
+}
+
+impl Affinity {
+    pub const NONE: Affinity = Affinity {
+        key: None,
+        cookie: None,
+    };
+}
+
+#[derive(Debug)]
+enum Mode {
+    RoundRobin,
+    LeastConn,
+    Hash { key: HashKey, ring: Ring },
+}
+
 /// The servers of a group, their weights, and the state that picks among them.
 #[derive(Debug)]
 pub struct Balancer {
@@ -50,25 +120,92 @@ pub struct Balancer {
     next: AtomicUsize,
     health: Health,
     state: Vec<ServerHealth>,
+    policy: Policy,
+    mode: Mode,
+    sticky: Option<Sticky>,
+    /// Open connections by server, shared with the tables before and after this one.
+    loads: Vec<Load>,
 }
 
 impl Balancer {
-    /// `servers` with their weights (1..=MAX_WEIGHT); panics on an empty list (the loader
-    /// refuses empty groups first).
+    /// A round-robin group without sticky cookie: see [`Balancer::with_policy`].
     pub fn new(servers: Vec<(SocketAddr, u32)>, health: Health) -> Self {
+        Self::with_policy("", servers, health, &Policy::default())
+    }
+
+    /// Group `group`'s `servers` with their weights (1..=MAX_WEIGHT); panics on an empty list
+    /// (the loader refuses empty groups first).
+    pub fn with_policy(
+        group: &str,
+        servers: Vec<(SocketAddr, u32)>,
+        health: Health,
+        policy: &Policy,
+    ) -> Self {
         assert!(
             (1..=MAX_SERVERS).contains(&servers.len()),
             "a group needs 1 to {MAX_SERVERS} servers"
         );
         let weights: Vec<u32> = servers.iter().map(|(_, w)| (*w).max(1)).collect();
+        let servers: Vec<SocketAddr> = servers.into_iter().map(|(a, _)| a).collect();
+        let mode = match &policy.balance {
+            Balance::RoundRobin => Mode::RoundRobin,
+            Balance::LeastConn => Mode::LeastConn,
+            Balance::Hash(key) => Mode::Hash {
+                key: key.clone(),
+                ring: Ring::new(&servers, &weights),
+            },
+        };
         Balancer {
             cycle: smooth_cycle(&weights),
             state: servers.iter().map(|_| ServerHealth::default()).collect(),
-            servers: servers.into_iter().map(|(a, _)| a).collect(),
+            loads: servers.iter().map(|_| Load::default()).collect(),
+            sticky: policy
+                .sticky_cookie
+                .as_deref()
+                .map(|name| Sticky::new(name, group, &servers)),
+            servers,
             weights,
             next: AtomicUsize::new(0),
             health,
+            mode,
+            policy: policy.clone(),
         }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// What the request brings to the choice: its hash key's hash and its sticky cookie.
+    /// `path` is the normalised path it was routed on, `client` the client's address.
+    pub fn affinity(&self, head: &RequestHead<'_, '_>, path: &[u8], client: IpAddr) -> Affinity {
+        Affinity {
+            key: match &self.mode {
+                Mode::Hash { key, .. } => key.hash(head, path, client),
+                _ => None,
+            },
+            cookie: self.sticky.as_ref().and_then(|s| s.requested(head.headers)),
+        }
+    }
+
+    /// Counts a connection (attempt) to server `index` until the guard drops.
+    pub fn open(&self, index: usize) -> Open {
+        self.loads[index].open()
+    }
+
+    /// Connections open to server `index` now, across all workers.
+    pub fn open_connections(&self, index: usize) -> usize {
+        self.loads[index].count()
+    }
+
+    /// The `Set-Cookie` line to send when a request with `affinity` was served by server
+    /// `index`: none without a sticky cookie, or when the request's cookie named that server.
+    pub fn set_cookie(&self, affinity: &Affinity, index: usize) -> Option<Arc<[u8]>> {
+        let sticky = self.sticky.as_ref()?;
+        if affinity.cookie.and_then(|id| sticky.server(id)) == Some(index) {
+            return None;
+        }
+        Some(sticky.line(index).clone())
     }
 
     pub fn servers(&self) -> &[SocketAddr] {
@@ -83,24 +220,46 @@ impl Balancer {
         self.health
     }
 
-    /// The servers to try for one connection, as (index, address): the weighted round-robin
-    /// choice first, then the rest in group order, servers marked down last (they are tried
-    /// anyway rather than refusing without trying). Health is read once, up front, so a
+    /// The servers to try for one connection, as (index, address): the first choice (see the
+    /// module doc), then the rest in group order from it, servers marked down last (they are
+    /// tried anyway rather than refusing without trying). Health is read once, up front, so a
     /// server marked down during the walk is not tried twice.
-    pub fn pick(&self) -> impl Iterator<Item = (usize, SocketAddr)> + '_ {
+    pub fn pick(&self, affinity: &Affinity) -> impl Iterator<Item = (usize, SocketAddr)> + '_ {
         let n = self.servers.len();
-        let tick = self.next.fetch_add(1, Ordering::Relaxed);
-        let start = self.cycle[tick % self.cycle.len()] as usize;
         let now = now_ms();
         let mut down = [0u64; MAX_SERVERS / 64];
         for i in (0..n).filter(|&i| !self.is_up(i, now)) {
             down[i / 64] |= 1 << (i % 64);
         }
         let is_down = move |i: usize| down[i / 64] & (1 << (i % 64)) != 0;
+        let start = self.first_choice(affinity, |i| !is_down(i));
         let rotation = move || (0..n).map(move |i| (start + i) % n);
         let up_first = rotation().filter(move |&i| !is_down(i));
         let down_last = rotation().filter(move |&i| is_down(i));
         up_first.chain(down_last).map(|i| (i, self.servers[i]))
+    }
+
+    /// The sticky cookie's server if it is up; else the hash key's server (the first up on
+    /// the ring); else the round-robin choice, or for `least_conn` the least loaded with
+    /// ties going by round robin.
+    fn first_choice(&self, affinity: &Affinity, up: impl Fn(usize) -> bool + Copy) -> usize {
+        let sticky = self.sticky.as_ref().zip(affinity.cookie);
+        if let Some(i) = sticky.and_then(|(s, id)| s.server(id))
+            && up(i)
+        {
+            return i;
+        }
+        if let (Mode::Hash { ring, .. }, Some(key)) = (&self.mode, affinity.key)
+            && let Some(i) = ring.lookup(key, up)
+        {
+            return i;
+        }
+        let tick = self.next.fetch_add(1, Ordering::Relaxed);
+        let turn = self.cycle[tick % self.cycle.len()] as usize;
+        match self.mode {
+            Mode::LeastConn => least_conn::least_loaded(turn, &self.loads, &self.weights, up),
+            _ => turn,
+        }
     }
 
     fn is_up(&self, index: usize, now: u64) -> bool {
@@ -141,6 +300,15 @@ impl Balancer {
         let s = &self.state[index];
         if s.fails.load(Ordering::Relaxed) != 0 {
             s.fails.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Hands the open-connection counts of servers that stay on from the previous table.
+    pub fn inherit_loads(&mut self, old: &Balancer) {
+        for (i, addr) in self.servers.iter().enumerate() {
+            if let Some(j) = old.servers.iter().position(|a| a == addr) {
+                self.loads[i] = old.loads[j].share();
+            }
         }
     }
 
@@ -227,172 +395,4 @@ fn gcd(a: u32, b: u32) -> u32 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn addr(port: u16) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], port))
-    }
-
-    fn firsts(b: &Balancer, n: usize) -> Vec<u16> {
-        (0..n).map(|_| b.pick().next().unwrap().1.port()).collect()
-    }
-
-    #[test]
-    fn equal_weights_rotate_and_then_try_the_rest() {
-        let b = Balancer::new(
-            vec![(addr(1), 1), (addr(2), 1), (addr(3), 1)],
-            Health::default(),
-        );
-        let order: Vec<u16> = b.pick().map(|(_, a)| a.port()).collect();
-        assert_eq!(order, [1, 2, 3]);
-        let order: Vec<u16> = b.pick().map(|(_, a)| a.port()).collect();
-        assert_eq!(order, [2, 3, 1]);
-        assert_eq!(firsts(&b, 4), [3, 1, 2, 3]);
-    }
-
-    #[test]
-    fn smooth_weighted_order_matches_nginx() {
-        // nginx's documented example: weights 5, 1, 1 give a a b a c a a.
-        let b = Balancer::new(
-            vec![(addr(1), 5), (addr(2), 1), (addr(3), 1)],
-            Health::default(),
-        );
-        assert_eq!(firsts(&b, 7), [1, 1, 2, 1, 3, 1, 1]);
-    }
-
-    #[test]
-    fn weighted_split_is_exact_over_whole_cycles() {
-        let b = Balancer::new(vec![(addr(1), 1), (addr(2), 3)], Health::default());
-        let picks = firsts(&b, 1000);
-        assert_eq!(picks.iter().filter(|&&p| p == 1).count(), 250);
-        assert_eq!(picks.iter().filter(|&&p| p == 2).count(), 750);
-    }
-
-    #[test]
-    #[allow(clippy::disallowed_methods)] // a plain unit test, no runtime to block
-    fn a_failing_server_is_skipped_until_fail_timeout_then_retried() {
-        let health = Health {
-            max_fails: 2,
-            fail_timeout: Duration::from_millis(200),
-        };
-        let b = Balancer::new(vec![(addr(1), 1), (addr(2), 1)], health);
-        assert!(!b.record_failure(0));
-        assert!(b.record_failure(0), "second failure marks it down");
-        assert!(b.is_down(0));
-        for _ in 0..6 {
-            let order: Vec<u16> = b.pick().map(|(_, a)| a.port()).collect();
-            assert_eq!(order, [2, 1], "down server last");
-        }
-        std::thread::sleep(Duration::from_millis(250));
-        assert!(!b.is_down(0));
-        assert_eq!(firsts(&b, 2).iter().filter(|&&p| p == 1).count(), 1);
-    }
-
-    #[test]
-    fn a_server_marked_down_during_a_walk_is_not_tried_twice() {
-        let b = Balancer::new(vec![(addr(1), 1)], Health::default());
-        let mut walk = b.pick();
-        let (first, _) = walk.next().unwrap();
-        assert!(b.record_failure(first));
-        assert_eq!(walk.next(), None);
-    }
-
-    #[test]
-    fn max_fails_zero_never_marks_down() {
-        let health = Health {
-            max_fails: 0,
-            fail_timeout: Duration::from_secs(10),
-        };
-        let b = Balancer::new(vec![(addr(1), 1)], health);
-        for _ in 0..10 {
-            assert!(!b.record_failure(0));
-        }
-        assert!(!b.is_down(0));
-    }
-
-    fn health(max_fails: u32, fail_timeout: Duration) -> Health {
-        Health {
-            max_fails,
-            fail_timeout,
-        }
-    }
-
-    #[test]
-    fn a_server_marked_down_takes_the_new_fail_timeout() {
-        let old = Balancer::new(vec![(addr(1), 1)], health(1, Duration::from_secs(3600)));
-        assert!(old.record_failure(0));
-        let shorter = Balancer::new(vec![(addr(1), 1)], health(1, Duration::from_millis(1)));
-        shorter.inherit_health(&old);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while shorter.is_down(0) {
-            assert!(
-                Instant::now() < deadline,
-                "still down under the old fail_timeout"
-            );
-            std::thread::yield_now();
-        }
-        let longer = Balancer::new(vec![(addr(1), 1)], health(1, Duration::from_secs(7200)));
-        longer.inherit_health(&old);
-        assert!(longer.is_down(0));
-        let since = old.state[0].down_since_ms.load(Ordering::Relaxed);
-        assert_eq!(
-            longer.state[0].down_until_ms.load(Ordering::Relaxed),
-            since + 7_200_000,
-            "down for the new fail_timeout from when it was marked"
-        );
-    }
-
-    #[test]
-    fn max_fails_zero_in_the_new_table_lifts_a_mark() {
-        let old = Balancer::new(vec![(addr(1), 1)], Health::default());
-        assert!(old.record_failure(0));
-        let new = Balancer::new(vec![(addr(1), 1)], health(0, Duration::from_secs(10)));
-        new.inherit_health(&old);
-        assert!(!new.is_down(0));
-    }
-
-    #[test]
-    fn round_robin_continues_across_a_reload() {
-        let servers = vec![(addr(1), 1), (addr(2), 1)];
-        let old = Balancer::new(servers.clone(), Health::default());
-        assert_eq!(firsts(&old, 1), [1]);
-        let new = Balancer::new(servers, Health::default());
-        new.inherit_position(&old);
-        assert_eq!(firsts(&new, 3), [2, 1, 2]);
-
-        // Weighted and unchanged: the exact place in the cycle (a a b a c a a).
-        let weighted = vec![(addr(1), 5), (addr(2), 1), (addr(3), 1)];
-        let old = Balancer::new(weighted.clone(), Health::default());
-        assert_eq!(firsts(&old, 3), [1, 1, 2]);
-        let new = Balancer::new(weighted, Health::default());
-        new.inherit_position(&old);
-        assert_eq!(firsts(&new, 4), [1, 3, 1, 1]);
-    }
-
-    #[test]
-    fn a_changed_group_starts_at_the_server_that_was_due() {
-        let old = Balancer::new(
-            vec![(addr(1), 1), (addr(2), 1), (addr(3), 1)],
-            Health::default(),
-        );
-        assert_eq!(firsts(&old, 1), [1]);
-        let new = Balancer::new(vec![(addr(3), 1), (addr(2), 1)], Health::default());
-        new.inherit_position(&old);
-        assert_eq!(firsts(&new, 2), [2, 3]);
-        // The server due next is gone: the old position, wrapped into the new cycle.
-        let gone = Balancer::new(vec![(addr(4), 1), (addr(5), 1)], Health::default());
-        gone.inherit_position(&new);
-        assert_eq!(firsts(&gone, 2), [5, 4]);
-    }
-
-    #[test]
-    fn health_carries_over_to_a_reloaded_table() {
-        let old = Balancer::new(vec![(addr(1), 1), (addr(2), 1)], Health::default());
-        old.record_failure(1);
-        let new = Balancer::new(vec![(addr(2), 1), (addr(3), 1)], Health::default());
-        new.inherit_health(&old);
-        assert!(new.is_down(0));
-        assert!(!new.is_down(1));
-    }
-}
+mod tests;

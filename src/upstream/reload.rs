@@ -16,6 +16,7 @@ use notify::{RecursiveMode, Watcher};
 use tracing::{debug, error, info, warn};
 
 use super::UpstreamTable;
+use super::balancer::Policy;
 use crate::config::{Config, read_file};
 
 /// Quiet time after an event on the file before reading, so one save is one reload.
@@ -100,7 +101,7 @@ pub fn reload(
     last.text = Some(text);
     last.unresolved = matches!(&outcome, Err(refused) if refused.unresolved);
     match outcome {
-        Ok(new) => {
+        Ok(mut new) => {
             let old = table.load();
             new.inherit(&old);
             let changes = describe_changes(&old, &new);
@@ -344,6 +345,10 @@ pub fn describe_changes(old: &UpstreamTable, new: &UpstreamTable) -> String {
                 diff.push(format!("-{s}"));
             }
         }
+        let (was, is) = (before.balancer.policy(), group.balancer.policy());
+        if was != is {
+            diff.push(format!("{is} (was {was})"));
+        }
         if !diff.is_empty() {
             parts.push(format!("{}: {}", group.name, diff.join(" ")));
         }
@@ -375,7 +380,12 @@ pub fn summarize(table: &UpstreamTable) -> String {
                     w => format!("{s} weight {w}"),
                 })
                 .collect();
-            format!("{}=[{}]", g.name, servers.join(", "))
+            let policy = g.balancer.policy();
+            if *policy == Policy::default() {
+                format!("{}=[{}]", g.name, servers.join(", "))
+            } else {
+                format!("{}=[{}] {policy}", g.name, servers.join(", "))
+            }
         })
         .collect::<Vec<_>>()
         .join("; ")

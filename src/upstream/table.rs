@@ -9,8 +9,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::balancer::{Balancer, Health, MAX_SERVERS, MAX_WEIGHT};
+use super::balancer::key::HashKey;
+use super::balancer::{Balance, Balancer, Health, MAX_SERVERS, MAX_WEIGHT, Policy};
 use crate::config::{Config, ConfigError, Routes, read_file};
+use crate::http::lookup::is_token;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -18,6 +20,9 @@ struct RawGroup {
     servers: Spanned<Vec<Spanned<toml::Value>>>,
     max_fails: Option<Spanned<i64>>,
     fail_timeout: Option<Spanned<String>>,
+    balance: Option<Spanned<String>>,
+    hash_key: Option<Spanned<String>>,
+    sticky_cookie: Option<Spanned<String>>,
 }
 
 /// One upstream group: its name and the balancer that picks among its servers.
@@ -114,9 +119,10 @@ impl UpstreamTable {
                 servers.push(server);
             }
             let health = parse_health(name, group).map_err(|(at, why)| err(at, why))?;
+            let policy = parse_policy(name, group).map_err(|(at, why)| err(at, why))?;
             groups.push(Group {
                 name: name.clone(),
-                balancer: Balancer::new(servers, health),
+                balancer: Balancer::with_policy(name, servers, health, &policy),
             });
         }
 
@@ -145,11 +151,12 @@ impl UpstreamTable {
         self.groups.iter().find(|g| g.name == name)
     }
 
-    /// Takes over from `old`, group by group, the passive-health state of servers present
-    /// in both tables and the round-robin position.
-    pub fn inherit(&self, old: &UpstreamTable) {
-        for group in &self.groups {
+    /// Takes over from `old`, group by group, the passive-health state and open-connection
+    /// counts of servers present in both tables, and the round-robin position.
+    pub fn inherit(&mut self, old: &UpstreamTable) {
+        for group in &mut self.groups {
             if let Some(previous) = old.group(&group.name) {
+                group.balancer.inherit_loads(&previous.balancer);
                 group.balancer.inherit_health(&previous.balancer);
                 group.balancer.inherit_position(&previous.balancer);
             }
@@ -247,6 +254,59 @@ fn parse_health(name: &str, group: &RawGroup) -> Result<Health, (usize, String)>
             })?;
     }
     Ok(health)
+}
+
+/// `balance`, `hash_key` and `sticky_cookie`.
+fn parse_policy(name: &str, group: &RawGroup) -> Result<Policy, (usize, String)> {
+    let hash_key = match &group.hash_key {
+        None => HashKey::ClientIp,
+        Some(k) => HashKey::parse(k.get_ref())
+            .map_err(|why| (k.span().start, format!("{name}.hash_key: {why}")))?,
+    };
+    let balance = match group
+        .balance
+        .as_ref()
+        .map(|b| (b.get_ref().as_str(), b.span()))
+    {
+        None | Some(("round_robin", _)) => Balance::RoundRobin,
+        Some(("least_conn", _)) => Balance::LeastConn,
+        Some(("hash", _)) => Balance::Hash(hash_key),
+        Some((other, span)) => {
+            return Err((
+                span.start,
+                format!(
+                    "{name}.balance: {other:?} is not a balance; use \"round_robin\" (the default), \"least_conn\" or \"hash\""
+                ),
+            ));
+        }
+    };
+    if let Some(k) = &group.hash_key
+        && !matches!(balance, Balance::Hash(_))
+    {
+        return Err((
+            k.span().start,
+            format!(
+                "{name}.hash_key: only used with balance = \"hash\"; add that, or remove hash_key"
+            ),
+        ));
+    }
+    let sticky_cookie = match &group.sticky_cookie {
+        None => None,
+        Some(c) if is_token(c.get_ref().as_bytes()) => Some(c.get_ref().clone()),
+        Some(c) => {
+            return Err((
+                c.span().start,
+                format!(
+                    "{name}.sticky_cookie: {:?} is not a cookie name; use an RFC 6265 token (letters, digits and !#$%&'*+-.^_`|~), e.g. \"wsplice_srv\"",
+                    c.get_ref()
+                ),
+            ));
+        }
+    };
+    Ok(Policy {
+        balance,
+        sticky_cookie,
+    })
 }
 
 fn route_groups<'r>(

@@ -209,3 +209,91 @@ fn rejects_bad_health_settings() {
         "backend.fail_timeout: \"soon\" is not a positive duration",
     );
 }
+
+#[test]
+fn balance_settings_parse() {
+    let text = r#"[backend]
+servers = ["127.0.0.1:3000", "127.0.0.1:3001"]
+balance = "hash"
+hash_key = "cookie:session"
+sticky_cookie = "wsplice_srv"
+
+[least]
+servers = ["127.0.0.1:3002"]
+balance = "least_conn"
+"#;
+    let config = parse(MAIN).unwrap();
+    let table = parse_upstreams(&config, text).unwrap();
+    assert!(table.group("backend").is_some() && table.group("least").is_some());
+}
+
+#[test]
+fn rejects_unknown_balance() {
+    let text = "[backend]\nservers = [\"127.0.0.1:3000\"]\nbalance = \"leastconn\"\n";
+    assert_upstream_error(
+        text,
+        3,
+        "backend.balance: \"leastconn\" is not a balance; use \"round_robin\" (the default), \"least_conn\" or \"hash\"",
+    );
+}
+
+#[test]
+fn rejects_hash_key_without_balance_hash() {
+    let text = "[backend]\nservers = [\"127.0.0.1:3000\"]\nhash_key = \"client_ip\"\n";
+    assert_upstream_error(
+        text,
+        3,
+        "backend.hash_key: only used with balance = \"hash\"",
+    );
+    let text = "[backend]\nservers = [\"127.0.0.1:3000\"]\nbalance = \"least_conn\"\n\nhash_key = \"path\"\n";
+    assert_upstream_error(text, 5, "only used with balance = \"hash\"");
+}
+
+#[test]
+fn rejects_bad_hash_key_form() {
+    let bad = |key: &str| {
+        format!(
+            "[backend]\nservers = [\"127.0.0.1:3000\"]\nbalance = \"hash\"\nhash_key = \"{key}\"\n"
+        )
+    };
+    assert_upstream_error(
+        &bad("ip"),
+        4,
+        "backend.hash_key: \"ip\" is not a hash key; use \"client_ip\", \"path\"",
+    );
+    assert_upstream_error(&bad("header:X User"), 4, "is not a header name");
+    assert_upstream_error(&bad("cookie:"), 4, "is not a cookie name");
+    assert_upstream_error(&bad("query:a=b"), 4, "is not a query parameter name");
+}
+
+#[test]
+fn rejects_bad_sticky_cookie_name() {
+    for name in ["", "srv id", "srv;x", "srv=1", "sr\\u00e9v"] {
+        let text =
+            format!("[backend]\nservers = [\"127.0.0.1:3000\"]\n\nsticky_cookie = \"{name}\"\n");
+        assert_upstream_error(&text, 4, "backend.sticky_cookie: ");
+        assert_upstream_error(&text, 4, "is not a cookie name; use an RFC 6265 token");
+    }
+}
+
+#[test]
+fn a_reload_names_a_changed_balance_and_start_up_names_the_policy() {
+    let config = parse(MAIN).unwrap();
+    let old = parse_upstreams(&config, UPSTREAMS).unwrap();
+    let text = format!(
+        "{UPSTREAMS}balance = \"hash\"\nhash_key = \"query:room\"\nsticky_cookie = \"srv\"\n"
+    );
+    let new = parse_upstreams(&config, &text).unwrap();
+    assert_eq!(
+        reload::describe_changes(&old, &new),
+        "backend: balance = \"hash\" hash_key = \"query:room\" sticky_cookie = \"srv\" (was balance = \"round_robin\")"
+    );
+    assert_eq!(
+        reload::summarize(&new),
+        "backend=[127.0.0.1:3000, 127.0.0.1:3001] balance = \"hash\" hash_key = \"query:room\" sticky_cookie = \"srv\""
+    );
+    assert_eq!(
+        reload::summarize(&old),
+        "backend=[127.0.0.1:3000, 127.0.0.1:3001]"
+    );
+}

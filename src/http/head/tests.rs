@@ -773,7 +773,7 @@ fn closing(buf: &[u8]) -> Result<Parsed<Closing>, HandshakeError> {
         Parsed::Incomplete => Parsed::Incomplete,
         Parsed::Complete(resp) => {
             let mut out = Vec::new();
-            resp.write_closing(&mut out);
+            resp.write_closing(&mut out, &[]);
             Parsed::Complete((resp.status, resp.reason.to_string(), resp.len, out))
         }
     })
@@ -966,5 +966,41 @@ fn response_framing_that_cannot_be_trusted_is_a_bad_gateway() {
             Err(HandshakeError::BadResponse(reason)),
             "{fields}"
         );
+    }
+}
+
+#[test]
+fn closing_head_carries_extra_lines_before_its_end() {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let head = b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n";
+    let Parsed::Complete(resp) = parse_response(head, &mut headers).unwrap() else {
+        panic!("incomplete");
+    };
+    let mut out = Vec::new();
+    resp.write_closing(&mut out, &[b"Set-Cookie: s=1\r\n", b"X-A: b\r\n"]);
+    assert_eq!(
+        out,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nSet-Cookie: s=1\r\nX-A: b\r\nConnection: close\r\n\r\n"
+    );
+}
+
+#[test]
+fn fields_end_is_before_the_final_empty_line() {
+    for (head, at) in [
+        (&b"HTTP/1.1 101 S\r\nA: b\r\n\r\n"[..], 22),
+        (b"HTTP/1.1 101 S\nA: b\n\n", 20),
+        (b"HTTP/1.1 101 S\r\nA: b\r\n\n", 22),
+        (b"HTTP/1.1 101 S\nA: b\n\r\n", 20),
+    ] {
+        assert_eq!(fields_end(head), at, "{:?}", String::from_utf8_lossy(head));
+        let mut with = head.to_vec();
+        with.splice(at..at, b"X: y\r\n".iter().copied());
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let Parsed::Complete(resp) = parse_response(&with, &mut headers).unwrap() else {
+            panic!("incomplete");
+        };
+        assert_eq!(resp.len, with.len());
+        assert_eq!(resp.headers.len(), 2);
+        assert_eq!(resp.headers[1].name, "X");
     }
 }
