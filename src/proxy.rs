@@ -345,7 +345,7 @@ pub const LINGER: Duration = Duration::from_secs(1);
 /// descriptors): a flood of them must not hold descriptors for long.
 pub const SHORT_LINGER: Duration = Duration::from_millis(100);
 
-/// Answers `err` and closes, lingering (see [`linger`]).
+/// Answers `err` and closes, lingering (see `linger`).
 pub async fn reject(client: &Stream, err: HandshakeError, scratch: &mut Vec<u8>, linger: Duration) {
     let (res, _) = client.write_all(err.response()).await;
     if res.is_ok() {

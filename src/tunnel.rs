@@ -13,7 +13,7 @@
 //! that waits instead. So readers that stop reading cannot drain the ring that every other
 //! tunnel of the worker reads into.
 //!
-//! Each direction is in one [`State`], and every state but `Done` is exactly one operation in
+//! Each direction is in one `State`, and every state but `Done` is exactly one operation in
 //! flight (a receive, a send, or a readiness poll), so bytes keep their order. Timeouts and
 //! errors shut the sockets down, which completes whatever is pending; a tunnel's descriptors
 //! are closed only once both directions are `Done`.

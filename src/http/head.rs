@@ -378,7 +378,7 @@ impl<'b> RequestHead<'_, 'b> {
 
     /// Appends the request line to send upstream and returns where in `out` its path is: the
     /// path to route on. It is origin form (RFC 9112 section 3.2.1) with the target's path
-    /// normalised ([`path::normalize`]) and its query as the client wrote it, in HTTP/1.1, so
+    /// normalised (`path::normalize`) and its query as the client wrote it, in HTTP/1.1, so
     /// the upstream acts on exactly the path that was routed on. The fragment is dropped.
     pub fn write_request_line(&self, out: &mut Vec<u8>) -> Range<usize> {
         out.extend_from_slice(self.method.as_bytes());

@@ -1,7 +1,7 @@
 //! A TCP connection that owns a plain descriptor. tokio-uring's `TcpStream` keeps its fd to
 //! itself; this one gives it up ([`Stream::into_fd`]), so that after the handshake a
 //! connection can be handed to other code with its own ring. Operations go through
-//! tokio-uring's `UnsubmittedOneshot` escape hatch, always by way of [`oneshot`] (also for
+//! tokio-uring's `UnsubmittedOneshot` escape hatch, always by way of `oneshot` (also for
 //! [`super::connect`]), with tokio-uring's own semantics: the buffer is the op's stable data,
 //! kept alive until the kernel is done with it even if the future is dropped.
 //!
