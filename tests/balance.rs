@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::echo_upstream::{self, Seen};
-use common::{Proxy, TestConfig, read_to_close};
+use common::{Proxy, TestConfig, read_response};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpSocket;
@@ -60,7 +60,7 @@ async fn get(proxy: &Proxy, from: IpAddr, extra: &str) -> HashMap<String, String
         .unwrap();
     let request = format!("GET /who HTTP/1.1\r\nHost: test\r\n{extra}\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
-    let response = read_to_close(&mut stream, LIMIT).await;
+    let response = read_response(&mut stream, LIMIT).await;
     let text = String::from_utf8_lossy(&response);
     let head = text.split("\r\n\r\n").next().unwrap();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
