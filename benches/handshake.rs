@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use wsplice::http::{ClientInfo, HeadScan, MAX_HEADERS, Parsed, parse_request, parse_response};
+use wsplice::proxy::limits::{Admit, ClientLimits};
 use wsplice::upstream::balancer::key::HashKey;
 use wsplice::upstream::balancer::{Affinity, Balance, Balancer, Health, Policy};
 use wsplice::uring::buffers::BufferPool;
@@ -202,12 +203,44 @@ fn bench_buffers(c: &mut Criterion) {
     });
 }
 
+/// What the per-client limits add to each connection (open + close at accept) and to each
+/// request head (the rate check), spread over many addresses as a flood would be.
+fn bench_client_limits(c: &mut Criterion) {
+    let limits = wsplice::config::Limits {
+        max_request_head: 16384,
+        max_connections: 9000,
+        receive_buffers: 256,
+        max_connections_per_ip: 100,
+        handshake_rate_per_ip: Some(wsplice::config::Rate {
+            requests: 1_000_000,
+            per: std::time::Duration::from_secs(1),
+        }),
+    };
+    let table = ClientLimits::new(&limits);
+    let mut n = 0u32;
+    let mut next_ip = move || {
+        n = n.wrapping_add(0x9E37_79B9);
+        std::net::IpAddr::from(n.to_be_bytes())
+    };
+    c.bench_function("client limits open+close", |b| {
+        b.iter(|| {
+            if let Admit::Counted(bucket) = table.open(black_box(next_ip())) {
+                table.close(bucket);
+            }
+        })
+    });
+    c.bench_function("client limits rate check", |b| {
+        b.iter(|| table.request(black_box(next_ip())))
+    });
+}
+
 criterion_group!(
     benches,
     bench_request,
     bench_response,
     bench_slow_head,
     bench_pick,
-    bench_buffers
+    bench_buffers,
+    bench_client_limits
 );
 criterion_main!(benches);

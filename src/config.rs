@@ -113,6 +113,8 @@ struct RawLimits {
     max_request_head: Option<Spanned<i64>>,
     max_connections: Option<Spanned<i64>>,
     receive_buffers: Option<Spanned<i64>>,
+    max_connections_per_ip: Option<Spanned<i64>>,
+    handshake_rate_per_ip: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -148,7 +150,31 @@ pub struct Limits {
     pub max_connections: usize,
     /// Kernel-selected 16 KiB receive buffers per worker, shared by its tunnels.
     pub receive_buffers: u16,
+    /// Open connections one client address (an IPv6 /64) may hold; 0: no limit (nginx's
+    /// `limit_conn`).
+    pub max_connections_per_ip: usize,
+    /// Request heads one client address may send, with a burst of one second's worth;
+    /// `None` (`"0/s"`): no limit (nginx's `limit_req`).
+    pub handshake_rate_per_ip: Option<Rate>,
 }
+
+/// A request rate: `requests` per `per` (one second or one minute).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub requests: u32,
+    pub per: Duration,
+}
+
+impl Rate {
+    /// Requests admitted at once from a rested client: one second's worth, at least one.
+    pub fn burst(&self) -> u32 {
+        let per_second = u64::from(self.requests) * 1000 / self.per.as_millis().max(1) as u64;
+        per_second.clamp(1, u64::from(u32::MAX)) as u32
+    }
+}
+
+/// The most requests a rate may allow per unit, so one request's interval stays above 1 µs.
+const MAX_RATE: u32 = 1_000_000;
 
 /// One `[[route]]`: requests whose normalised path starts with `path` go to group `upstream`.
 #[derive(Debug, Clone, PartialEq)]
@@ -355,6 +381,18 @@ impl Config {
                 1..=MAX_RECEIVE_BUFFERS,
             )
             .map_err(|(offset, msg)| err(offset, msg))? as u16,
+            max_connections_per_ip: parse_limit(
+                "limits.max_connections_per_ip",
+                &raw.limits.max_connections_per_ip,
+                0,
+                0..=10_000_000,
+            )
+            .map_err(|(offset, msg)| err(offset, msg))?,
+            handshake_rate_per_ip: parse_rate(
+                "limits.handshake_rate_per_ip",
+                &raw.limits.handshake_rate_per_ip,
+            )
+            .map_err(|(offset, msg)| err(offset, msg))?,
         };
 
         if raw.routes.is_empty() {
@@ -541,6 +579,41 @@ fn parse_limit(
                 "{field}: {v} is out of range; use {} to {}",
                 range.start(),
                 range.end()
+            ),
+        )),
+    }
+}
+
+/// `"N/s"` or `"N/m"` (also `sec`, `second`, `min`, `minute`); `N` = 0 turns the limit off.
+fn parse_rate(field: &str, value: &Option<Spanned<String>>) -> Result<Option<Rate>, FieldError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let text = value.get_ref().trim();
+    let parsed = text.split_once('/').and_then(|(n, unit)| {
+        let per = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            _ => return None,
+        };
+        let requests = n.trim().parse::<u32>().ok()?;
+        Some(Rate { requests, per })
+    });
+    match parsed {
+        Some(rate) if rate.requests == 0 => Ok(None),
+        Some(rate) if rate.requests <= MAX_RATE => Ok(Some(rate)),
+        Some(rate) => Err((
+            value.span().start,
+            format!(
+                "{field}: {} is out of range; use 0 (no limit) to {MAX_RATE} requests per unit",
+                rate.requests
+            ),
+        )),
+        None => Err((
+            value.span().start,
+            format!(
+                "{field}: {:?} is not a rate; write requests per second or minute, e.g. \"20/s\" or \"600/m\", or \"0/s\" for no limit",
+                value.get_ref()
             ),
         )),
     }

@@ -26,7 +26,8 @@
 //!   enum, so one operation per direction is checked by the compiler.
 //! - [`proxy`]: one connection: read the request head -> route -> connect an upstream ->
 //!   response head -> hand the tunnel over after a real `101`, or relay one framed request
-//!   and response and close.
+//!   and response and close; the per-client limits (a fixed table of atomic buckets shared
+//!   by all workers: connections per address, request heads per second).
 //! - [`server`]: start-up and stop, the listeners, one pinned worker thread per CPU with
 //!   its own tokio-uring runtime and accept loop.
 

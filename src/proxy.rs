@@ -18,7 +18,7 @@ use crate::http::{
     parse_request, parse_response,
 };
 use crate::observe::access_log;
-use crate::observe::metrics::Upgrade;
+use crate::observe::metrics::{Limit, Upgrade};
 use crate::tunnel::{RelayError, Report, Side};
 use crate::upstream::balancer::Affinity;
 use crate::upstream::balancer::least_conn::Open;
@@ -27,6 +27,7 @@ use crate::uring::stream::Stream;
 
 mod connect;
 mod context;
+pub mod limits;
 mod pump;
 mod respond;
 
@@ -310,8 +311,8 @@ fn open_tunnel(
     }
 }
 
-/// Turns a client away before reading anything (over the connection limit, out of
-/// descriptors): answered, counted and logged like any other refusal.
+/// Turns a client away before reading anything (over the connection limit or its address's,
+/// out of descriptors): answered, counted and logged like any other refusal.
 pub async fn turn_away(
     ctx: Rc<WorkerContext>,
     client: Stream,
@@ -320,7 +321,11 @@ pub async fn turn_away(
     linger: Duration,
     slot: Option<Slot>,
 ) {
-    warn!(client = %info.peer, "{}: {err}", err.status());
+    if err.status() >= 500 {
+        warn!(client = %info.peer, "{}: {err}", err.status());
+    } else {
+        info!(client = %info.peer, "{}: {err}", err.status());
+    }
     let mut scratch = Vec::with_capacity(1024);
     reject(&client, err, &mut scratch, linger).await;
     ctx.metrics().response(err.status());
@@ -531,6 +536,12 @@ async fn read_request(
             if let Parsed::Complete(head) = parse_request(req, &mut headers)? {
                 if head.len > max_head {
                     return Err(HandshakeError::HeadTooLarge);
+                }
+                // Before routing: a refused request costs no upstream work and no byte of it
+                // goes up.
+                if !ctx.shared.client_limits.request(info.peer.ip()) {
+                    ctx.metrics().limited(Limit::Rate);
+                    return Err(HandshakeError::ClientRate);
                 }
                 return route_request(ctx, info, head, out).map(Some);
             }
@@ -770,11 +781,12 @@ mod tests {
     use super::*;
     use crate::tunnel::Tunnels;
 
-    /// An idle tunnel's table entry, with this payload, stays small.
+    /// An idle tunnel's table entry, with this payload, stays small. (248: the slot also
+    /// names its client's bucket of the per-client limits, 8 bytes with padding.)
     #[test]
     fn a_tunnel_entry_stays_small() {
         let size = Tunnels::<TunnelEnd>::ENTRY_SIZE;
-        assert!(size <= 240, "{size} bytes");
+        assert!(size <= 248, "{size} bytes");
         println!("tunnel entry: {size} bytes");
     }
 

@@ -18,6 +18,7 @@ use crate::observe::admin;
 use crate::observe::metrics::Metrics;
 use crate::os::{cpus, fdlimit, notify};
 use crate::proxy::Shared;
+use crate::proxy::limits::ClientLimits;
 use crate::upstream::UpstreamTable;
 use crate::upstream::reload::{self, ReloadStats, Trigger};
 
@@ -95,6 +96,7 @@ pub fn run(config: Config, table: UpstreamTable) -> Result<(), StartError> {
         .collect::<Result<Vec<_>, _>>()?;
 
     let config_upstreams = config.upstreams_path.clone();
+    let config_limits = config.limits.clone();
     let access_log = AccessLog::open(&config.access_log).map_err(StartError::AccessLog)?;
     let shared = Arc::new(Shared {
         config,
@@ -106,6 +108,7 @@ pub fn run(config: Config, table: UpstreamTable) -> Result<(), StartError> {
         metrics: Metrics::new(workers),
         access_log,
         pipes_per_worker: fdlimit::pipes_per_worker(limit - needed, workers),
+        client_limits: ClientLimits::new(&config_limits),
     });
 
     signals.block_on(async {

@@ -237,3 +237,46 @@ fn bad_balance_settings() {
     );
     assert_eq!(code, 0, "{text}");
 }
+
+/// Per-client limits: a rate that is not "N/s" or "N/m", or a negative connection count,
+/// exits 1 naming the line and what would be valid.
+#[test]
+fn bad_per_client_limits() {
+    for (line, says) in [
+        (
+            "handshake_rate_per_ip = \"20/h\"",
+            &[
+                "limits.handshake_rate_per_ip",
+                "\"20/h\" is not a rate",
+                "\"20/s\"",
+            ][..],
+        ),
+        (
+            "handshake_rate_per_ip = \"fast\"",
+            &["limits.handshake_rate_per_ip", "\"fast\" is not a rate"][..],
+        ),
+        (
+            "max_connections_per_ip = -1",
+            &["limits.max_connections_per_ip", "-1 is out of range"][..],
+        ),
+    ] {
+        let config =
+            TestConfig::default()
+                .toml()
+                .replacen("[limits]\n", &format!("[limits]\n{line}\n"), 1);
+        let at = config.lines().position(|l| l == line).unwrap() + 1;
+        assert_rejected(
+            &config,
+            GOOD_UPSTREAMS,
+            &format!("wsplice.toml:{at}:"),
+            says,
+        );
+    }
+    let config = TestConfig::default().toml().replacen(
+        "[limits]\n",
+        "[limits]\nmax_connections_per_ip = 10\nhandshake_rate_per_ip = \"600/m\"\n",
+        1,
+    );
+    let (code, text) = check(&config, GOOD_UPSTREAMS);
+    assert_eq!(code, 0, "{text}");
+}

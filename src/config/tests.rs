@@ -72,6 +72,8 @@ fn minimal_config_gets_defaults() {
             max_request_head: DEFAULT_MAX_REQUEST_HEAD,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             receive_buffers: DEFAULT_RECEIVE_BUFFERS as u16,
+            max_connections_per_ip: 0,
+            handshake_rate_per_ip: None,
         }
     );
     assert_eq!(config.routes.len(), 1);
@@ -105,6 +107,8 @@ keepalive = "0s"
 [limits]
 max_request_head = 4096
 max_connections = 100
+max_connections_per_ip = 8
+handshake_rate_per_ip = "20/s"
 
 [[route]]
 path = "/"
@@ -144,6 +148,11 @@ upstream = "backend"
             max_request_head: 4096,
             max_connections: 100,
             receive_buffers: DEFAULT_RECEIVE_BUFFERS as u16,
+            max_connections_per_ip: 8,
+            handshake_rate_per_ip: Some(Rate {
+                requests: 20,
+                per: Duration::from_secs(1),
+            }),
         }
     );
     let routes: Vec<(&str, &str, usize)> = config
@@ -151,7 +160,7 @@ upstream = "backend"
         .iter()
         .map(|r| (r.path.as_str(), r.upstream.as_str(), r.line))
         .collect();
-    assert_eq!(routes, [("/websocket", "backend", 22), ("/", "web", 18)]);
+    assert_eq!(routes, [("/websocket", "backend", 24), ("/", "web", 20)]);
 }
 
 #[test]
@@ -675,4 +684,77 @@ fn rejects_invalid_allowed_origins() {
         let text = format!("{MAIN}allowed_origins = {list}\n");
         assert_error(parse(&text), "wsplice.toml", 7, message);
     }
+}
+
+fn with_limit(line: &str) -> String {
+    format!(
+        "listen = [\"127.0.0.1:8080\"]\nupstreams = \"u.toml\"\n[limits]\n{line}\n\
+         [[route]]\npath = \"/\"\nupstream = \"b\"\n"
+    )
+}
+
+#[test]
+fn handshake_rate_per_ip_takes_seconds_and_minutes() {
+    let rate = |text: &str| {
+        parse(&with_limit(&format!("handshake_rate_per_ip = \"{text}\"")))
+            .unwrap()
+            .limits
+            .handshake_rate_per_ip
+    };
+    let per_second = Rate {
+        requests: 20,
+        per: Duration::from_secs(1),
+    };
+    assert_eq!(rate("20/s"), Some(per_second));
+    assert_eq!(rate(" 20 / second "), Some(per_second));
+    assert_eq!(per_second.burst(), 20);
+    let per_minute = rate("600/m").unwrap();
+    assert_eq!(per_minute.per, Duration::from_secs(60));
+    assert_eq!(per_minute.burst(), 10);
+    // Slower than one a second: a rested client still gets one request at once.
+    assert_eq!(rate("30/min").unwrap().burst(), 1);
+    assert_eq!(rate("0/s"), None);
+    assert_eq!(rate("0/m"), None);
+}
+
+#[test]
+fn rejects_bad_handshake_rate_per_ip() {
+    for (value, phrase) in [
+        ("20", "is not a rate; write requests per second or minute"),
+        ("20/h", "is not a rate"),
+        ("-1/s", "is not a rate"),
+        ("x/s", "is not a rate"),
+        ("", "is not a rate"),
+        (
+            "2000000/s",
+            "2000000 is out of range; use 0 (no limit) to 1000000",
+        ),
+    ] {
+        let text = with_limit(&format!("handshake_rate_per_ip = \"{value}\""));
+        assert_config_error(
+            &text,
+            4,
+            &format!(
+                "limits.handshake_rate_per_ip: {}",
+                if phrase.starts_with("is") {
+                    format!("{value:?} {phrase}")
+                } else {
+                    phrase.to_string()
+                }
+            ),
+        );
+    }
+}
+
+#[test]
+fn max_connections_per_ip_is_off_at_zero_and_rejects_negatives() {
+    let config = parse(&with_limit("max_connections_per_ip = 0")).unwrap();
+    assert_eq!(config.limits.max_connections_per_ip, 0);
+    let config = parse(&with_limit("max_connections_per_ip = 3")).unwrap();
+    assert_eq!(config.limits.max_connections_per_ip, 3);
+    assert_config_error(
+        &with_limit("max_connections_per_ip = -1"),
+        4,
+        "limits.max_connections_per_ip: -1 is out of range; use 0 to 10000000",
+    );
 }

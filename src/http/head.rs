@@ -56,6 +56,10 @@ pub enum HandshakeError {
     RequestWriteTimeout,
     #[error("upgrade refused by the route's origin policy: {0}")]
     OriginRefused(&'static str),
+    #[error("over limits.max_connections_per_ip for this client address")]
+    ClientConnections,
+    #[error("over limits.handshake_rate_per_ip for this client address")]
+    ClientRate,
 }
 
 macro_rules! error_response {
@@ -84,6 +88,7 @@ impl HandshakeError {
             HandshakeError::HeadTimeout => 408,
             HandshakeError::HeadTooLarge | HandshakeError::TooManyHeaders => 431,
             HandshakeError::UnsupportedVersion => 426,
+            HandshakeError::ClientConnections | HandshakeError::ClientRate => 429,
             HandshakeError::UpstreamFailed
             | HandshakeError::BadResponse(_)
             | HandshakeError::BadSwitch(_) => 502,
@@ -106,6 +111,14 @@ impl HandshakeError {
                 "HTTP/1.1 426 Upgrade Required\r\nSec-WebSocket-Version: 13\r\n",
                 "Content-Type: text/plain\r\nContent-Length: 33\r\nConnection: close\r\n\r\n",
                 "WebSocket version 13 is required\n"
+            )
+            .as_bytes(),
+            // RFC 6585: a client may try again after a second, when its address has a
+            // connection or a request's worth of room again.
+            429 => concat!(
+                "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\n",
+                "Content-Type: text/plain\r\nContent-Length: 18\r\nConnection: close\r\n\r\n",
+                "too many requests\n"
             )
             .as_bytes(),
             431 => error_response!(

@@ -71,6 +71,26 @@ impl Upgrade {
     }
 }
 
+/// Which per-client limit refused a client (429).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// `limits.max_connections_per_ip`, at accept.
+    Connections,
+    /// `limits.handshake_rate_per_ip`, per request head.
+    Rate,
+}
+
+impl Limit {
+    const ALL: [Limit; 2] = [Limit::Connections, Limit::Rate];
+
+    fn label(self) -> &'static str {
+        match self {
+            Limit::Connections => "connections",
+            Limit::Rate => "rate",
+        }
+    }
+}
+
 /// Upper bounds (seconds) of the tunnel duration histogram.
 pub const TUNNEL_SECONDS: [f64; 9] = [
     0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0,
@@ -91,6 +111,7 @@ pub struct WorkerMetrics {
     /// buffer so the ring buffer could go back at once.
     pub spilled_sends: Meter,
     upgrades: [Meter; 4],
+    limited: [Meter; 2],
     /// Responses by status, 100..=599.
     responses: Box<[Meter]>,
     /// Bytes relayed: [client->upstream, upstream->client].
@@ -110,6 +131,7 @@ impl Default for WorkerMetrics {
             heap_reads: Meter::default(),
             spilled_sends: Meter::default(),
             upgrades: Default::default(),
+            limited: Default::default(),
             responses: (100..600).map(|_| Meter::default()).collect(),
             bytes: Default::default(),
             tunnel_buckets: Default::default(),
@@ -122,6 +144,11 @@ impl Default for WorkerMetrics {
 impl WorkerMetrics {
     pub fn upgrade(&self, outcome: Upgrade) {
         self.upgrades[outcome as usize].add(1);
+    }
+
+    /// Counts a client refused by a per-client limit (its 429 is counted as a response too).
+    pub fn limited(&self, limit: Limit) {
+        self.limited[limit as usize].add(1);
     }
 
     /// Counts a response sent to a client, by status.
@@ -185,6 +212,10 @@ pub struct Snapshot {
     pub last_reload_unix: u64,
     pub table_version: u64,
     pub draining: bool,
+    /// Buckets of the per-client limits table (fixed at start; 0 when both limits are off).
+    pub client_buckets: u64,
+    /// Of those, the ones holding open connections now.
+    pub client_buckets_busy: u64,
 }
 
 /// The Prometheus text exposition (format 0.0.4) of everything.
@@ -232,6 +263,35 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
             let _ = writeln!(out, "wsplice_responses_total{{status=\"{status}\"}} {n}");
         }
     }
+
+    header(
+        &mut out,
+        "wsplice_limited_total",
+        "counter",
+        "Clients answered 429 by a per-client limit: limits.max_connections_per_ip (connections) or limits.handshake_rate_per_ip (rate).",
+    );
+    for limit in Limit::ALL {
+        let n = m.sum(|w| &w.limited[limit as usize]);
+        let _ = writeln!(
+            out,
+            "wsplice_limited_total{{limit=\"{}\"}} {n}",
+            limit.label()
+        );
+    }
+    single(
+        &mut out,
+        "wsplice_client_limit_buckets",
+        "gauge",
+        "Buckets of the per-client limits table: fixed at start whatever the number of client addresses (addresses that share one share its counts).",
+        s.client_buckets,
+    );
+    single(
+        &mut out,
+        "wsplice_client_limit_buckets_busy",
+        "gauge",
+        "Buckets of the per-client limits table holding open connections now.",
+        s.client_buckets_busy,
+    );
 
     header(
         &mut out,

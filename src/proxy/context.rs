@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use arc_swap::ArcSwap;
 
 use super::TunnelEnd;
+use super::limits::{Admit, ClientLimits};
 use crate::config::Config;
 use crate::observe::access_log::AccessLog;
 use crate::observe::admin;
@@ -34,6 +35,8 @@ pub struct Shared {
     pub access_log: Option<AccessLog>,
     /// Pipes each worker may hold for spliced tunnel directions.
     pub pipes_per_worker: usize,
+    /// Open connections and request rate per client address.
+    pub client_limits: ClientLimits,
 }
 
 impl admin::Source for Shared {
@@ -49,6 +52,8 @@ impl admin::Source for Shared {
             last_reload_unix: r.last_success_unix.load(Ordering::Relaxed),
             table_version: r.version.load(Ordering::Relaxed),
             draining: self.stopping.load(Ordering::Relaxed),
+            client_buckets: self.client_limits.buckets() as u64,
+            client_buckets_busy: self.client_limits.busy() as u64,
         }
     }
 }
@@ -70,9 +75,14 @@ impl WorkerContext {
     }
 }
 
-/// Holds one place of `limits.max_connections` for as long as the connection lives.
+/// Holds one place of `limits.max_connections` (and, once [`Slot::count_client`] took it, one
+/// of its address's `limits.max_connections_per_ip`) for as long as the connection lives.
 /// Created and dropped on its worker's thread, which keeps the worker's gauge single-writer.
-pub struct Slot(Rc<WorkerContext>);
+pub struct Slot {
+    ctx: Rc<WorkerContext>,
+    /// The client's bucket in the per-client table, when counted there.
+    client: Option<u32>,
+}
 
 impl Slot {
     /// Takes a place; also returns how many were taken before.
@@ -80,14 +90,35 @@ impl Slot {
         let before = ctx.shared.active.fetch_add(1, Ordering::Relaxed);
         ctx.metrics().accepted.add(1);
         ctx.metrics().active.add(1);
-        (Slot(ctx.clone()), before)
+        let slot = Slot {
+            ctx: ctx.clone(),
+            client: None,
+        };
+        (slot, before)
+    }
+
+    /// Counts the connection against its client address too; false when that address
+    /// already holds `limits.max_connections_per_ip` (then nothing is counted).
+    pub fn count_client(&mut self, ip: std::net::IpAddr) -> bool {
+        match self.ctx.shared.client_limits.open(ip) {
+            Admit::Off => true,
+            Admit::Counted(bucket) => {
+                self.client = Some(bucket);
+                true
+            }
+            Admit::Refused => false,
+        }
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.shared.active.fetch_sub(1, Ordering::Relaxed);
-        self.0.metrics().active.sub(1);
+        let shared = &self.ctx.shared;
+        shared.active.fetch_sub(1, Ordering::Relaxed);
+        if let Some(bucket) = self.client {
+            shared.client_limits.close(bucket);
+        }
+        self.ctx.metrics().active.sub(1);
     }
 }
 

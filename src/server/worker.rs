@@ -15,6 +15,7 @@ use tracing::{error, warn};
 
 use super::fault;
 use crate::http::{ClientInfo, HandshakeError};
+use crate::observe::metrics::Limit;
 use crate::os::{cpus, fdlimit, spare_fd::SpareFd};
 use crate::proxy::{self, Shared, Slot, WorkerContext};
 use crate::tunnel::Tunnels;
@@ -130,10 +131,18 @@ async fn accept_loop(ctx: Rc<WorkerContext>, listener: TcpListener, local: Socke
     loop {
         match stream::accept(&listener).await {
             Ok((client, peer)) => {
-                let (slot, before) = Slot::take(&ctx);
+                let (mut slot, before) = Slot::take(&ctx);
                 let info = ClientInfo { peer, local };
-                if before >= max {
-                    let err = HandshakeError::Overloaded;
+                let refused = if before >= max {
+                    Some(HandshakeError::Overloaded)
+                } else if !slot.count_client(peer.ip()) {
+                    // Refused here, where the address is known and nothing is read yet.
+                    ctx.metrics().limited(Limit::Connections);
+                    Some(HandshakeError::ClientConnections)
+                } else {
+                    None
+                };
+                if let Some(err) = refused {
                     let ctx = ctx.clone();
                     let away =
                         proxy::turn_away(ctx, client, info, err, proxy::SHORT_LINGER, Some(slot));
