@@ -263,3 +263,44 @@ async fn a_sticky_cookie_leads_back_to_the_same_unix_server() {
         assert!(!again.contains("Set-Cookie"), "{again}");
     }
 }
+
+/// A socket whose accept queue is full (the app server is not accepting): a non-blocking
+/// connect to it fails at once (EAGAIN) rather than waiting, and the connection goes on to
+/// the next server, as nginx does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_with_a_full_accept_queue_fails_over_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("full.sock");
+    let listener =
+        socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+    listener
+        .bind(&socket2::SockAddr::unix(&full).unwrap())
+        .unwrap();
+    listener.listen(0).unwrap();
+    // Fills the queue: one connection waits for an accept that never comes.
+    let _waiting = tokio::net::UnixStream::connect(&full).await.unwrap();
+    let (tcp, _) = echo_upstream::start("127.0.0.1:0").await.unwrap();
+    let servers = [unix(&full), tcp.to_string()];
+    let proxy = Proxy::start_raw(&observed(1), &group(&servers, "max_fails = 0\n"));
+    for i in 0..3 {
+        let response = tokio::time::timeout(Duration::from_secs(10), get(&proxy, "/x", ""))
+            .await
+            .expect("answered within 10 s");
+        assert!(
+            response.contains(&format!("hello from upstream {tcp}")),
+            "request {i}: {response}"
+        );
+    }
+    let key = format!(
+        "wsplice_upstream_connect_failures_total{{upstream=\"{}\"}}",
+        unix(&full)
+    );
+    let failures = common::wait_metric(
+        proxy.admin_addr(),
+        &key,
+        |v| v >= 2.0,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(failures >= 2.0, "{key}: {failures}\n{}", proxy.log());
+}
