@@ -53,7 +53,8 @@ fn bench_pick(c: &mut Criterion) {
                 .group_for_route(route)
                 .balancer
                 .pick(&Affinity::NONE)
-                .next(),
+                .next()
+                .map(|(i, addr)| (i, addr.clone())),
         )
     };
 

@@ -20,6 +20,7 @@ use crate::http::{
 use crate::observe::access_log;
 use crate::observe::metrics::{Limit, Upgrade};
 use crate::tunnel::{RelayError, Report, Side};
+use crate::upstream::UpstreamAddr;
 use crate::upstream::balancer::Affinity;
 use crate::upstream::balancer::least_conn::Open;
 use crate::uring::deadline::with_deadline;
@@ -99,7 +100,9 @@ enum Done {
 struct Trace {
     /// A route index; u32 keeps the tunnel's table entry within its size.
     route: Option<u32>,
-    upstream: Option<SocketAddr>,
+    /// The server that took the connection. A unix socket's path is shared with the table
+    /// (an `Arc`), not copied, so the entry stays as small as with a TCP address.
+    upstream: Option<UpstreamAddr>,
     upgrade: bool,
     /// Counts the connection against its upstream server (`least_conn`) for as long as the
     /// connection, tunnel included, lives.
@@ -246,7 +249,7 @@ impl Closing {
         debug!(
             client = %self.peer,
             route,
-            upstream = ?self.trace.upstream,
+            upstream = self.trace.upstream.as_ref().map(tracing::field::display),
             status,
             client_to_upstream = up,
             upstream_to_client = down,
@@ -258,7 +261,11 @@ impl Closing {
             let entry = access_log::Entry {
                 client: self.peer,
                 route,
-                upstream: self.trace.upstream,
+                upstream: self
+                    .trace
+                    .upstream
+                    .as_ref()
+                    .map(|u| u as &dyn std::fmt::Display),
                 status,
                 client_to_upstream: up,
                 upstream_to_client: down,

@@ -1,6 +1,7 @@
 //! The upstream servers: the file read into an immutable table, each group's balancer, and
 //! the hot reload that swaps the table whole.
 
+pub mod addr;
 pub mod balancer;
 pub mod reload;
 pub mod table;
@@ -8,6 +9,7 @@ pub mod table;
 use std::path::Path;
 
 use crate::config::{Config, ConfigError, read_file};
+pub use addr::UpstreamAddr;
 pub use table::{Group, UpstreamTable};
 
 #[cfg(test)]

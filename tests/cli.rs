@@ -280,3 +280,34 @@ fn bad_per_client_limits() {
     let (code, text) = check(&config, GOOD_UPSTREAMS);
     assert_eq!(code, 0, "{text}");
 }
+
+/// A unix socket server must be an absolute path that fits `sun_path`.
+#[test]
+fn a_unix_socket_server_needs_an_absolute_path_that_fits() {
+    let config = TestConfig::default().toml();
+    let server = |s: &str| format!("[backend]\nservers = [\"127.0.0.1:3000\",\n  \"{s}\"]\n");
+    assert_rejected(
+        &config,
+        &server("unix:run/x.sock"),
+        "upstreams.toml:3:",
+        &["backend.servers: \"unix:run/x.sock\" must be an absolute path"],
+    );
+    assert_rejected(
+        &config,
+        &server("unix:"),
+        "upstreams.toml:3:",
+        &["has no path"],
+    );
+    let long = format!("unix:/{}", "a".repeat(107));
+    assert_rejected(
+        &config,
+        &server(&long),
+        "upstreams.toml:3:",
+        &["108 bytes", "at most 107"],
+    );
+    let (code, text) = check(&config, &server("unix:/run/chat.sock"));
+    assert_eq!(code, 0, "{text}");
+    let weighted = "[backend]\nservers = [{ addr = \"unix:/run/chat.sock\", weight = 2 }]\n";
+    let (code, text) = check(&config, weighted);
+    assert_eq!(code, 0, "{text}");
+}

@@ -20,11 +20,11 @@ pub struct AccessLog {
 }
 
 /// One finished connection.
-#[derive(Debug)]
 pub struct Entry<'a> {
     pub client: SocketAddr,
     pub route: &'a str,
-    pub upstream: Option<SocketAddr>,
+    /// The server as the upstream file writes it (`10.0.0.5:3000`, `unix:/run/chat.sock`).
+    pub upstream: Option<&'a dyn std::fmt::Display>,
     pub status: u16,
     pub client_to_upstream: u64,
     pub upstream_to_client: u64,
@@ -64,14 +64,23 @@ impl AccessLog {
 /// `time=... client=... route=... upstream=... status=... ...`, one line.
 pub fn format_entry(e: &Entry<'_>, at: SystemTime) -> String {
     let mut line = String::with_capacity(192);
+    let upstream = e
+        .upstream
+        .map_or_else(|| "-".to_string(), ToString::to_string);
+    // A socket path with a space or a quote would split the logfmt field: quote it then.
+    let upstream =
+        if upstream.contains([' ', '"', '\\', '=']) || upstream.contains(char::is_control) {
+            format!("{upstream:?}")
+        } else {
+            upstream
+        };
     let _ = write!(
         line,
         "time={} client={} route={:?} upstream={} status={} client_to_upstream={} upstream_to_client={} duration_ms={} end={:?}",
         humantime::format_rfc3339_millis(at),
         e.client,
         e.route,
-        e.upstream
-            .map_or_else(|| "-".to_string(), |u| u.to_string()),
+        upstream,
         e.status,
         e.client_to_upstream,
         e.upstream_to_client,
@@ -101,7 +110,7 @@ mod tests {
         let entry = Entry {
             client: "127.0.0.1:5000".parse().unwrap(),
             route: "/websocket",
-            upstream: Some("127.0.0.1:3000".parse().unwrap()),
+            upstream: Some(&"127.0.0.1:3000"),
             status: 101,
             client_to_upstream: 12,
             upstream_to_client: 34,
@@ -113,5 +122,15 @@ mod tests {
             format_entry(&entry, at),
             "time=2023-11-14T22:13:20.000Z client=127.0.0.1:5000 route=\"/websocket\" upstream=127.0.0.1:3000 status=101 client_to_upstream=12 upstream_to_client=34 duration_ms=1500 end=\"closed\""
         );
+        let unix = Entry {
+            upstream: Some(&"unix:/run/chat.sock"),
+            ..entry
+        };
+        assert!(format_entry(&unix, at).contains(" upstream=unix:/run/chat.sock "));
+        let spaced = Entry {
+            upstream: Some(&"unix:/run/my app.sock"),
+            ..unix
+        };
+        assert!(format_entry(&spaced, at).contains(" upstream=\"unix:/run/my app.sock\" "));
     }
 }

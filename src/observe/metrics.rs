@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -176,7 +175,9 @@ pub struct Metrics {
     /// Shared with each worker's tunnel engine, which counts into its own block.
     pub workers: Vec<Arc<WorkerMetrics>>,
     /// Failed connects by upstream server; only written on failure, so a lock is fine.
-    connect_failures: Mutex<BTreeMap<SocketAddr, u64>>,
+    /// Keyed by the server as the upstream file writes it (`10.0.0.5:3000`,
+    /// `unix:/run/chat.sock`), so this module needs no upstream type.
+    connect_failures: Mutex<BTreeMap<String, u64>>,
     pub access_log_dropped: AtomicU64,
 }
 
@@ -191,12 +192,13 @@ impl Metrics {
         }
     }
 
-    pub fn connect_failed(&self, upstream: SocketAddr) {
+    pub fn connect_failed(&self, upstream: &dyn std::fmt::Display) {
+        let name = upstream.to_string();
         let mut map = self
             .connect_failures
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        *map.entry(upstream).or_default() += 1;
+        *map.entry(name).or_default() += 1;
     }
 
     fn sum(&self, cell: impl Fn(&WorkerMetrics) -> &Meter) -> u64 {
@@ -307,7 +309,8 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
     for (upstream, n) in failures {
         let _ = writeln!(
             out,
-            "wsplice_upstream_connect_failures_total{{upstream=\"{upstream}\"}} {n}"
+            "wsplice_upstream_connect_failures_total{{upstream=\"{}\"}} {n}",
+            label_value(&upstream)
         );
     }
 
@@ -434,6 +437,19 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
     out
 }
 
+/// A label value in the exposition format: a unix socket path may hold `\\`, `"` or a
+/// newline, which would end the value or the line.
+fn label_value(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.contains(['\\', '"', '\n']) {
+        return value.into();
+    }
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+        .into()
+}
+
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
@@ -442,4 +458,15 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
     header(out, name, kind, help);
     let _ = writeln!(out, "{name} {value}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_label_value_cannot_end_early() {
+        assert_eq!(label_value("unix:/run/chat.sock"), "unix:/run/chat.sock");
+        assert_eq!(label_value("unix:/a\"b\\c\nd"), "unix:/a\\\"b\\\\c\\nd");
+    }
 }

@@ -1,23 +1,22 @@
 //! Connecting a route's upstream group: its servers from the balancer's choice on, one
 //! attempt each, every outcome fed back into the group's passive health.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use tracing::warn;
 
 use crate::http::HandshakeError;
 use crate::observe::metrics::Metrics;
-use crate::upstream::Group;
 use crate::upstream::balancer::Affinity;
 use crate::upstream::balancer::least_conn::Open;
+use crate::upstream::{Group, UpstreamAddr};
 use crate::uring::connect::{ConnectError, connect};
 use crate::uring::stream::Stream;
 
 /// An upstream connection and what the connection keeps of its choice.
 pub struct Connected {
     pub stream: Stream,
-    pub addr: SocketAddr,
+    pub addr: UpstreamAddr,
     /// The server's index in the group.
     pub index: usize,
     /// Counts the connection against the server (`least_conn`) until dropped.
@@ -41,7 +40,7 @@ pub async fn connect_group(
                 group.balancer.record_success(index);
                 return Ok(Connected {
                     stream,
-                    addr,
+                    addr: addr.clone(),
                     index,
                     open,
                 });

@@ -12,11 +12,12 @@ pub mod least_conn;
 pub mod ring;
 pub mod stable_hash;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use super::addr::UpstreamAddr;
 use crate::http::RequestHead;
 use cookie::Sticky;
 use key::HashKey;
@@ -113,7 +114,7 @@ enum Mode {
 /// The servers of a group, their weights, and the state that picks among them.
 #[derive(Debug)]
 pub struct Balancer {
-    servers: Vec<SocketAddr>,
+    servers: Vec<UpstreamAddr>,
     weights: Vec<u32>,
     /// One smooth-weighted-round-robin cycle, as indices into `servers`.
     cycle: Vec<u32>,
@@ -129,7 +130,7 @@ pub struct Balancer {
 
 impl Balancer {
     /// A round-robin group without sticky cookie: see [`Balancer::with_policy`].
-    pub fn new(servers: Vec<(SocketAddr, u32)>, health: Health) -> Self {
+    pub fn new(servers: Vec<(impl Into<UpstreamAddr>, u32)>, health: Health) -> Self {
         Self::with_policy("", servers, health, &Policy::default())
     }
 
@@ -137,7 +138,7 @@ impl Balancer {
     /// (the loader refuses empty groups first).
     pub fn with_policy(
         group: &str,
-        servers: Vec<(SocketAddr, u32)>,
+        servers: Vec<(impl Into<UpstreamAddr>, u32)>,
         health: Health,
         policy: &Policy,
     ) -> Self {
@@ -146,7 +147,7 @@ impl Balancer {
             "a group needs 1 to {MAX_SERVERS} servers"
         );
         let weights: Vec<u32> = servers.iter().map(|(_, w)| (*w).max(1)).collect();
-        let servers: Vec<SocketAddr> = servers.into_iter().map(|(a, _)| a).collect();
+        let servers: Vec<UpstreamAddr> = servers.into_iter().map(|(a, _)| a.into()).collect();
         let mode = match &policy.balance {
             Balance::RoundRobin => Mode::RoundRobin,
             Balance::LeastConn => Mode::LeastConn,
@@ -208,7 +209,7 @@ impl Balancer {
         Some(sticky.line(index).clone())
     }
 
-    pub fn servers(&self) -> &[SocketAddr] {
+    pub fn servers(&self) -> &[UpstreamAddr] {
         &self.servers
     }
 
@@ -224,7 +225,7 @@ impl Balancer {
     /// module doc), then the rest in group order from it, servers marked down last (they are
     /// tried anyway rather than refusing without trying). Health is read once, up front, so a
     /// server marked down during the walk is not tried twice.
-    pub fn pick(&self, affinity: &Affinity) -> impl Iterator<Item = (usize, SocketAddr)> + '_ {
+    pub fn pick(&self, affinity: &Affinity) -> impl Iterator<Item = (usize, &UpstreamAddr)> + '_ {
         let n = self.servers.len();
         let now = now_ms();
         let mut down = [0u64; MAX_SERVERS / 64];
@@ -236,7 +237,7 @@ impl Balancer {
         let rotation = move || (0..n).map(move |i| (start + i) % n);
         let up_first = rotation().filter(move |&i| !is_down(i));
         let down_last = rotation().filter(move |&i| is_down(i));
-        up_first.chain(down_last).map(|i| (i, self.servers[i]))
+        up_first.chain(down_last).map(|i| (i, &self.servers[i]))
     }
 
     /// The sticky cookie's server if it is up; else the hash key's server (the first up on
@@ -347,8 +348,8 @@ impl Balancer {
         let position = if self.servers == old.servers && self.weights == old.weights {
             tick
         } else {
-            let due = old.servers[old.cycle[tick % old.cycle.len()] as usize];
-            match self.servers.iter().position(|&a| a == due) {
+            let due = &old.servers[old.cycle[tick % old.cycle.len()] as usize];
+            match self.servers.iter().position(|a| a == due) {
                 Some(i) => self
                     .cycle
                     .iter()

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::addr::UpstreamAddr;
 use super::balancer::key::HashKey;
 use super::balancer::{Balance, Balancer, Health, MAX_SERVERS, MAX_WEIGHT, Policy};
 use crate::config::{Config, ConfigError, Routes, read_file};
@@ -33,7 +34,7 @@ pub struct Group {
 }
 
 impl Group {
-    pub fn servers(&self) -> &[SocketAddr] {
+    pub fn servers(&self) -> &[UpstreamAddr] {
         self.balancer.servers()
     }
 }
@@ -177,8 +178,8 @@ impl From<String> for BadServer {
     }
 }
 
-/// A server entry: `"HOST:PORT"` or `{ addr = "HOST:PORT", weight = N }`.
-fn parse_server(value: &toml::Value) -> Result<(SocketAddr, u32), BadServer> {
+/// A server entry: `"HOST:PORT"`, `"unix:/PATH"`, or either as `{ addr = ..., weight = N }`.
+fn parse_server(value: &toml::Value) -> Result<(UpstreamAddr, u32), BadServer> {
     match value {
         toml::Value::String(s) => Ok((resolve(s)?, 1)),
         toml::Value::Table(t) => {
@@ -217,7 +218,7 @@ fn parse_server(value: &toml::Value) -> Result<(SocketAddr, u32), BadServer> {
             Ok((addr, weight))
         }
         other => Err(format!(
-            "{other} is not a server; write \"HOST:PORT\" or {{ addr = \"HOST:PORT\", weight = N }}"
+            "{other} is not a server; write \"HOST:PORT\", \"unix:/PATH\" or {{ addr = \"HOST:PORT\", weight = N }}"
         )
         .into()),
     }
@@ -335,9 +336,12 @@ fn route_groups<'r>(
         .collect()
 }
 
-fn resolve(server: &str) -> Result<SocketAddr, BadServer> {
+fn resolve(server: &str) -> Result<UpstreamAddr, BadServer> {
+    if let Some(unix) = UpstreamAddr::parse_unix(server) {
+        return Ok(unix?);
+    }
     if let Ok(addr) = server.parse::<SocketAddr>() {
-        return Ok(addr);
+        return Ok(addr.into());
     }
     let Some((_, port)) = server.rsplit_once(':').filter(|_| !server.ends_with(']')) else {
         return Err(BadServer::Invalid(format!(
@@ -353,6 +357,7 @@ fn resolve(server: &str) -> Result<SocketAddr, BadServer> {
         .to_socket_addrs()
         .ok()
         .and_then(|mut addrs| addrs.next())
+        .map(UpstreamAddr::Tcp)
         .ok_or_else(|| {
             BadServer::Unresolved(format!(
                 "{server:?} is not a reachable HOST:PORT (the host name did not resolve); write e.g. \"127.0.0.1:3000\" or \"[::1]:3000\""

@@ -95,8 +95,8 @@ servers = ["127.0.0.1:4000", "[::1]:4001"]
     assert_eq!(
         group.servers(),
         [
-            "127.0.0.1:4000".parse().unwrap(),
-            "[::1]:4001".parse().unwrap()
+            UpstreamAddr::Tcp("127.0.0.1:4000".parse().unwrap()),
+            UpstreamAddr::Tcp("[::1]:4001".parse().unwrap())
         ]
     );
     let root = config.routes.find(b"/other").unwrap();

@@ -1,19 +1,21 @@
 //! Connecting to one upstream address with a timeout that really ends the attempt.
 //! tokio-uring's own connect cannot be aborted (a dropped connect keeps its socket until the
 //! kernel gives up, minutes later), so this submits IORING_OP_CONNECT on a socket we own and,
-//! on timeout, shuts the socket down, which aborts a SYN_SENT connect at once.
+//! on timeout, shuts the socket down, which aborts a SYN_SENT connect at once. A unix socket
+//! server goes through the same op with a `sockaddr_un`: a missing path (ENOENT) or a refusal
+//! fails the attempt like a TCP refusal, so the group fails over the same way.
 
 use std::io;
-use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use io_uring::{cqueue, opcode, types};
-use socket2::{Domain, SockAddr, Socket, Type};
+use socket2::{SockAddr, Socket, Type};
 use tokio_uring::OneshotOutputTransform;
 
 use super::deadline::with_deadline;
 use super::stream::{self, Stream};
+use crate::upstream::UpstreamAddr;
 
 /// Why one connect attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -45,18 +47,23 @@ impl OneshotOutputTransform for ConnectTransform {
     }
 }
 
-/// Connects to `addr` with TCP_NODELAY set, giving up after `timeout` (`None`: no limit).
-pub async fn connect(addr: SocketAddr, timeout: Option<Duration>) -> Result<Stream, ConnectError> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(|e| match e
-        .raw_os_error()
-    {
-        Some(libc::EMFILE | libc::ENFILE) => ConnectError::NoDescriptor(e),
-        _ => ConnectError::Failed(e),
-    })?;
+/// Connects to `addr` (TCP with TCP_NODELAY set, or a unix socket), giving up after `timeout`
+/// (`None`: no limit).
+pub async fn connect(
+    addr: &UpstreamAddr,
+    timeout: Option<Duration>,
+) -> Result<Stream, ConnectError> {
+    let socket =
+        Socket::new(addr.domain(), Type::STREAM, None).map_err(|e| match e.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE) => ConnectError::NoDescriptor(e),
+            _ => ConnectError::Failed(e),
+        })?;
     socket.set_nonblocking(true)?;
-    socket.set_tcp_nodelay(true)?;
+    if addr.is_tcp() {
+        socket.set_tcp_nodelay(true)?;
+    }
     let fd = socket.as_raw_fd();
-    let addr = Box::new(SockAddr::from(addr));
+    let addr = Box::new(addr.sock_addr()?);
     let sqe = opcode::Connect::new(types::Fd(fd), addr.as_ptr().cast(), addr.len()).build();
     let data = ConnectData {
         socket,

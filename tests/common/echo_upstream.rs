@@ -2,15 +2,16 @@
 //! (`examples/demo_upstream.rs`). It also answers plain HTTP: `GET /headers` returns the
 //! request head it received, a request with a body gets the body back, `GET /` and `GET /demo`
 //! the demo page (`demo.html`: a WebSocket client that runs in a browser), anything else a
-//! greeting naming the upstream.
+//! greeting naming the upstream. [`start_unix`] serves the same on a unix socket.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -40,15 +41,38 @@ pub async fn start(addr: &str) -> std::io::Result<(SocketAddr, Arc<Seen>)> {
             };
             let seen = counters.clone();
             tokio::spawn(async move {
-                let _ = serve(stream, local, seen).await;
+                stream.set_nodelay(true)?;
+                serve(stream, local.to_string(), seen).await
             });
         }
     });
     Ok((local, seen))
 }
 
-async fn serve(mut stream: TcpStream, me: SocketAddr, seen: Arc<Seen>) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
+/// Starts an echo upstream listening on the unix socket `path`; it names itself
+/// `unix:PATH`.
+#[allow(dead_code)]
+pub fn start_unix(path: &Path) -> std::io::Result<Arc<Seen>> {
+    let listener = UnixListener::bind(path)?;
+    let me = format!("unix:{}", path.display());
+    let seen = Arc::new(Seen::default());
+    let counters = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(serve(stream, me.clone(), counters.clone()));
+        }
+    });
+    Ok(seen)
+}
+
+async fn serve(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    me: String,
+    seen: Arc<Seen>,
+) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(4096);
     let head_len = loop {
         if stream.read_buf(&mut buf).await? == 0 {
@@ -119,7 +143,7 @@ async fn serve(mut stream: TcpStream, me: SocketAddr, seen: Arc<Seen>) -> std::i
     } else if !body.is_empty() {
         ("text/plain", body)
     } else if page {
-        let html = DEMO_PAGE.replace("{{upstream}}", &me.to_string());
+        let html = DEMO_PAGE.replace("{{upstream}}", &me);
         ("text/html; charset=utf-8", html.into_bytes())
     } else {
         let greeting = format!("hello from upstream {me}: {method} {path}\n");

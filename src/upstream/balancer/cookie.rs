@@ -10,11 +10,11 @@
 //! to manage). The `Set-Cookie` lines are built when the table is, so a response copies one
 //! ready line.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::stable_hash::StableHasher;
 use crate::http::lookup::cookie;
+use crate::upstream::addr::UpstreamAddr;
 
 /// A group's sticky cookie: its name, each server's id, and each server's `Set-Cookie`.
 #[derive(Debug)]
@@ -27,8 +27,8 @@ pub struct Sticky {
 }
 
 impl Sticky {
-    pub fn new(name: &str, group: &str, servers: &[SocketAddr]) -> Self {
-        let ids: Vec<u64> = servers.iter().map(|&a| server_id(group, a)).collect();
+    pub fn new(name: &str, group: &str, servers: &[UpstreamAddr]) -> Self {
+        let ids: Vec<u64> = servers.iter().map(|a| server_id(group, a)).collect();
         let lines = ids
             .iter()
             .map(|id| {
@@ -66,7 +66,8 @@ impl Sticky {
 }
 
 /// The id of server `addr` in group `group`.
-pub fn server_id(group: &str, addr: SocketAddr) -> u64 {
+/// A unix socket's text is `unix:PATH`, which no `HOST:PORT` can be.
+pub fn server_id(group: &str, addr: &UpstreamAddr) -> u64 {
     StableHasher::default()
         .write(group.as_bytes())
         .write(b"/")
@@ -78,16 +79,21 @@ pub fn server_id(group: &str, addr: SocketAddr) -> u64 {
 mod tests {
     use super::*;
 
-    fn addr(port: u16) -> SocketAddr {
-        SocketAddr::from(([10, 0, 0, 5], port))
+    fn addr(port: u16) -> UpstreamAddr {
+        std::net::SocketAddr::from(([10, 0, 0, 5], port)).into()
     }
 
     #[test]
     fn ids_are_stable_opaque_and_per_group() {
-        let id = server_id("chat", addr(3000));
-        assert_eq!(id, server_id("chat", addr(3000)));
-        assert_ne!(id, server_id("chat", addr(3001)));
-        assert_ne!(id, server_id("other", addr(3000)));
+        let id = server_id("chat", &addr(3000));
+        assert_eq!(id, server_id("chat", &addr(3000)));
+        assert_ne!(id, server_id("chat", &addr(3001)));
+        assert_ne!(id, server_id("other", &addr(3000)));
+        let unix = UpstreamAddr::parse_unix("unix:/run/chat.sock")
+            .unwrap()
+            .unwrap();
+        assert_eq!(server_id("chat", &unix), server_id("chat", &unix.clone()));
+        assert_ne!(server_id("chat", &unix), id);
         // Reordering the servers or adding one does not change an id.
         let a = Sticky::new("srv", "chat", &[addr(1), addr(2)]);
         let b = Sticky::new("srv", "chat", &[addr(3), addr(2), addr(1)]);

@@ -11,7 +11,7 @@
 //! changed. The price is a binary search per pick (at most 18 steps) against Maglev's one
 //! lookup, which is nothing beside a connect.
 
-use std::net::SocketAddr;
+use std::fmt::Display;
 
 use super::stable_hash::StableHasher;
 
@@ -31,7 +31,7 @@ pub struct Ring {
 
 impl Ring {
     /// The ring of `servers` with their weights.
-    pub fn new(servers: &[SocketAddr], weights: &[u32]) -> Self {
+    pub fn new(servers: &[impl Display], weights: &[u32]) -> Self {
         let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
         let per_weight = POINTS_PER_WEIGHT.min(MAX_POINTS / total.max(1)).max(1);
         let mut points: Vec<(u64, u16)> = Vec::with_capacity((total * per_weight) as usize);
@@ -73,6 +73,7 @@ impl Ring {
 mod tests {
     use super::*;
     use crate::upstream::balancer::stable_hash::stable_hash;
+    use std::net::SocketAddr;
 
     fn servers(n: u16) -> Vec<SocketAddr> {
         (0..n)

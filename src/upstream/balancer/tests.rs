@@ -1,14 +1,23 @@
 //! Round robin, passive health and the carry-over of both across a reload.
 
+use std::net::SocketAddr;
+
 use super::*;
 
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
+fn port(a: &UpstreamAddr) -> u16 {
+    match a {
+        UpstreamAddr::Tcp(a) => a.port(),
+        UpstreamAddr::Unix(_) => panic!("a TCP server expected"),
+    }
+}
+
 fn firsts(b: &Balancer, n: usize) -> Vec<u16> {
     (0..n)
-        .map(|_| b.pick(&Affinity::NONE).next().unwrap().1.port())
+        .map(|_| port(b.pick(&Affinity::NONE).next().unwrap().1))
         .collect()
 }
 
@@ -18,9 +27,9 @@ fn equal_weights_rotate_and_then_try_the_rest() {
         vec![(addr(1), 1), (addr(2), 1), (addr(3), 1)],
         Health::default(),
     );
-    let order: Vec<u16> = b.pick(&Affinity::NONE).map(|(_, a)| a.port()).collect();
+    let order: Vec<u16> = b.pick(&Affinity::NONE).map(|(_, a)| port(a)).collect();
     assert_eq!(order, [1, 2, 3]);
-    let order: Vec<u16> = b.pick(&Affinity::NONE).map(|(_, a)| a.port()).collect();
+    let order: Vec<u16> = b.pick(&Affinity::NONE).map(|(_, a)| port(a)).collect();
     assert_eq!(order, [2, 3, 1]);
     assert_eq!(firsts(&b, 4), [3, 1, 2, 3]);
 }
@@ -55,7 +64,7 @@ fn a_failing_server_is_skipped_until_fail_timeout_then_retried() {
     assert!(b.record_failure(0), "second failure marks it down");
     assert!(b.is_down(0));
     for _ in 0..6 {
-        let order: Vec<u16> = b.pick(&Affinity::NONE).map(|(_, a)| a.port()).collect();
+        let order: Vec<u16> = b.pick(&Affinity::NONE).map(|(_, a)| port(a)).collect();
         assert_eq!(order, [2, 1], "down server last");
     }
     std::thread::sleep(Duration::from_millis(250));
@@ -180,7 +189,7 @@ fn with(balance: Balance, sticky: Option<&str>, ports: &[u16]) -> Balancer {
 }
 
 fn first(b: &Balancer, affinity: &Affinity) -> u16 {
-    b.pick(affinity).next().unwrap().1.port()
+    port(b.pick(affinity).next().unwrap().1)
 }
 
 #[test]
@@ -204,7 +213,7 @@ fn least_conn_passes_over_a_server_marked_down() {
     let b = with(Balance::LeastConn, None, &[1, 2]);
     let _busy = b.open(1);
     assert!(b.record_failure(0));
-    let order: Vec<u16> = b.pick(&Affinity::NONE).map(|(_, a)| a.port()).collect();
+    let order: Vec<u16> = b.pick(&Affinity::NONE).map(|(_, a)| port(a)).collect();
     assert_eq!(order, [2, 1]);
 }
 
@@ -262,7 +271,7 @@ fn a_hash_keys_server_marked_down_hands_it_to_another_until_it_is_back() {
 #[test]
 fn a_valid_cookie_wins_while_its_server_is_up() {
     let b = with(Balance::RoundRobin, Some("srv"), &[1, 2, 3]);
-    let id = cookie::server_id("chat", addr(2));
+    let id = cookie::server_id("chat", &addr(2).into());
     let affinity = Affinity {
         key: None,
         cookie: Some(id),
@@ -306,4 +315,35 @@ fn open_counts_carry_over_to_a_reloaded_table() {
     assert_eq!(new.open_connections(0), 2);
     assert_eq!(new.open_connections(1), 0);
     assert_eq!(first(&new, &Affinity::NONE), 3);
+}
+
+/// A unix socket server takes turns, is marked down and is known again after a reload like
+/// a TCP one: its path is its identity.
+#[test]
+fn a_unix_socket_server_balances_like_a_tcp_one() {
+    let unix = || {
+        UpstreamAddr::parse_unix("unix:/run/chat.sock")
+            .unwrap()
+            .unwrap()
+    };
+    let servers = || vec![(unix(), 1), (UpstreamAddr::from(addr(1)), 1)];
+    let b = Balancer::new(servers(), Health::default());
+    let firsts: Vec<String> = (0..4)
+        .map(|_| b.pick(&Affinity::NONE).next().unwrap().1.to_string())
+        .collect();
+    assert_eq!(
+        firsts,
+        [
+            "unix:/run/chat.sock",
+            "127.0.0.1:1",
+            "unix:/run/chat.sock",
+            "127.0.0.1:1"
+        ]
+    );
+    assert!(b.record_failure(0));
+    let order: Vec<usize> = b.pick(&Affinity::NONE).map(|(i, _)| i).collect();
+    assert_eq!(order, [1, 0], "the down socket last");
+    let after = Balancer::new(servers(), Health::default());
+    after.inherit_health(&b);
+    assert!(after.is_down(0), "the same path is the same server");
 }
