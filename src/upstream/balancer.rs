@@ -281,14 +281,29 @@ impl Balancer {
         let now = now_ms();
         let window = self.health.fail_timeout.as_millis() as u64;
         let start = s.window_start_ms.load(Ordering::Relaxed);
-        if now.saturating_sub(start) >= window {
-            s.window_start_ms.store(now, Ordering::Relaxed);
-            s.fails.store(0, Ordering::Relaxed);
+        // Workers fail concurrently: one of them starts the new window and this failure is its
+        // first; the others count into it rather than resetting it again.
+        let fails = if now.saturating_sub(start) >= window
+            && s.window_start_ms
+                .compare_exchange(start, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            s.fails.store(1, Ordering::Relaxed);
+            1
+        } else {
+            s.fails.fetch_add(1, Ordering::Relaxed) + 1
+        };
+        if fails < self.health.max_fails {
+            return false;
         }
-        let fails = s.fails.fetch_add(1, Ordering::Relaxed) + 1;
-        if fails >= self.health.max_fails && self.is_up(index, now) {
+        let until = s.down_until_ms.load(Ordering::Relaxed);
+        // Only the worker that moves `down_until` from "up" marks the server down.
+        if until <= now
+            && s.down_until_ms
+                .compare_exchange(until, now + window, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
             s.down_since_ms.store(now, Ordering::Relaxed);
-            s.down_until_ms.store(now + window, Ordering::Relaxed);
             s.fails.store(0, Ordering::Relaxed);
             s.window_start_ms.store(now, Ordering::Relaxed);
             return true;

@@ -347,3 +347,23 @@ fn a_unix_socket_server_balances_like_a_tcp_one() {
     after.inherit_health(&b);
     assert!(after.is_down(0), "the same path is the same server");
 }
+
+/// Workers that fail at once mark a server down once, after `max_fails` failures between them.
+#[test]
+fn concurrent_failures_mark_a_server_down_once() {
+    let health = Health {
+        max_fails: 3,
+        fail_timeout: Duration::from_secs(60),
+    };
+    for _ in 0..50 {
+        let b = Balancer::new(vec![(addr(1), 1), (addr(2), 1)], health);
+        let marked: usize = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| (0..5).filter(|_| b.record_failure(0)).count()))
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).sum()
+        });
+        assert_eq!(marked, 1);
+        assert!(b.is_down(0));
+    }
+}
