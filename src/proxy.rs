@@ -122,11 +122,7 @@ pub async fn serve(ctx: Rc<WorkerContext>, client: Stream, info: ClientInfo, slo
     for served in 0.. {
         let started = Instant::now();
         let mut trace = Trace::default();
-        let turn = Turn {
-            served,
-            last: served + 1 >= MAX_REQUESTS,
-        };
-        let outcome = proxy(&ctx, &client, &info, turn, &mut a, &mut b, &mut trace).await;
+        let outcome = proxy(&ctx, &client, &info, served, &mut a, &mut b, &mut trace).await;
         if !matches!(outcome, Ok(Done::Switched { .. })) {
             // The upstream connection is closed: it no longer counts against its server,
             // though the client's may linger or wait for its next request.
@@ -210,15 +206,6 @@ pub async fn serve(ctx: Rc<WorkerContext>, client: Stream, info: ClientInfo, slo
 /// Requests one client connection may carry (nginx's `keepalive_requests` default); the
 /// last one's response closes it.
 const MAX_REQUESTS: usize = 1000;
-
-/// Where a request stands among its connection's.
-#[derive(Clone, Copy)]
-struct Turn {
-    /// Requests served on this connection before this one.
-    served: usize,
-    /// Its response must close the connection.
-    last: bool,
-}
 
 /// What is known when a connection closes, for its log line.
 struct Closing {
@@ -394,14 +381,14 @@ async fn proxy(
     ctx: &WorkerContext,
     client: &Stream,
     info: &ClientInfo,
-    turn: Turn,
+    served: usize,
     req: &mut Vec<u8>,
     out: &mut Vec<u8>,
     trace: &mut Trace,
 ) -> Result<Done, HandshakeError> {
     let timeouts = &ctx.shared.config.timeouts;
 
-    if turn.served > 0 && req.is_empty() && !next_request(ctx, client, req).await {
+    if served > 0 && req.is_empty() && !next_request(ctx, client, req).await {
         return Ok(Done::ClientLeft);
     }
     let (res, timed_out) = with_deadline(
@@ -468,7 +455,7 @@ async fn proxy(
                 to_head: request.to_head,
                 set_cookie,
                 persistent: request.persistent
-                    && !turn.last
+                    && served + 1 < MAX_REQUESTS
                     && timeouts.keepalive.is_some()
                     && !ctx.shared.stopping.load(Ordering::Relaxed),
             };

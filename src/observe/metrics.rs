@@ -238,20 +238,13 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
         m.sum(|w| &w.active),
     );
 
-    header(
+    labelled(
         &mut out,
         "wsplice_upgrades_total",
-        "counter",
         "Upgrade requests by outcome.",
+        "outcome",
+        Upgrade::ALL.map(|o| (o.label(), m.sum(|w| &w.upgrades[o as usize]))),
     );
-    for outcome in Upgrade::ALL {
-        let n = m.sum(|w| &w.upgrades[outcome as usize]);
-        let _ = writeln!(
-            out,
-            "wsplice_upgrades_total{{outcome=\"{}\"}} {n}",
-            outcome.label()
-        );
-    }
 
     header(
         &mut out,
@@ -266,20 +259,13 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
         }
     }
 
-    header(
+    labelled(
         &mut out,
         "wsplice_limited_total",
-        "counter",
         "Clients answered 429 by a per-client limit: limits.max_connections_per_ip (connections) or limits.handshake_rate_per_ip (rate).",
+        "limit",
+        Limit::ALL.map(|l| (l.label(), m.sum(|w| &w.limited[l as usize]))),
     );
-    for limit in Limit::ALL {
-        let n = m.sum(|w| &w.limited[limit as usize]);
-        let _ = writeln!(
-            out,
-            "wsplice_limited_total{{limit=\"{}\"}} {n}",
-            limit.label()
-        );
-    }
     single(
         &mut out,
         "wsplice_client_limit_buckets",
@@ -452,6 +438,20 @@ fn label_value(value: &str) -> std::borrow::Cow<'_, str> {
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A counter with one value per value of its one label.
+fn labelled<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl IntoIterator<Item = (&'a str, u64)>,
+) {
+    header(out, name, "counter", help);
+    for (value, n) in values {
+        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {n}");
+    }
 }
 
 /// A metric with one unlabelled value.
