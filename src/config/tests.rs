@@ -758,3 +758,16 @@ fn max_connections_per_ip_is_off_at_zero_and_rejects_negatives() {
         "limits.max_connections_per_ip: -1 is out of range; use 0 to 10000000",
     );
 }
+
+#[test]
+fn rejects_bad_keepalive_and_require_origin() {
+    let text = format!("{MAIN}\n[timeouts]\nkeepalive = \"soon\"\n");
+    assert_error(
+        parse(&text),
+        "wsplice.toml",
+        9,
+        "timeouts.keepalive: \"soon\" is not a duration",
+    );
+    let text = format!("{MAIN}require_origin = \"yes\"\n");
+    assert_error(parse(&text), "wsplice.toml", 7, "invalid type");
+}
