@@ -82,7 +82,9 @@ const MAX_REQUEST_HEAD: usize = 1024 * 1024;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    listen: Spanned<Vec<Spanned<String>>>,
+    /// Each entry `"IP:PORT"` or `{ addr = "IP:PORT", tls = .., proxy_protocol = .. }`; read
+    /// by hand (`parse_listen`) so every error keeps its line.
+    listen: Spanned<Vec<Spanned<toml::Value>>>,
     #[serde(default)]
     workers: Option<Spanned<i64>>,
     upstreams: Spanned<String>,
@@ -239,11 +241,86 @@ pub enum AccessLogTarget {
     File(PathBuf),
 }
 
+/// One `listen` entry: an address and what a connection accepted on it speaks first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen {
+    pub addr: SocketAddr,
+    /// Connections start with a TLS handshake (`wss://`).
+    pub tls: bool,
+    /// Connections start with a PROXY protocol header (v1 or v2) naming the real client.
+    pub proxy_protocol: bool,
+}
+
+impl Listen {
+    pub fn plain(addr: SocketAddr) -> Self {
+        Listen {
+            addr,
+            tls: false,
+            proxy_protocol: false,
+        }
+    }
+}
+
+/// Reads one `listen` entry: `"IP:PORT"` or `{ addr = "IP:PORT", tls = true, proxy_protocol = true }`.
+fn parse_listen(value: &toml::Value) -> Result<Listen, String> {
+    let addr = |text: &str| -> Result<SocketAddr, String> {
+        text.parse().map_err(|_| {
+            format!(
+                "listen: {text:?} is not an IP:PORT address; write e.g. \"127.0.0.1:8080\" or \"[::1]:8080\""
+            )
+        })
+    };
+    let table = match value {
+        toml::Value::String(text) => return addr(text).map(Listen::plain),
+        toml::Value::Table(table) => table,
+        other => {
+            return Err(format!(
+                "listen: an entry is \"IP:PORT\" or {{ addr = \"IP:PORT\", tls = true }}, not a {}",
+                other.type_str()
+            ));
+        }
+    };
+    let flag = |key: &str| -> Result<bool, String> {
+        match table.get(key) {
+            None => Ok(false),
+            Some(toml::Value::Boolean(b)) => Ok(*b),
+            Some(other) => Err(format!(
+                "listen: {key} must be true or false, not a {}",
+                other.type_str()
+            )),
+        }
+    };
+    if let Some(key) = table
+        .keys()
+        .find(|k| !matches!(k.as_str(), "addr" | "tls" | "proxy_protocol"))
+    {
+        return Err(format!(
+            "listen: unknown key {key:?}; an entry has addr, tls and proxy_protocol"
+        ));
+    }
+    let listen = Listen {
+        addr: match table.get("addr") {
+            Some(toml::Value::String(text)) => addr(text)?,
+            Some(_) => return Err("listen: addr must be a string \"IP:PORT\"".into()),
+            None => return Err("listen: the entry needs addr = \"IP:PORT\"".into()),
+        },
+        tls: flag("tls")?,
+        proxy_protocol: flag("proxy_protocol")?,
+    };
+    if listen.tls {
+        return Err("listen: tls = true is not built yet (issue 12)".into());
+    }
+    if listen.proxy_protocol {
+        return Err("listen: proxy_protocol = true is not built yet (issue 14)".into());
+    }
+    Ok(listen)
+}
+
 /// The validated main config.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub path: PathBuf,
-    pub listen: Vec<SocketAddr>,
+    pub listen: Vec<Listen>,
     /// 0 = one per CPU this process may run on.
     pub workers: usize,
     pub upstreams_path: PathBuf,
@@ -263,30 +340,20 @@ impl Config {
             toml::from_str(text).map_err(|e| ConfigError::from_toml(path, text, &e))?;
         let err = |offset: usize, msg: String| ConfigError::at(path, text, offset, msg);
 
-        let mut listen = Vec::new();
         if raw.listen.get_ref().is_empty() {
             return Err(err(
                 raw.listen.span().start,
                 "listen: needs at least one address, e.g. listen = [\"127.0.0.1:8080\"]".into(),
             ));
         }
+        let mut listen: Vec<Listen> = Vec::new();
         for entry in raw.listen.get_ref() {
-            let addr: SocketAddr = entry.get_ref().parse().map_err(|_| {
-                err(
-                    entry.span().start,
-                    format!(
-                        "listen: {:?} is not an IP:PORT address; write e.g. \"127.0.0.1:8080\" or \"[::1]:8080\"",
-                        entry.get_ref()
-                    ),
-                )
-            })?;
-            if listen.contains(&addr) {
-                return Err(err(
-                    entry.span().start,
-                    format!("listen: {addr} is listed twice"),
-                ));
+            let at = entry.span().start;
+            let one = parse_listen(entry.get_ref()).map_err(|msg| err(at, msg))?;
+            if listen.iter().any(|l| l.addr == one.addr) {
+                return Err(err(at, format!("listen: {} is listed twice", one.addr)));
             }
-            listen.push(addr);
+            listen.push(one);
         }
 
         let workers = match &raw.workers {
@@ -327,7 +394,7 @@ impl Config {
         };
         if let Some(admin) = admin
             && admin.port() != 0
-            && listen.contains(&admin)
+            && listen.iter().any(|l| l.addr == admin)
         {
             return Err(err(
                 raw.admin.as_ref().map_or(0, |a| a.span().start),

@@ -82,14 +82,14 @@ pub fn run(config: Config, table: UpstreamTable) -> Result<(), StartError> {
 
     let listeners = listener::bind_all(&config.listen, workers)
         .map_err(|(addr, source)| StartError::Bind { addr, source })?;
-    let bound: Vec<SocketAddr> = listeners[0].iter().map(|(_, addr)| *addr).collect();
+    let bound: Vec<SocketAddr> = listeners[0].iter().map(|(_, l)| l.addr).collect();
     // Duplicates of every listening socket, kept here so a stop can close them all.
     let stop_handles = listeners
         .iter()
         .flatten()
-        .map(|(l, addr)| {
+        .map(|(l, entry)| {
             l.try_clone().map_err(|source| StartError::Bind {
-                addr: *addr,
+                addr: entry.addr,
                 source,
             })
         })

@@ -52,7 +52,10 @@ fn assert_config_error(text: &str, line: usize, phrase: &str) {
 #[test]
 fn minimal_config_gets_defaults() {
     let config = parse(MAIN).unwrap();
-    assert_eq!(config.listen, ["127.0.0.1:8080".parse().unwrap()]);
+    assert_eq!(
+        config.listen,
+        [Listen::plain("127.0.0.1:8080".parse().unwrap())]
+    );
     assert_eq!(config.workers, 0);
     assert_eq!(config.upstreams_path, Path::new("upstreams.toml"));
     assert_eq!(
@@ -122,8 +125,8 @@ upstream = "backend"
     assert_eq!(
         config.listen,
         [
-            "127.0.0.1:8080".parse().unwrap(),
-            "[::1]:8080".parse().unwrap()
+            Listen::plain("127.0.0.1:8080".parse().unwrap()),
+            Listen::plain("[::1]:8080".parse().unwrap())
         ]
     );
     assert_eq!(config.workers, 4);
@@ -770,4 +773,44 @@ fn rejects_bad_keepalive_and_require_origin() {
     );
     let text = format!("{MAIN}require_origin = \"yes\"\n");
     assert_error(parse(&text), "wsplice.toml", 7, "invalid type");
+}
+
+#[test]
+fn listen_entries_may_be_tables() {
+    let text = MAIN.replace(
+        r#"listen = ["127.0.0.1:8080"]"#,
+        r#"listen = ["127.0.0.1:8080", { addr = "127.0.0.1:8443" }]"#,
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(
+        config.listen[1],
+        Listen::plain("127.0.0.1:8443".parse().unwrap())
+    );
+}
+
+#[test]
+fn bad_listen_tables_name_the_key() {
+    for (entry, want) in [
+        (
+            r#"{ addr = "127.0.0.1:1", tsl = true }"#,
+            "unknown key \"tsl\"",
+        ),
+        (r#"{ tls = false }"#, "needs addr"),
+        (
+            r#"{ addr = "127.0.0.1:1", tls = "yes" }"#,
+            "tls must be true or false",
+        ),
+        (r#"{ addr = "nowhere" }"#, "is not an IP:PORT address"),
+        ("8080", "not a integer"),
+    ] {
+        let text = MAIN.replace(
+            r#"listen = ["127.0.0.1:8080"]"#,
+            &format!("listen = [\n  \"127.0.0.1:8080\",\n  {entry},\n]"),
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(
+            e.contains(":3: listen: ") && e.contains(want),
+            "{entry}: {e}"
+        );
+    }
 }

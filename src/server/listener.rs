@@ -6,6 +6,8 @@ use std::net::{SocketAddr, TcpListener};
 
 use socket2::{Domain, Socket, Type};
 
+use crate::config::Listen;
+
 /// Backlog asked of the kernel (it is capped by net.core.somaxconn).
 pub const BACKLOG: i32 = 4096;
 
@@ -24,23 +26,28 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
-/// One worker's listeners, each with its bound address.
-pub type WorkerListeners = Vec<(TcpListener, SocketAddr)>;
+/// One worker's listeners, each with its entry (the port filled in if it was 0).
+pub type WorkerListeners = Vec<(TcpListener, Listen)>;
 
 /// Binds `workers` listeners for each address. A port 0 address gets a port from the first
 /// bind, and the other workers bind that same port.
 /// Returns, per worker, its listeners with their bound addresses.
 pub fn bind_all(
-    addrs: &[SocketAddr],
+    entries: &[Listen],
     workers: usize,
 ) -> Result<Vec<WorkerListeners>, (SocketAddr, io::Error)> {
     let mut per_worker: Vec<WorkerListeners> = (0..workers).map(|_| Vec::new()).collect();
-    for &addr in addrs {
+    for &entry in entries {
+        let addr = entry.addr;
         let first = bind(addr).map_err(|e| (addr, e))?;
-        let bound = first.local_addr().map_err(|e| (addr, e))?;
+        let bound = Listen {
+            addr: first.local_addr().map_err(|e| (addr, e))?,
+            ..entry
+        };
         per_worker[0].push((first, bound));
         for listeners in per_worker.iter_mut().skip(1) {
-            listeners.push((bind(bound).map_err(|e| (bound, e))?, bound));
+            let again = bind(bound.addr).map_err(|e| (bound.addr, e))?;
+            listeners.push((again, bound));
         }
     }
     Ok(per_worker)

@@ -3,7 +3,7 @@
 //! connection) and the connection count (one atomic add per accept); nothing per message.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use tracing::{error, warn};
 
 use super::fault;
+use super::listener::WorkerListeners;
+use crate::config::Listen;
 use crate::http::{ClientInfo, HandshakeError};
 use crate::observe::metrics::Limit;
 use crate::os::{cpus, fdlimit, spare_fd::SpareFd};
@@ -37,7 +39,7 @@ pub fn spawn(
     id: usize,
     cpu: Option<usize>,
     shared: Arc<Shared>,
-    listeners: Vec<(TcpListener, SocketAddr)>,
+    listeners: WorkerListeners,
     ready: mpsc::Sender<Result<(), String>>,
 ) -> io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
@@ -99,8 +101,8 @@ pub fn spawn(
                 if let Some(idle) = idle {
                     tokio_uring::spawn(tunnels.sweep_idle(idle));
                 }
-                for (listener, local) in listeners {
-                    tokio_uring::spawn(accept_loop(ctx.clone(), listener, local));
+                for (listener, entry) in listeners {
+                    tokio_uring::spawn(accept_loop(ctx.clone(), listener, entry));
                 }
                 let _ = ready.send(Ok(()));
                 std::future::pending::<()>().await;
@@ -124,7 +126,8 @@ fn build_runtime() -> io::Result<tokio_uring::Runtime> {
     }
 }
 
-async fn accept_loop(ctx: Rc<WorkerContext>, listener: TcpListener, local: SocketAddr) {
+async fn accept_loop(ctx: Rc<WorkerContext>, listener: TcpListener, entry: Listen) {
+    let local = entry.addr;
     let max = ctx.shared.config.limits.max_connections;
     let mut last_fd_warning: Option<Instant> = None;
     let mut spare = SpareFd::open();
