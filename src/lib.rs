@@ -37,6 +37,7 @@ pub mod observe;
 pub mod os;
 pub mod proxy;
 pub mod server;
+pub mod tls;
 pub mod tunnel;
 pub mod upstream;
 pub mod uring;

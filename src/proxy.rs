@@ -26,6 +26,7 @@ use crate::upstream::balancer::least_conn::Open;
 use crate::uring::deadline::with_deadline;
 use crate::uring::stream::Stream;
 
+pub mod client;
 mod connect;
 mod context;
 pub mod limits;
