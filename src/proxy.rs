@@ -4,6 +4,7 @@
 
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,7 @@ use crate::http::{
     parse_request, parse_response,
 };
 use crate::observe::access_log;
-use crate::observe::metrics::{Limit, Upgrade};
+use crate::observe::metrics::{Limit, TlsHandshake, Upgrade};
 use crate::tunnel::{RelayError, Report, Side};
 use crate::upstream::UpstreamAddr;
 use crate::upstream::balancer::Affinity;
@@ -33,6 +34,7 @@ pub mod limits;
 mod pump;
 mod respond;
 
+use client::{Client, HandshakeFailure, Io};
 use connect::connect_group;
 pub use context::{Shared, Slot, WorkerContext};
 use respond::{HeadFor, relay_response, respond, write_response_head};
@@ -116,6 +118,13 @@ struct Trace {
 /// `max_connections`.
 pub async fn serve(ctx: Rc<WorkerContext>, client: Stream, info: ClientInfo, slot: Slot) {
     let _ = client.set_nodelay(true);
+    let client = match ctx.shared.tls_config.as_ref().filter(|_| info.tls) {
+        None => Client::plain(client),
+        Some(config) => match handshake(&ctx, client, config.clone(), &info).await {
+            Some(client) => client,
+            None => return,
+        },
+    };
     let mut a = ctx.pool.get();
     // Taken from the pool once the head is complete, so a slow client holds one buffer.
     let mut b = Vec::new();
@@ -147,7 +156,7 @@ pub async fn serve(ctx: Rc<WorkerContext>, client: Stream, info: ClientInfo, slo
                 };
                 // From here on, the tunnel is an entry in the worker's tunnel loop: no task of
                 // its own, and nothing of the handshake's state.
-                open_tunnel(&ctx, client, upstream, early, end);
+                open_tunnel(&ctx, client, upstream, early, end).await;
                 return;
             }
             // An idle keep-alive connection that closes (or is closed) is not a request.
@@ -288,22 +297,88 @@ impl TunnelEnd {
 
 /// Hands an upgraded connection to the worker's tunnel loop, which relays it from the
 /// upstream's `101` to both sides' close.
-fn open_tunnel(
+async fn open_tunnel(
     ctx: &WorkerContext,
-    client: Stream,
+    client: Client,
     upstream: Stream,
-    early: [u64; 2],
+    mut early: [u64; 2],
     end: Closing,
 ) {
+    let (client, handover) = client.into_parts();
+    let mut tls = None;
+    if let Some(handover) = handover {
+        if !handover.plain.is_empty() {
+            // Opened before the switch but beyond the request buffer: it goes first.
+            let n = handover.plain.len() as u64;
+            if upstream.write_all(handover.plain).await.0.is_err() {
+                let _ = client.shutdown(Shutdown::Both);
+            }
+            ctx.metrics().bytes[0].add(n);
+            early[0] += n;
+        }
+        tls = Some((Box::new(handover.records), handover.tail));
+    }
     ctx.metrics().tunnels.add(1);
     let payload = TunnelEnd {
         end,
         opened: Instant::now(),
     };
     let fds = [client.into_fd(), upstream.into_fd()];
-    if let Err(e) = ctx.tunnels.open(fds, early, payload) {
+    if let Err(e) = ctx.tunnels.open(fds, early, tls, payload) {
         warn!("tunnel ring submit failed (retried on the next completion): {e}");
     }
+}
+
+/// Runs the TLS handshake of a connection to a TLS listener within `timeouts.handshake`.
+/// `None`: it failed, and the connection was answered (a plain HTTP request gets a plain
+/// `400`) or closed, counted and logged.
+async fn handshake(
+    ctx: &WorkerContext,
+    stream: Stream,
+    config: Arc<rustls::ServerConfig>,
+    info: &ClientInfo,
+) -> Option<Client> {
+    let limit = ctx.shared.config.timeouts.handshake;
+    let started = Instant::now();
+    let (res, timed_out) = with_deadline(limit, Client::accept_tls(&stream, config), || {
+        let _ = stream.shutdown(Shutdown::Both);
+    })
+    .await;
+    let failure = match res {
+        Ok(done) => {
+            ctx.metrics().tls_handshake(TlsHandshake::Ok);
+            return Some(Client::tls(stream, done));
+        }
+        Err(failure) => failure,
+    };
+    let metrics = ctx.metrics();
+    let (outcome, status) = match failure {
+        HandshakeFailure::PlainHttp => {
+            let err = HandshakeError::PlainHttpOnTls;
+            info!(client = %info.peer, "{}: {err}", err.status());
+            let mut scratch = Vec::with_capacity(1024);
+            reject(&stream, err, &mut scratch, LINGER).await;
+            metrics.response(err.status());
+            (TlsHandshake::PlainHttp, err.status())
+        }
+        _ if timed_out => {
+            debug!(client = %info.peer, "TLS handshake not complete within timeouts.handshake");
+            (TlsHandshake::TimedOut, 0)
+        }
+        e => {
+            debug!(client = %info.peer, "{e}");
+            (TlsHandshake::Failed, 0)
+        }
+    };
+    metrics.tls_handshake(outcome);
+    let end = Closing {
+        peer: info.peer,
+        trace: Trace::default(),
+        started,
+        _slot: None,
+    };
+    end.log(ctx, status, None);
+    None
 }
 
 /// Turns a client away before reading anything (over the connection limit or its address's,
@@ -346,7 +421,12 @@ pub const LINGER: Duration = Duration::from_secs(1);
 pub const SHORT_LINGER: Duration = Duration::from_millis(100);
 
 /// Answers `err` and closes, lingering (see `linger`).
-pub async fn reject(client: &Stream, err: HandshakeError, scratch: &mut Vec<u8>, linger: Duration) {
+pub(crate) async fn reject(
+    client: &impl Io,
+    err: HandshakeError,
+    scratch: &mut Vec<u8>,
+    linger: Duration,
+) {
     let (res, _) = client.write_all(err.response()).await;
     if res.is_ok() {
         self::linger(client, scratch, linger).await;
@@ -357,7 +437,7 @@ pub async fn reject(client: &Stream, err: HandshakeError, scratch: &mut Vec<u8>,
 /// sends (at most 64 KiB, for up to `limit`) before the close, because closing a socket with
 /// unread bytes resets the connection, and a reset can destroy the answer before the client
 /// has read it (nginx's lingering close).
-async fn linger(client: &Stream, scratch: &mut Vec<u8>, limit: Duration) {
+async fn linger(client: &impl Io, scratch: &mut Vec<u8>, limit: Duration) {
     let _ = client.shutdown(Shutdown::Write);
     let drain = async {
         let mut drained = 0usize;
@@ -380,7 +460,7 @@ async fn linger(client: &Stream, scratch: &mut Vec<u8>, limit: Duration) {
 
 async fn proxy(
     ctx: &WorkerContext,
-    client: &Stream,
+    client: &Client,
     info: &ClientInfo,
     served: usize,
     req: &mut Vec<u8>,
@@ -467,7 +547,7 @@ async fn proxy(
 
 /// Waits up to `timeouts.keepalive` for the first bytes of a keep-alive connection's next
 /// request, and no longer than until the process stops. `false`: none came.
-async fn next_request(ctx: &WorkerContext, client: &Stream, req: &mut Vec<u8>) -> bool {
+async fn next_request(ctx: &WorkerContext, client: &Client, req: &mut Vec<u8>) -> bool {
     let read = client.read(std::mem::take(req));
     tokio::pin!(read);
     let stop = ctx.shared.stopped();
@@ -499,7 +579,7 @@ async fn next_request(ctx: &WorkerContext, client: &Stream, req: &mut Vec<u8>) -
 /// and reports `TimedOut`. For the handshake's writes; a relay's are bounded by its idle
 /// timeout instead.
 async fn write_within(
-    stream: &Stream,
+    stream: &impl Io,
     buf: Vec<u8>,
     limit: Option<Duration>,
 ) -> (std::io::Result<()>, Vec<u8>) {
@@ -518,7 +598,7 @@ async fn write_within(
 /// it) before a whole head.
 async fn read_request(
     ctx: &WorkerContext,
-    client: &Stream,
+    client: &Client,
     info: &ClientInfo,
     req: &mut Vec<u8>,
     out: &mut Vec<u8>,
@@ -666,7 +746,7 @@ async fn await_response(
 #[allow(clippy::too_many_arguments)]
 async fn upgrade(
     ctx: &WorkerContext,
-    client: &Stream,
+    client: &Client,
     upstream_stream: Stream,
     switch: Switch,
     head_len: usize,

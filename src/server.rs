@@ -109,6 +109,7 @@ pub fn run(config: Config, table: UpstreamTable) -> Result<(), StartError> {
         access_log,
         pipes_per_worker: fdlimit::pipes_per_worker(limit - needed, workers),
         client_limits: ClientLimits::new(&config_limits),
+        tls_config: None,
     });
 
     signals.block_on(async {

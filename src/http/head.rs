@@ -60,6 +60,8 @@ pub enum HandshakeError {
     ClientConnections,
     #[error("over limits.handshake_rate_per_ip for this client address")]
     ClientRate,
+    #[error("a plain HTTP request on a TLS listener")]
+    PlainHttpOnTls,
 }
 
 macro_rules! error_response {
@@ -82,7 +84,9 @@ impl HandshakeError {
     /// The HTTP status the client gets.
     pub fn status(&self) -> u16 {
         match self {
-            HandshakeError::Malformed(_) | HandshakeError::BadBody(_) => 400,
+            HandshakeError::Malformed(_)
+            | HandshakeError::BadBody(_)
+            | HandshakeError::PlainHttpOnTls => 400,
             HandshakeError::OriginRefused(_) => 403,
             HandshakeError::NoRoute => 404,
             HandshakeError::HeadTimeout => 408,
@@ -101,6 +105,15 @@ impl HandshakeError {
 
     /// The whole response written to the client: short, valid, and closing the connection.
     pub fn response(&self) -> &'static [u8] {
+        if *self == HandshakeError::PlainHttpOnTls {
+            // In clear text, as nginx answers ("The plain HTTP request was sent to HTTPS port").
+            return error_response!(
+                "400",
+                "Bad Request",
+                "62",
+                "plain HTTP request sent to a TLS port; use https:// or wss://\n"
+            );
+        }
         match self.status() {
             400 => error_response!("400", "Bad Request", "12", "bad request\n"),
             403 => error_response!("403", "Forbidden", "19", "origin not allowed\n"),
@@ -146,6 +159,8 @@ pub enum Body {
 #[derive(Debug, Clone, Copy)]
 pub struct ClientInfo {
     pub peer: SocketAddr,
+    /// The connection came in over TLS (`X-Forwarded-Proto: https`).
+    pub tls: bool,
     /// The proxy's own address as the client reached it; stands in for a missing HTTP/1.0 Host.
     pub local: SocketAddr,
 }
@@ -458,7 +473,10 @@ impl<'b> RequestHead<'_, 'b> {
             client.peer.ip(),
             client.peer.ip()
         );
-        out.extend_from_slice(b"X-Forwarded-Proto: http\r\n\r\n");
+        let proto: &[u8] = if client.tls { b"https" } else { b"http" };
+        out.extend_from_slice(b"X-Forwarded-Proto: ");
+        out.extend_from_slice(proto);
+        out.extend_from_slice(b"\r\n\r\n");
     }
 
     /// Hop-by-hop headers, the ones `Connection` names, and the forwarding headers (the proxy

@@ -90,6 +90,36 @@ impl Limit {
     }
 }
 
+/// How a TLS listener's handshake ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsHandshake {
+    Ok,
+    /// rustls refused it (the reason is logged at debug) or the client left.
+    Failed,
+    /// Not complete within `timeouts.handshake`.
+    TimedOut,
+    /// A plain HTTP request, answered `400`.
+    PlainHttp,
+}
+
+impl TlsHandshake {
+    const ALL: [TlsHandshake; 4] = [
+        TlsHandshake::Ok,
+        TlsHandshake::Failed,
+        TlsHandshake::TimedOut,
+        TlsHandshake::PlainHttp,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            TlsHandshake::Ok => "ok",
+            TlsHandshake::Failed => "failed",
+            TlsHandshake::TimedOut => "timed_out",
+            TlsHandshake::PlainHttp => "plain_http",
+        }
+    }
+}
+
 /// Upper bounds (seconds) of the tunnel duration histogram.
 pub const TUNNEL_SECONDS: [f64; 9] = [
     0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0,
@@ -111,6 +141,7 @@ pub struct WorkerMetrics {
     pub spilled_sends: Meter,
     upgrades: [Meter; 4],
     limited: [Meter; 2],
+    tls_handshakes: [Meter; 4],
     /// Responses by status, 100..=599.
     responses: Box<[Meter]>,
     /// Bytes relayed: [client->upstream, upstream->client].
@@ -131,6 +162,7 @@ impl Default for WorkerMetrics {
             spilled_sends: Meter::default(),
             upgrades: Default::default(),
             limited: Default::default(),
+            tls_handshakes: Default::default(),
             responses: (100..600).map(|_| Meter::default()).collect(),
             bytes: Default::default(),
             tunnel_buckets: Default::default(),
@@ -148,6 +180,10 @@ impl WorkerMetrics {
     /// Counts a client refused by a per-client limit (its 429 is counted as a response too).
     pub fn limited(&self, limit: Limit) {
         self.limited[limit as usize].add(1);
+    }
+
+    pub fn tls_handshake(&self, outcome: TlsHandshake) {
+        self.tls_handshakes[outcome as usize].add(1);
     }
 
     /// Counts a response sent to a client, by status.
@@ -265,6 +301,13 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
         "Clients answered 429 by a per-client limit: limits.max_connections_per_ip (connections) or limits.handshake_rate_per_ip (rate).",
         "limit",
         Limit::ALL.map(|l| (l.label(), m.sum(|w| &w.limited[l as usize]))),
+    );
+    labelled(
+        &mut out,
+        "wsplice_tls_handshakes_total",
+        "TLS handshakes on TLS listeners, by outcome: ok, failed (refused by rustls or the client left; the reason is logged at debug), timed_out (timeouts.handshake), plain_http (a plain HTTP request, answered 400).",
+        "result",
+        TlsHandshake::ALL.map(|t| (t.label(), m.sum(|w| &w.tls_handshakes[t as usize]))),
     );
     single(
         &mut out,

@@ -26,6 +26,41 @@ const INCOMING: usize = MAX_RECORD + 1024;
 /// Output kept between writes; a larger one (a big head or body chunk) is freed after use.
 const OUTGOING_KEEP: usize = 2 * (MAX_PLAIN + 64);
 
+/// What the request phase reads from and writes to: a client or an upstream.
+pub(crate) trait Io {
+    async fn read<T: BoundedBufMut>(&self, buf: T) -> (io::Result<usize>, T);
+    async fn write_all<T: BoundedBuf + Deref<Target = [u8]>>(&self, buf: T) -> (io::Result<()>, T);
+    fn shutdown(&self, how: Shutdown) -> io::Result<()>;
+}
+
+impl Io for Stream {
+    async fn read<T: BoundedBufMut>(&self, buf: T) -> (io::Result<usize>, T) {
+        Stream::read(self, buf).await
+    }
+
+    async fn write_all<T: BoundedBuf + Deref<Target = [u8]>>(&self, buf: T) -> (io::Result<()>, T) {
+        Stream::write_all(self, buf).await
+    }
+
+    fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        Stream::shutdown(self, how)
+    }
+}
+
+impl Io for Client {
+    async fn read<T: BoundedBufMut>(&self, buf: T) -> (io::Result<usize>, T) {
+        Client::read(self, buf).await
+    }
+
+    async fn write_all<T: BoundedBuf + Deref<Target = [u8]>>(&self, buf: T) -> (io::Result<()>, T) {
+        Client::write_all(self, buf).await
+    }
+
+    fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        Client::shutdown(self, how)
+    }
+}
+
 /// A client connection in its request phase.
 #[derive(Debug)]
 pub struct Client {
@@ -56,6 +91,10 @@ struct Incoming {
     tail: Range<usize>,
     closed: bool,
 }
+
+/// A finished TLS handshake, for [`Client::tls`].
+#[derive(Debug)]
+pub struct Handshaken(Box<Tls>);
 
 /// What a TLS client connection hands to its tunnel.
 pub struct Handover {
@@ -100,19 +139,22 @@ impl Client {
         self.tls.as_ref().and_then(|t| t.sni.as_deref())
     }
 
-    /// Runs a TLS handshake on `stream`. On failure the stream comes back so the caller can
-    /// answer (a plain HTTP request gets a plain `400`) and close it; a TLS alert, if rustls
-    /// had one to send, has been sent.
+    /// Runs a TLS handshake on `stream`. On failure the caller answers (a plain HTTP
+    /// request gets a plain `400`) and closes; a TLS alert, if rustls had one, has been sent.
     pub async fn accept_tls(
-        stream: Stream,
+        stream: &Stream,
         config: Arc<ServerConfig>,
-    ) -> Result<Client, (Stream, HandshakeFailure)> {
-        match handshake(&stream, config).await {
-            Ok(tls) => Ok(Client {
-                stream,
-                tls: Some(Box::new(tls)),
-            }),
-            Err(e) => Err((stream, e)),
+    ) -> Result<Handshaken, HandshakeFailure> {
+        handshake(stream, config)
+            .await
+            .map(|tls| Handshaken(Box::new(tls)))
+    }
+
+    /// A TLS client connection whose handshake is done.
+    pub fn tls(stream: Stream, done: Handshaken) -> Self {
+        Client {
+            stream,
+            tls: Some(done.0),
         }
     }
 
@@ -126,7 +168,10 @@ impl Client {
     }
 
     /// Writes all of `buf`'s initialized bytes, like [`Stream::write_all`].
-    pub async fn write_all<T: BoundedBuf + Deref<Target = [u8]>>(&self, buf: T) -> (io::Result<()>, T) {
+    pub async fn write_all<T: BoundedBuf + Deref<Target = [u8]>>(
+        &self,
+        buf: T,
+    ) -> (io::Result<()>, T) {
         match &self.tls {
             None => self.stream.write_all(buf).await,
             Some(tls) => {

@@ -37,6 +37,8 @@ pub struct Shared {
     pub pipes_per_worker: usize,
     /// Open connections and request rate per client address.
     pub client_limits: ClientLimits,
+    /// What TLS listeners' handshakes use; `None` without a `[tls]` section.
+    pub tls_config: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl admin::Source for Shared {

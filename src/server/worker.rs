@@ -135,7 +135,11 @@ async fn accept_loop(ctx: Rc<WorkerContext>, listener: TcpListener, entry: Liste
         match stream::accept(&listener).await {
             Ok((client, peer)) => {
                 let (mut slot, before) = Slot::take(&ctx);
-                let info = ClientInfo { peer, local };
+                let info = ClientInfo {
+                    peer,
+                    local,
+                    tls: entry.tls,
+                };
                 let refused = if before >= max {
                     Some(HandshakeError::Overloaded)
                 } else if !slot.count_client(peer.ip()) {
@@ -168,7 +172,11 @@ async fn accept_loop(ctx: Rc<WorkerContext>, listener: TcpListener, entry: Liste
                 if spare.release()
                     && let Ok((client, peer)) = stream::accept(&listener).await
                 {
-                    let info = ClientInfo { peer, local };
+                    let info = ClientInfo {
+                        peer,
+                        local,
+                        tls: entry.tls,
+                    };
                     let err = HandshakeError::OutOfFiles;
                     let linger = proxy::SHORT_LINGER;
                     let away = proxy::turn_away(ctx.clone(), client, info, err, linger, None);

@@ -69,7 +69,10 @@ struct Keys {
 }
 
 impl Keys {
-    fn new(version: ProtocolVersion, (seq, secrets): (u64, ConnectionTrafficSecrets)) -> Result<Self, RecordError> {
+    fn new(
+        version: ProtocolVersion,
+        (seq, secrets): (u64, ConnectionTrafficSecrets),
+    ) -> Result<Self, RecordError> {
         let tls12 = version == ProtocolVersion::TLSv1_2;
         let (algorithm, key, iv, gcm) = match &secrets {
             ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&aead::AES_128_GCM, key, iv, true),
@@ -80,7 +83,10 @@ impl Keys {
             _ => return Err(RecordError::Unsupported),
         };
         let key = UnboundKey::new(algorithm, key.as_ref()).map_err(|_| RecordError::Unsupported)?;
-        let iv: [u8; 12] = iv.as_ref().try_into().map_err(|_| RecordError::Unsupported)?;
+        let iv: [u8; 12] = iv
+            .as_ref()
+            .try_into()
+            .map_err(|_| RecordError::Unsupported)?;
         Ok(Keys {
             key: LessSafeKey::new(key),
             iv,
@@ -199,7 +205,11 @@ impl TunnelTls {
         if self.tls13 && outer != APPLICATION_DATA {
             return Err(RecordError::Unexpected(outer));
         }
-        let explicit = if self.rx.explicit_nonce { EXPLICIT_NONCE } else { 0 };
+        let explicit = if self.rx.explicit_nonce {
+            EXPLICIT_NONCE
+        } else {
+            0
+        };
         if len < explicit + TAG {
             return Err(RecordError::BadRecordMac);
         }
@@ -211,9 +221,11 @@ impl TunnelTls {
         let header: [u8; HEADER] = buf[at..body].try_into().expect("a header");
         let sealed = &mut buf[body + explicit..body + len];
         let plain_len = if self.tls13 {
-            self.rx
-                .key
-                .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(header), sealed)
+            self.rx.key.open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(header),
+                sealed,
+            )
         } else {
             let aad = tls12_aad(self.rx.seq, outer, len - explicit - TAG);
             self.rx
@@ -269,8 +281,18 @@ impl TunnelTls {
 
     /// Where [`TunnelTls::seal`] wants the plaintext in its output buffer.
     pub fn prefix(&self) -> usize {
-        let update = if self.key_update_due { KEY_UPDATE_RECORD } else { 0 };
-        update + HEADER + if self.tx.explicit_nonce { EXPLICIT_NONCE } else { 0 }
+        let update = if self.key_update_due {
+            KEY_UPDATE_RECORD
+        } else {
+            0
+        };
+        update
+            + HEADER
+            + if self.tx.explicit_nonce {
+                EXPLICIT_NONCE
+            } else {
+                0
+            }
     }
 
     /// Seals the `len` bytes of plaintext at `out[self.prefix()..]` into one record at the
@@ -305,15 +327,30 @@ impl TunnelTls {
     /// A sealed `close_notify` alert at the start of `out` (at least `MAX_OVERHEAD + 2`
     /// bytes); returns its length.
     pub fn seal_close_notify(&mut self, out: &mut [u8]) -> Result<usize, RecordError> {
-        let start = HEADER + if self.tx.explicit_nonce { EXPLICIT_NONCE } else { 0 };
+        let start = HEADER
+            + if self.tx.explicit_nonce {
+                EXPLICIT_NONCE
+            } else {
+                0
+            };
         out[start..start + 2].copy_from_slice(&[WARNING, CLOSE_NOTIFY]);
         self.seal_record(out, 0, ALERT, 2)
     }
 
     /// Seals content `out[at + HEADER + explicit..][..len]` of type `typ` into a record at
     /// `at`; returns where the record ends.
-    fn seal_record(&mut self, out: &mut [u8], at: usize, typ: u8, len: usize) -> Result<usize, RecordError> {
-        let explicit = if self.tx.explicit_nonce { EXPLICIT_NONCE } else { 0 };
+    fn seal_record(
+        &mut self,
+        out: &mut [u8],
+        at: usize,
+        typ: u8,
+        len: usize,
+    ) -> Result<usize, RecordError> {
+        let explicit = if self.tx.explicit_nonce {
+            EXPLICIT_NONCE
+        } else {
+            0
+        };
         let start = at + HEADER + explicit;
         let nonce = self.tx.nonce();
         let (content_len, outer) = if self.tls13 {

@@ -7,6 +7,7 @@ fn client() -> ClientInfo {
     ClientInfo {
         peer: "203.0.113.7:51234".parse().unwrap(),
         local: "127.0.0.1:8080".parse().unwrap(),
+        tls: false,
     }
 }
 
@@ -308,6 +309,7 @@ fn ipv6_peer_is_written_without_brackets_or_port() {
     let client = ClientInfo {
         peer: "[2001:db8::1]:4000".parse().unwrap(),
         local: "[::1]:8080".parse().unwrap(),
+        tls: false,
     };
     let mut out = Vec::new();
     req.write_upstream(&client, &mut out);

@@ -280,6 +280,7 @@ fn parse_one(head: &[u8]) -> Result<Parsed<Outcome>, HandshakeError> {
     let client = ClientInfo {
         peer: "203.0.113.7:51234".parse().unwrap(),
         local: "127.0.0.1:8080".parse().unwrap(),
+        tls: false,
     };
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     Ok(match parse_request(head, &mut headers)? {
@@ -337,6 +338,7 @@ fn other_upgrades_need_the_route_to_list_them() {
     let client = ClientInfo {
         peer: "203.0.113.7:1".parse().unwrap(),
         local: "127.0.0.1:8080".parse().unwrap(),
+        tls: false,
     };
     let rewrite = |extra: &[&str], head: &[u8]| {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];

@@ -4,12 +4,12 @@
 use std::io::{Read, Write};
 use std::sync::Arc;
 
+use rustls::SupportedCipherSuite;
 use rustls::client::{ClientConfig, ClientConnection};
 use rustls::crypto::aws_lc_rs as provider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::{ServerConfig, UnbufferedServerConnection};
 use rustls::unbuffered::ConnectionState;
-use rustls::SupportedCipherSuite;
 
 use super::*;
 
