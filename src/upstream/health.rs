@@ -72,27 +72,26 @@ impl fmt::Display for HealthCheck {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHealthCheck {
-    path: Option<toml::Spanned<String>>,
-    tcp: Option<toml::Spanned<bool>>,
-    interval: Option<toml::Spanned<String>>,
-    timeout: Option<toml::Spanned<String>>,
-    rise: Option<toml::Spanned<i64>>,
-    fall: Option<toml::Spanned<i64>>,
+    path: Option<String>,
+    tcp: Option<bool>,
+    interval: Option<String>,
+    timeout: Option<String>,
+    rise: Option<i64>,
+    fall: Option<i64>,
 }
 
 impl HealthCheck {
-    /// Group `group`'s `health_check` table, starting at byte `at` of the file. Errors are
-    /// (offset, message).
+    /// Group `group`'s `health_check` table, written at byte `at` of the file (an inline
+    /// table: its line is every field's line). Errors are (offset, message).
     pub fn parse(group: &str, value: &toml::Value, at: usize) -> Result<Self, (usize, String)> {
         let field = format!("{group}.health_check");
         let raw = RawHealthCheck::deserialize(value.clone())
             .map_err(|e| (at, format!("{field}: {}", e.message().trim_end())))?;
         let probe = match (&raw.path, &raw.tcp) {
-            (Some(p), None) => {
-                let path = p.get_ref();
+            (Some(path), None) => {
                 if !path.starts_with('/') || !path.bytes().all(|b| b.is_ascii_graphic()) {
                     return Err((
-                        p.span().start.max(at),
+                        at,
                         format!(
                             "{field}.path: {path:?} is not a request path; it must start with '/' and hold visible ASCII only, e.g. \"/healthz\""
                         ),
@@ -100,7 +99,7 @@ impl HealthCheck {
                 }
                 Probe::Http { path: path.clone() }
             }
-            (None, Some(t)) if *t.get_ref() => Probe::Tcp,
+            (None, Some(true)) => Probe::Tcp,
             (Some(_), Some(_)) => {
                 return Err((
                     at,
@@ -118,30 +117,26 @@ impl HealthCheck {
                 ));
             }
         };
-        let duration = |name: &str, value: &Option<toml::Spanned<String>>, default| match value {
+        let duration = |name: &str, value: &Option<String>, default| match value {
             None => Ok(default),
-            Some(v) => humantime::parse_duration(v.get_ref().trim())
+            Some(v) => humantime::parse_duration(v.trim())
                 .ok()
                 .filter(|d| *d >= Duration::from_millis(1))
                 .ok_or_else(|| {
                     (
-                        v.span().start.max(at),
+                        at,
                         format!(
-                            "{field}.{name}: {:?} is not a positive duration; write e.g. \"5s\" or \"500ms\"",
-                            v.get_ref()
+                            "{field}.{name}: {v:?} is not a positive duration; write e.g. \"5s\" or \"500ms\""
                         ),
                     )
                 }),
         };
-        let streak = |name: &str, value: &Option<toml::Spanned<i64>>, default| match value {
+        let streak = |name: &str, value: &Option<i64>, default| match value {
             None => Ok(default),
-            Some(v) if (1..=MAX_STREAK).contains(v.get_ref()) => Ok(*v.get_ref() as u32),
+            Some(v) if (1..=MAX_STREAK).contains(v) => Ok(*v as u32),
             Some(v) => Err((
-                v.span().start.max(at),
-                format!(
-                    "{field}.{name}: {} is out of range; use 1 to {MAX_STREAK} checks in a row",
-                    v.get_ref()
-                ),
+                at,
+                format!("{field}.{name}: {v} is out of range; use 1 to {MAX_STREAK} checks in a row"),
             )),
         };
         Ok(HealthCheck {
