@@ -47,10 +47,7 @@ where
         .name("wsplice-upstreams".into())
         .spawn(move || {
             runtime.block_on(async {
-                tokio::join!(
-                    health::run(tables.clone()),
-                    resolve::run(tables, resolver)
-                )
+                tokio::join!(health::run(tables.clone()), resolve::run(tables, resolver))
             });
         })?;
     Ok(())

@@ -176,15 +176,22 @@ async fn a_failing_server_goes_down_after_fall_checks_and_comes_back_after_rise(
     let (a_addr, a) = Upstream::tcp("127.0.0.1:0").await;
     let (b_addr, b) = Upstream::tcp("127.0.0.1:0").await;
     let (a_name, b_name) = (a_addr.to_string(), b_addr.to_string());
-    let check = "{ path = \"/healthz\", interval = \"100ms\", timeout = \"1s\", rise = 2, fall = 3 }";
+    let check =
+        "{ path = \"/healthz\", interval = \"100ms\", timeout = \"1s\", rise = 2, fall = 3 }";
     let proxy = start(&config(2), &group(&[&a_name, &b_name], check)).await;
     let admin = proxy.admin_addr();
-    assert_eq!(wait_metric(admin, &up_key(&a_name), |v| v == 1.0, LIMIT).await, 1.0);
+    assert_eq!(
+        wait_metric(admin, &up_key(&a_name), |v| v == 1.0, LIMIT).await,
+        1.0
+    );
     assert!(reaches(&proxy, &a_name).await);
 
     a.set(503);
     let before = a.checks();
-    assert_eq!(wait_metric(admin, &up_key(&a_name), |v| v == 0.0, LIMIT).await, 0.0);
+    assert_eq!(
+        wait_metric(admin, &up_key(&a_name), |v| v == 0.0, LIMIT).await,
+        0.0
+    );
     assert!(
         a.checks() - before >= 3,
         "down after fewer than fall = 3 failed checks"
@@ -203,7 +210,10 @@ async fn a_failing_server_goes_down_after_fall_checks_and_comes_back_after_rise(
     }
 
     a.set(200);
-    assert_eq!(wait_metric(admin, &up_key(&a_name), |v| v == 1.0, LIMIT).await, 1.0);
+    assert_eq!(
+        wait_metric(admin, &up_key(&a_name), |v| v == 1.0, LIMIT).await,
+        1.0
+    );
     assert!(
         proxy
             .wait_log(&format!("upstream backend server {a_name} is up"), LIMIT)
@@ -233,13 +243,19 @@ async fn a_tcp_check_follows_a_listener_that_closes_and_opens_again() {
     assert_eq!(a.checks(), 0, "a tcp check sends no request");
 
     drop(a);
-    assert_eq!(wait_metric(admin, &up_key(&a_name), |v| v == 0.0, LIMIT).await, 0.0);
+    assert_eq!(
+        wait_metric(admin, &up_key(&a_name), |v| v == 0.0, LIMIT).await,
+        0.0
+    );
     for _ in 0..6 {
         assert_eq!(served_by(&proxy).await, b_name);
     }
 
     let (_, _a) = Upstream::tcp(&a_name).await;
-    assert_eq!(wait_metric(admin, &up_key(&a_name), |v| v == 1.0, LIMIT).await, 1.0);
+    assert_eq!(
+        wait_metric(admin, &up_key(&a_name), |v| v == 1.0, LIMIT).await,
+        1.0
+    );
     assert!(reaches(&proxy, &a_name).await);
 }
 
@@ -252,7 +268,10 @@ async fn health_state_survives_a_reload() {
     let proxy = start(&config(2), &group(&[&a_name, &b_name], check)).await;
     let admin = proxy.admin_addr();
     a.set(503);
-    assert_eq!(wait_metric(admin, &up_key(&a_name), |v| v == 0.0, LIMIT).await, 0.0);
+    assert_eq!(
+        wait_metric(admin, &up_key(&a_name), |v| v == 0.0, LIMIT).await,
+        0.0
+    );
 
     // The next checks are an hour away: a server whose state was lost would be up again
     // (servers start up) until then.
@@ -275,9 +294,15 @@ async fn a_unix_socket_server_is_checked_too() {
     let proxy = start(&config(1), &group(&[&a.name, &b_name], check)).await;
     let admin = proxy.admin_addr();
     assert!(reaches(&proxy, &a.name).await);
-    assert_eq!(wait_metric(admin, &up_key(&a.name), |v| v == 1.0, LIMIT).await, 1.0);
+    assert_eq!(
+        wait_metric(admin, &up_key(&a.name), |v| v == 1.0, LIMIT).await,
+        1.0
+    );
     a.set(500);
-    assert_eq!(wait_metric(admin, &up_key(&a.name), |v| v == 0.0, LIMIT).await, 0.0);
+    assert_eq!(
+        wait_metric(admin, &up_key(&a.name), |v| v == 0.0, LIMIT).await,
+        0.0
+    );
     for _ in 0..6 {
         assert_eq!(served_by(&proxy).await, b_name);
     }

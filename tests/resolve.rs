@@ -132,9 +132,8 @@ async fn start(dns: &Dns, port: u16) -> Proxy {
     proxy
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn open(proxy: &Proxy) -> Ws {
     let (ws, _) = tokio::time::timeout(LIMIT, connect_async(proxy.url("/ws")))
@@ -203,7 +202,11 @@ async fn a_failing_dns_server_leaves_the_last_good_set() {
     dns.set(Answer::Records(vec![ip(3)]));
     let moved = format!("app.test:{port} -> [127.0.0.3:{port}] (was [127.0.0.2:{port}])");
     assert!(proxy.wait_log(&moved, LIMIT).await, "{}", proxy.log());
-    assert!(proxy.log().contains(&format!("app.test:{port} resolves again")));
+    assert!(
+        proxy
+            .log()
+            .contains(&format!("app.test:{port} resolves again"))
+    );
     let mut ws = open(&proxy).await;
     echo(&mut ws, "moved").await;
     assert_eq!(upgrades(&seen[1]), 1);

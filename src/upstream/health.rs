@@ -117,7 +117,8 @@ impl HealthCheck {
                 ));
             }
         };
-        let duration = |name: &str, value: &Option<String>, default| match value {
+        let duration = |name: &str, value: &Option<String>, default| {
+            match value {
             None => Ok(default),
             Some(v) => humantime::parse_duration(v.trim())
                 .ok()
@@ -130,13 +131,16 @@ impl HealthCheck {
                         ),
                     )
                 }),
+        }
         };
         let streak = |name: &str, value: &Option<i64>, default| match value {
             None => Ok(default),
             Some(v) if (1..=MAX_STREAK).contains(v) => Ok(*v as u32),
             Some(v) => Err((
                 at,
-                format!("{field}.{name}: {v} is out of range; use 1 to {MAX_STREAK} checks in a row"),
+                format!(
+                    "{field}.{name}: {v} is out of range; use 1 to {MAX_STREAK} checks in a row"
+                ),
             )),
         };
         Ok(HealthCheck {
@@ -201,7 +205,8 @@ where
                 for addr in group.servers() {
                     let key = (group.name.clone(), addr.clone());
                     if !tasks.contains_key(&key) {
-                        let task = tokio::spawn(watch(tables.clone(), key.0.clone(), key.1.clone()));
+                        let task =
+                            tokio::spawn(watch(tables.clone(), key.0.clone(), key.1.clone()));
                         tasks.insert(key, task);
                     }
                 }
@@ -228,15 +233,14 @@ where
             };
             (check, g.balancer.verdict(i).clone(), g.host(i).to_string())
         };
-        let result = match tokio::time::timeout(check.timeout, probe(&addr, &check.probe, &host))
-            .await
-        {
-            Ok(result) => result,
-            Err(_) => Err(format!(
-                "no answer within {}",
-                humantime::format_duration(check.timeout)
-            )),
-        };
+        let result =
+            match tokio::time::timeout(check.timeout, probe(&addr, &check.probe, &host)).await {
+                Ok(result) => result,
+                Err(_) => Err(format!(
+                    "no answer within {}",
+                    humantime::format_duration(check.timeout)
+                )),
+            };
         if verdict.record(result.is_ok(), check.rise, check.fall) {
             match &result {
                 Ok(()) => info!(
@@ -352,11 +356,23 @@ mod tests {
         bad("{ tcp = false }", "`tcp = true`");
         bad("{ }", "`path = \"/healthz\"`");
         bad("{ path = \"/\", tcp = true }", "both");
-        bad("{ path = \"/\", interval = \"often\" }", "chat.health_check.interval");
+        bad(
+            "{ path = \"/\", interval = \"often\" }",
+            "chat.health_check.interval",
+        );
         bad("{ path = \"/\", timeout = \"0s\" }", "positive duration");
-        bad("{ path = \"/\", rise = 0 }", "chat.health_check.rise: 0 is out of range");
-        bad("{ path = \"/\", fall = 0 }", "chat.health_check.fall: 0 is out of range");
-        bad("{ path = \"/\", intervall = \"1s\" }", "unknown field `intervall`");
+        bad(
+            "{ path = \"/\", rise = 0 }",
+            "chat.health_check.rise: 0 is out of range",
+        );
+        bad(
+            "{ path = \"/\", fall = 0 }",
+            "chat.health_check.fall: 0 is out of range",
+        );
+        bad(
+            "{ path = \"/\", intervall = \"1s\" }",
+            "unknown field `intervall`",
+        );
         bad("\"/healthz\"", "chat.health_check");
     }
 

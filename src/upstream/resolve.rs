@@ -44,7 +44,10 @@ impl fmt::Display for HostName {
 
 /// Looks `name` up from a thread that is not inside a tokio runtime or may be (start-up,
 /// reload, SIGHUP): every address, sorted, at least one.
-pub fn lookup_blocking(name: &HostName, resolver: Option<SocketAddr>) -> io::Result<Vec<UpstreamAddr>> {
+pub fn lookup_blocking(
+    name: &HostName,
+    resolver: Option<SocketAddr>,
+) -> io::Result<Vec<UpstreamAddr>> {
     let Some(server) = resolver else {
         let found = (name.host.as_str(), name.port).to_socket_addrs()?;
         return finish(found.collect());
@@ -64,7 +67,10 @@ pub fn lookup_blocking(name: &HostName, resolver: Option<SocketAddr>) -> io::Res
 }
 
 /// Looks `name` up: every address, sorted, at least one.
-pub async fn lookup(name: &HostName, resolver: Option<SocketAddr>) -> io::Result<Vec<UpstreamAddr>> {
+pub async fn lookup(
+    name: &HostName,
+    resolver: Option<SocketAddr>,
+) -> io::Result<Vec<UpstreamAddr>> {
     let Some(server) = resolver else {
         let found = tokio::net::lookup_host((name.host.as_str(), name.port)).await?;
         return finish(found.collect());
@@ -87,7 +93,12 @@ pub async fn lookup(name: &HostName, resolver: Option<SocketAddr>) -> io::Result
         .lookup_ip(name.host.as_str())
         .await
         .map_err(io::Error::other)?;
-    finish(found.iter().map(|ip| SocketAddr::new(ip, name.port)).collect())
+    finish(
+        found
+            .iter()
+            .map(|ip| SocketAddr::new(ip, name.port))
+            .collect(),
+    )
 }
 
 fn finish(mut found: Vec<SocketAddr>) -> io::Result<Vec<UpstreamAddr>> {
