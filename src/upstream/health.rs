@@ -195,19 +195,28 @@ pub async fn run<T>(tables: Arc<T>)
 where
     T: std::ops::Deref<Target = ArcSwap<UpstreamTable>> + Send + Sync + 'static,
 {
-    let mut tasks: HashMap<(String, UpstreamAddr), tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut tasks: HashMap<(String, UpstreamAddr), Task> = HashMap::new();
     let mut seen: Option<Arc<UpstreamTable>> = None;
     loop {
-        tasks.retain(|_, task| !task.is_finished());
+        tasks.retain(|_, task| !task.handle.is_finished());
         let table = tables.load_full();
         if seen.as_ref().is_none_or(|s| !Arc::ptr_eq(s, &table)) {
-            for group in table.groups().iter().filter(|g| g.check.is_some()) {
+            for group in table.groups() {
+                let Some(check) = &group.check else { continue };
                 for addr in group.servers() {
                     let key = (group.name.clone(), addr.clone());
-                    if !tasks.contains_key(&key) {
-                        let task =
-                            tokio::spawn(watch(tables.clone(), key.0.clone(), key.1.clone()));
-                        tasks.insert(key, task);
+                    // A reload that changed the settings restarts the server's checks, so a
+                    // shorter interval does not wait out the longer one.
+                    if tasks.get(&key).is_some_and(|task| task.check == *check) {
+                        continue;
+                    }
+                    let handle = tokio::spawn(watch(tables.clone(), key.0.clone(), key.1.clone()));
+                    let task = Task {
+                        check: check.clone(),
+                        handle,
+                    };
+                    if let Some(old) = tasks.insert(key, task) {
+                        old.handle.abort();
                     }
                 }
             }
@@ -215,6 +224,12 @@ where
         }
         tokio::time::sleep(SUPERVISE).await;
     }
+}
+
+/// The probing task of one server, and the settings it started with.
+struct Task {
+    check: HealthCheck,
+    handle: tokio::task::JoinHandle<()>,
 }
 
 /// Probes server `addr` of group `group` every interval while the current table lists it,

@@ -140,7 +140,7 @@ where
             }
             due.insert(group.name.clone(), now + interval);
             next = next.min(now + interval);
-            refresh(&**tables, &group.name, resolver, &mut failing).await;
+            refresh(&tables, &group.name, resolver, &mut failing).await;
         }
         tokio::time::sleep_until(next).await;
     }
