@@ -90,6 +90,7 @@ struct RawConfig {
     upstreams: Spanned<String>,
     admin: Option<Spanned<String>>,
     access_log: Option<Spanned<String>>,
+    resolver: Option<Spanned<String>>,
     #[serde(default)]
     timeouts: RawTimeouts,
     #[serde(default)]
@@ -327,6 +328,9 @@ pub struct Config {
     /// Where `/metrics` and `/healthz` are served; `None`: nowhere.
     pub admin: Option<SocketAddr>,
     pub access_log: AccessLogTarget,
+    /// The DNS server that upstream host names are looked up at (`IP:PORT`); `None`: the
+    /// system resolver (`/etc/hosts`, `/etc/resolv.conf`).
+    pub resolver: Option<SocketAddr>,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub routes: Routes,
@@ -411,6 +415,22 @@ impl Config {
                 ));
             }
             Some(file) => AccessLogTarget::File(base.join(file)),
+        };
+
+        let resolver = match &raw.resolver {
+            None => None,
+            Some(r) => match r.get_ref().trim().parse::<SocketAddr>() {
+                Ok(addr) if addr.port() != 0 && !addr.ip().is_unspecified() => Some(addr),
+                _ => {
+                    return Err(err(
+                        r.span().start,
+                        format!(
+                            "resolver: {:?} is not a DNS server's IP:PORT; write e.g. \"127.0.0.53:53\" or \"[::1]:53\", or leave resolver out to use the system resolver",
+                            r.get_ref()
+                        ),
+                    ));
+                }
+            },
         };
 
         let t = &raw.timeouts;
@@ -527,6 +547,7 @@ impl Config {
             upstreams_path,
             admin,
             access_log,
+            resolver,
             timeouts,
             limits,
             routes: Routes::new(routes),

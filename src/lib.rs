@@ -17,7 +17,9 @@
 //! - [`upstream`]: the upstream file as an immutable table of groups, each with its balancer
 //!   (smooth weighted round robin, least connections, a consistent-hash ring, sticky
 //!   cookies; passive health); hot reload (inotify, SIGHUP) swaps the table whole through
-//!   arc-swap, handing on health and open-connection counts.
+//!   arc-swap, handing on health and open-connection counts; one background thread runs
+//!   the active health checks and looks host names up again (a changed set is swapped in
+//!   the same way).
 //! - [`uring`]: tokio-uring plumbing: the connection type over a plain descriptor, a connect
 //!   that a timeout really ends, deadlines that never drop a pending read, the buffer pool.
 //! - [`tunnel`]: every open tunnel of a worker, relayed by one loop over a ring of their own

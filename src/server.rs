@@ -51,6 +51,19 @@ pub enum StartError {
     Watcher(io::Error),
     #[error("cannot open the access log: {0}")]
     AccessLog(io::Error),
+    #[error("cannot start the upstream health check and name lookup thread: {0}")]
+    Background(io::Error),
+}
+
+/// The shared upstream table, as the health checker and name lookups see it.
+struct TableOf(Arc<Shared>);
+
+impl std::ops::Deref for TableOf {
+    type Target = ArcSwap<crate::upstream::UpstreamTable>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0.table
+    }
 }
 
 /// Runs wsplice until SIGTERM or SIGINT.
@@ -124,6 +137,8 @@ pub fn run(config: Config, table: UpstreamTable) -> Result<(), StartError> {
             reload::reload(&s.config, &s.table, &s.reloads, Trigger::Watch);
         })
         .map_err(StartError::Watcher)?;
+        crate::upstream::spawn_background(TableOf(shared.clone()), shared.config.resolver)
+            .map_err(StartError::Background)?;
         start_workers(&shared, listeners, &cpus)?;
         for addr in &bound {
             info!("listening on {addr} with {workers} workers");

@@ -814,3 +814,17 @@ fn bad_listen_tables_name_the_key() {
         );
     }
 }
+
+#[test]
+fn resolver_is_an_ip_and_port() {
+    assert_eq!(parse(MAIN).unwrap().resolver, None);
+    let config = parse(&format!("resolver = \"127.0.0.53:53\"\n{MAIN}")).unwrap();
+    assert_eq!(config.resolver, Some("127.0.0.53:53".parse().unwrap()));
+    for bad in ["dns.internal:53", "127.0.0.1", "127.0.0.1:0", "0.0.0.0:53"] {
+        assert_config_error(
+            &format!("resolver = \"{bad}\"\n{MAIN}"),
+            1,
+            &format!("resolver: {bad:?} is not a DNS server's IP:PORT"),
+        );
+    }
+}

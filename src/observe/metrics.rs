@@ -254,6 +254,9 @@ pub struct Snapshot {
     pub client_buckets: u64,
     /// Of those, the ones holding open connections now.
     pub client_buckets_busy: u64,
+    /// Every upstream server as (group, server as the file writes it, up): down means
+    /// marked down by active or passive health.
+    pub upstreams_up: Vec<(String, String, bool)>,
 }
 
 /// The Prometheus text exposition (format 0.0.4) of everything.
@@ -441,6 +444,21 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
         "Unix time the upstream table in use was loaded.",
         s.last_reload_unix,
     );
+    header(
+        &mut out,
+        "wsplice_upstream_up",
+        "gauge",
+        "1 while an upstream server may be picked, 0 while active health checks or passive health (max_fails) have it down.",
+    );
+    for (group, server, up) in &s.upstreams_up {
+        let _ = writeln!(
+            out,
+            "wsplice_upstream_up{{group=\"{}\",server=\"{}\"}} {}",
+            label_value(group),
+            label_value(server),
+            u8::from(*up)
+        );
+    }
     single(
         &mut out,
         "wsplice_upstream_table_version",

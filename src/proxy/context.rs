@@ -56,6 +56,17 @@ impl admin::Source for Shared {
             draining: self.stopping.load(Ordering::Relaxed),
             client_buckets: self.client_limits.buckets() as u64,
             client_buckets_busy: self.client_limits.busy() as u64,
+            upstreams_up: self
+                .table
+                .load()
+                .groups()
+                .iter()
+                .flat_map(|g| {
+                    g.servers().iter().enumerate().map(|(i, server)| {
+                        (g.name.clone(), server.to_string(), !g.balancer.is_down(i))
+                    })
+                })
+                .collect(),
         }
     }
 }
