@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::http::forwarded::{Cidr, TrustedProxies};
 use crate::http::origin::OriginPattern;
 use crate::http::path;
 
@@ -90,6 +91,9 @@ struct RawConfig {
     upstreams: Spanned<String>,
     admin: Option<Spanned<String>>,
     access_log: Option<Spanned<String>>,
+    /// `"CIDR"` or `"IP"` entries; checked by hand so each error keeps its line.
+    #[serde(default)]
+    trusted_proxies: Vec<Spanned<String>>,
     #[serde(default)]
     timeouts: RawTimeouts,
     #[serde(default)]
@@ -310,9 +314,6 @@ fn parse_listen(value: &toml::Value) -> Result<Listen, String> {
     if listen.tls {
         return Err("listen: tls = true is not built yet (issue 12)".into());
     }
-    if listen.proxy_protocol {
-        return Err("listen: proxy_protocol = true is not built yet (issue 14)".into());
-    }
     Ok(listen)
 }
 
@@ -327,6 +328,9 @@ pub struct Config {
     /// Where `/metrics` and `/healthz` are served; `None`: nowhere.
     pub admin: Option<SocketAddr>,
     pub access_log: AccessLogTarget,
+    /// Peers whose PROXY headers (on `proxy_protocol` listeners) and `X-Forwarded-For` (on
+    /// the others) are believed; empty: nobody's X-Forwarded-For, and anyone's PROXY header.
+    pub trusted_proxies: TrustedProxies,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub routes: Routes,
@@ -412,6 +416,23 @@ impl Config {
             }
             Some(file) => AccessLogTarget::File(base.join(file)),
         };
+
+        let trusted_proxies = raw
+            .trusted_proxies
+            .iter()
+            .map(|entry| {
+                Cidr::parse(entry.get_ref().trim()).map_err(|why| {
+                    err(
+                        entry.span().start,
+                        format!(
+                            "trusted_proxies: {:?} {why}; write a network or an address, e.g. \"10.0.0.0/8\", \"2001:db8::/32\" or \"192.0.2.7\"",
+                            entry.get_ref()
+                        ),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let trusted_proxies = TrustedProxies::new(trusted_proxies);
 
         let t = &raw.timeouts;
         let duration = |field: &str, value: &Option<Spanned<String>>, default: Duration| {
@@ -527,6 +548,7 @@ impl Config {
             upstreams_path,
             admin,
             access_log,
+            trusted_proxies,
             timeouts,
             limits,
             routes: Routes::new(routes),

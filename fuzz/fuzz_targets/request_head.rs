@@ -11,10 +11,7 @@ use wsplice::http::{Body, ClientInfo, HandshakeError, MAX_HEADERS, Parsed, parse
 type Outcome = (usize, Option<Vec<u8>>, Body, Vec<u8>);
 
 fn outcome(buf: &[u8]) -> Result<Parsed<Outcome>, HandshakeError> {
-    let client = ClientInfo {
-        peer: "[2001:db8::7]:51234".parse().unwrap(),
-        local: "127.0.0.1:8080".parse().unwrap(),
-    };
+    let client = ClientInfo::direct("[2001:db8::7]:51234".parse().unwrap(), "127.0.0.1:8080".parse().unwrap());
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     Ok(match parse_request(buf, &mut headers)? {
         Parsed::Incomplete => Parsed::Incomplete,

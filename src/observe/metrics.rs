@@ -90,6 +90,43 @@ impl Limit {
     }
 }
 
+/// Why a connection on a `proxy_protocol` listener was closed before its PROXY header was
+/// taken; nothing of it reached an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyRefusal {
+    /// The TCP peer is not in `trusted_proxies`.
+    Untrusted,
+    /// The connection starts with something else (a request, a TLS hello).
+    Missing,
+    /// It starts like a header but breaks the protocol (bad address, port, length, ...).
+    Malformed,
+    /// The peer closed in the middle of the header.
+    Truncated,
+    /// No whole header within `timeouts.handshake`.
+    Timeout,
+}
+
+impl ProxyRefusal {
+    const ALL: [ProxyRefusal; 5] = [
+        ProxyRefusal::Untrusted,
+        ProxyRefusal::Missing,
+        ProxyRefusal::Malformed,
+        ProxyRefusal::Truncated,
+        ProxyRefusal::Timeout,
+    ];
+
+    /// The metric label, also the access log's `end="proxy protocol: LABEL"`.
+    pub fn label(self) -> &'static str {
+        match self {
+            ProxyRefusal::Untrusted => "untrusted",
+            ProxyRefusal::Missing => "missing",
+            ProxyRefusal::Malformed => "malformed",
+            ProxyRefusal::Truncated => "truncated",
+            ProxyRefusal::Timeout => "timeout",
+        }
+    }
+}
+
 /// Upper bounds (seconds) of the tunnel duration histogram.
 pub const TUNNEL_SECONDS: [f64; 9] = [
     0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0,
@@ -111,6 +148,7 @@ pub struct WorkerMetrics {
     pub spilled_sends: Meter,
     upgrades: [Meter; 4],
     limited: [Meter; 2],
+    proxy_refused: [Meter; 5],
     /// Responses by status, 100..=599.
     responses: Box<[Meter]>,
     /// Bytes relayed: [client->upstream, upstream->client].
@@ -131,6 +169,7 @@ impl Default for WorkerMetrics {
             spilled_sends: Meter::default(),
             upgrades: Default::default(),
             limited: Default::default(),
+            proxy_refused: Default::default(),
             responses: (100..600).map(|_| Meter::default()).collect(),
             bytes: Default::default(),
             tunnel_buckets: Default::default(),
@@ -148,6 +187,11 @@ impl WorkerMetrics {
     /// Counts a client refused by a per-client limit (its 429 is counted as a response too).
     pub fn limited(&self, limit: Limit) {
         self.limited[limit as usize].add(1);
+    }
+
+    /// Counts a connection closed for its PROXY header (or its peer's want of trust).
+    pub fn proxy_refused(&self, why: ProxyRefusal) {
+        self.proxy_refused[why as usize].add(1);
     }
 
     /// Counts a response sent to a client, by status.
@@ -265,6 +309,13 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
         "Clients answered 429 by a per-client limit: limits.max_connections_per_ip (connections) or limits.handshake_rate_per_ip (rate).",
         "limit",
         Limit::ALL.map(|l| (l.label(), m.sum(|w| &w.limited[l as usize]))),
+    );
+    labelled(
+        &mut out,
+        "wsplice_proxy_protocol_errors_total",
+        "Connections on proxy_protocol listeners closed before a valid PROXY header: peer not in trusted_proxies (untrusted), no header (missing), a broken one (malformed), the peer closed in it (truncated), or none within timeouts.handshake (timeout).",
+        "reason",
+        ProxyRefusal::ALL.map(|r| (r.label(), m.sum(|w| &w.proxy_refused[r as usize]))),
     );
     single(
         &mut out,

@@ -14,6 +14,7 @@ use super::balancer::key::HashKey;
 use super::balancer::{Balance, Balancer, Health, MAX_SERVERS, MAX_WEIGHT, Policy};
 use crate::config::{Config, ConfigError, Routes, read_file};
 use crate::http::lookup::is_token;
+use crate::http::proxy_protocol;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,6 +25,7 @@ struct RawGroup {
     balance: Option<Spanned<String>>,
     hash_key: Option<Spanned<String>>,
     sticky_cookie: Option<Spanned<String>>,
+    send_proxy_protocol: Option<Spanned<String>>,
 }
 
 /// One upstream group: its name and the balancer that picks among its servers.
@@ -31,6 +33,9 @@ struct RawGroup {
 pub struct Group {
     pub name: String,
     pub balancer: Balancer,
+    /// The PROXY header written to each of its servers right after connecting
+    /// (`send_proxy_protocol`), before the request head.
+    pub send_proxy_protocol: proxy_protocol::Version,
 }
 
 impl Group {
@@ -121,9 +126,22 @@ impl UpstreamTable {
             }
             let health = parse_health(name, group).map_err(|(at, why)| err(at, why))?;
             let policy = parse_policy(name, group).map_err(|(at, why)| err(at, why))?;
+            let send_proxy_protocol = match &group.send_proxy_protocol {
+                None => proxy_protocol::Version::Off,
+                Some(v) => proxy_protocol::Version::parse(v.get_ref()).ok_or_else(|| {
+                    err(
+                        v.span().start,
+                        format!(
+                            "{name}.send_proxy_protocol: {:?} is not a PROXY protocol version; use \"off\" (the default), \"v1\" or \"v2\"",
+                            v.get_ref()
+                        ),
+                    )
+                })?,
+            };
             groups.push(Group {
                 name: name.clone(),
                 balancer: Balancer::with_policy(name, servers, health, &policy),
+                send_proxy_protocol,
             });
         }
 
