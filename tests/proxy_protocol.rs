@@ -184,6 +184,7 @@ fn access_log(proxy: &Proxy) -> PathBuf {
 async fn wait_access(proxy: &Proxy, needles: &[&str]) -> String {
     let deadline = tokio::time::Instant::now() + LIMIT;
     loop {
+        #[allow(clippy::disallowed_methods)] // the test's own runtime, not a worker
         let text = std::fs::read_to_string(access_log(proxy)).unwrap_or_default();
         if let Some(line) = text.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
             return line.to_string();
