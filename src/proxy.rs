@@ -507,8 +507,13 @@ async fn proxy(
     out.extend_from_slice(&req[range]);
     if send_proxy_protocol != proxy_protocol::Version::Off {
         // The upstream reads who the client is before the head; written in one send with it.
+        // The address the client reached: on a wildcard listener, the socket's own.
+        let local = match info.local.ip().is_unspecified() {
+            true => client.local_addr().unwrap_or(info.local),
+            false => info.local,
+        };
         let mut header = Vec::with_capacity(64);
-        send_proxy_protocol.write(request.client, info.local, &mut header);
+        send_proxy_protocol.write(request.client, local, &mut header);
         out.splice(0..0, header);
     }
     let (res, b) = write_within(&upstream, std::mem::take(out), timeouts.response).await;

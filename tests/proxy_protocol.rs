@@ -542,16 +542,18 @@ async fn the_per_ip_connection_limit_counts_the_proxy_address() {
     drop(first);
 }
 
-/// `send_proxy_protocol = "v1"` from a plain listener: the upstream reads the client's TCP
-/// address and the proxy's listening address before the head, then the upgrade goes through.
+/// `send_proxy_protocol = "v1"` from a plain wildcard listener: the upstream reads the
+/// client's TCP address and the address the client reached (not `0.0.0.0`) before the head,
+/// then the upgrade goes through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_proxy_protocol_v1_names_the_client_to_the_upstream() {
     let mut up = upstream("a", Some(1)).await;
     let upstreams = group(&[up.addr], "send_proxy_protocol = \"v1\"");
-    let (proxy, _admin) = start(PLAIN, "", "", &upstreams).await;
-    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (proxy, _admin) = start("\"0.0.0.0:0\"", "", "", &upstreams).await;
+    let to = SocketAddr::from(([127, 0, 0, 1], proxy.addr.port()));
+    let stream = TcpStream::connect(to).await.unwrap();
     let me = stream.local_addr().unwrap();
-    let url = format!("ws://{}/chat", proxy.addr);
+    let url = format!("ws://{to}/chat");
     let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
     ws.send(Message::text("v1")).await.unwrap();
     let echoed = tokio::time::timeout(LIMIT, ws.next())
