@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::http::forwarded::{Cidr, TrustedProxies};
 use crate::http::origin::OriginPattern;
 use crate::http::path;
 
@@ -91,6 +92,9 @@ struct RawConfig {
     admin: Option<Spanned<String>>,
     access_log: Option<Spanned<String>>,
     resolver: Option<Spanned<String>>,
+    /// `"CIDR"` or `"IP"` entries; checked by hand so each error keeps its line.
+    #[serde(default)]
+    trusted_proxies: Vec<Spanned<String>>,
     #[serde(default)]
     timeouts: RawTimeouts,
     #[serde(default)]
@@ -311,9 +315,6 @@ fn parse_listen(value: &toml::Value) -> Result<Listen, String> {
     if listen.tls {
         return Err("listen: tls = true is not built yet (issue 12)".into());
     }
-    if listen.proxy_protocol {
-        return Err("listen: proxy_protocol = true is not built yet (issue 14)".into());
-    }
     Ok(listen)
 }
 
@@ -331,6 +332,9 @@ pub struct Config {
     /// The DNS server that upstream host names are looked up at (`IP:PORT`); `None`: the
     /// system resolver (`/etc/hosts`, `/etc/resolv.conf`).
     pub resolver: Option<SocketAddr>,
+    /// Peers whose PROXY headers (on `proxy_protocol` listeners) and `X-Forwarded-For` (on
+    /// the others) are believed; empty: nobody's X-Forwarded-For, and anyone's PROXY header.
+    pub trusted_proxies: TrustedProxies,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub routes: Routes,
@@ -432,6 +436,22 @@ impl Config {
                 }
             },
         };
+        let trusted_proxies = raw
+            .trusted_proxies
+            .iter()
+            .map(|entry| {
+                Cidr::parse(entry.get_ref().trim()).map_err(|why| {
+                    err(
+                        entry.span().start,
+                        format!(
+                            "trusted_proxies: {:?} {why}; write a network or an address, e.g. \"10.0.0.0/8\", \"2001:db8::/32\" or \"192.0.2.7\"",
+                            entry.get_ref()
+                        ),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let trusted_proxies = TrustedProxies::new(trusted_proxies);
 
         let t = &raw.timeouts;
         let duration = |field: &str, value: &Option<Spanned<String>>, default: Duration| {
@@ -548,6 +568,7 @@ impl Config {
             admin,
             access_log,
             resolver,
+            trusted_proxies,
             timeouts,
             limits,
             routes: Routes::new(routes),

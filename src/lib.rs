@@ -10,7 +10,8 @@
 //!   upstream), the request path in normal form (what routes match), where a head ends
 //!   (scanned once) and where a body ends (`Content-Length`, chunked), the response head,
 //!   the RFC 6455 key and accept checks, and the lookups a balancer hashes (a header, a
-//!   cookie, a query parameter).
+//!   cookie, a query parameter), the PROXY protocol header (read and written), and who the
+//!   client is behind trusted proxies (`X-Forwarded-For`).
 //! - [`config`]: the TOML config, raw serde types validated into [`config::Config`].
 //! - [`observe`]: per-worker metrics, the admin endpoint (`/metrics`, `/healthz`), the
 //!   access log written from its own thread.
@@ -26,10 +27,11 @@
 //!   (kernel-selected receive buffers, so an idle tunnel holds none; a blocked send spills
 //!   to the heap and gives its buffer back; splice for bulk); each direction's state is one
 //!   enum, so one operation per direction is checked by the compiler.
-//! - [`proxy`]: one connection: read the request head -> route -> connect an upstream ->
-//!   response head -> hand the tunnel over after a real `101`, or relay one framed request
-//!   and response and close; the per-client limits (a fixed table of atomic buckets shared
-//!   by all workers: connections per address, request heads per second).
+//! - [`proxy`]: one connection: (read the PROXY header ->) read the request head -> route ->
+//!   connect an upstream -> response head -> hand the tunnel over after a real `101`, or
+//!   relay one framed request and response and close; the per-client limits (a fixed table
+//!   of atomic buckets shared by all workers: connections per address, request heads per
+//!   second).
 //! - [`server`]: start-up and stop, the listeners, one pinned worker thread per CPU with
 //!   its own tokio-uring runtime and accept loop.
 

@@ -372,3 +372,61 @@ fn bad_health_check_and_resolve_settings() {
     );
     assert_eq!(code, 0, "{text}");
 }
+
+/// `trusted_proxies`, a listener's `proxy_protocol` and a group's `send_proxy_protocol`: each
+/// bad value is named with its file and line.
+#[test]
+fn bad_proxy_protocol_settings() {
+    let base = TestConfig::default().toml();
+    let top = |line: &str| base.replacen("workers", &format!("{line}\nworkers"), 1);
+    let config = top("trusted_proxies = [\"10.0.0.0/33\"]");
+    assert_rejected(
+        &config,
+        GOOD_UPSTREAMS,
+        "wsplice.toml:2:",
+        &[
+            "trusted_proxies: \"10.0.0.0/33\"",
+            "prefix length",
+            "\"10.0.0.0/8\"",
+        ],
+    );
+    let config = top("trusted_proxies = [\"10.0.0.0/8\", \"proxy.internal\"]");
+    assert_rejected(
+        &config,
+        GOOD_UPSTREAMS,
+        "wsplice.toml:2:",
+        &[
+            "trusted_proxies: \"proxy.internal\"",
+            "not an IPv4 or IPv6 address",
+        ],
+    );
+    let config = base.replacen(
+        "listen = [\"127.0.0.1:0\"]",
+        "listen = [{ addr = \"127.0.0.1:0\", proxy_protocol = \"yes\" }]",
+        1,
+    );
+    assert_rejected(
+        &config,
+        GOOD_UPSTREAMS,
+        "wsplice.toml:1:",
+        &["listen: proxy_protocol must be true or false"],
+    );
+    let upstreams = format!("{GOOD_UPSTREAMS}send_proxy_protocol = \"v3\"\n");
+    assert_rejected(
+        &base,
+        &upstreams,
+        "upstreams.toml:3:",
+        &[
+            "backend.send_proxy_protocol: \"v3\"",
+            "\"off\" (the default), \"v1\" or \"v2\"",
+        ],
+    );
+    let config = base.replacen(
+        "listen = [\"127.0.0.1:0\"]",
+        "listen = [{ addr = \"127.0.0.1:0\", proxy_protocol = true }]\ntrusted_proxies = [\"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.7\"]",
+        1,
+    );
+    let upstreams = format!("{GOOD_UPSTREAMS}send_proxy_protocol = \"v2\"\n");
+    let (code, text) = check(&config, &upstreams);
+    assert_eq!(code, 0, "{text}");
+}

@@ -120,6 +120,43 @@ impl TlsHandshake {
     }
 }
 
+/// Why a connection on a `proxy_protocol` listener was closed before its PROXY header was
+/// taken; nothing of it reached an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyRefusal {
+    /// The TCP peer is not in `trusted_proxies`.
+    Untrusted,
+    /// The connection starts with something else (a request, a TLS hello).
+    Missing,
+    /// It starts like a header but breaks the protocol (bad address, port, length, ...).
+    Malformed,
+    /// The peer closed in the middle of the header.
+    Truncated,
+    /// No whole header within `timeouts.handshake`.
+    Timeout,
+}
+
+impl ProxyRefusal {
+    const ALL: [ProxyRefusal; 5] = [
+        ProxyRefusal::Untrusted,
+        ProxyRefusal::Missing,
+        ProxyRefusal::Malformed,
+        ProxyRefusal::Truncated,
+        ProxyRefusal::Timeout,
+    ];
+
+    /// The metric label, also the access log's `end="proxy protocol: LABEL"`.
+    pub fn label(self) -> &'static str {
+        match self {
+            ProxyRefusal::Untrusted => "untrusted",
+            ProxyRefusal::Missing => "missing",
+            ProxyRefusal::Malformed => "malformed",
+            ProxyRefusal::Truncated => "truncated",
+            ProxyRefusal::Timeout => "timeout",
+        }
+    }
+}
+
 /// Upper bounds (seconds) of the tunnel duration histogram.
 pub const TUNNEL_SECONDS: [f64; 9] = [
     0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0,
@@ -142,6 +179,7 @@ pub struct WorkerMetrics {
     upgrades: [Meter; 4],
     limited: [Meter; 2],
     tls_handshakes: [Meter; 4],
+    proxy_refused: [Meter; 5],
     /// Responses by status, 100..=599.
     responses: Box<[Meter]>,
     /// Bytes relayed: [client->upstream, upstream->client].
@@ -163,6 +201,7 @@ impl Default for WorkerMetrics {
             upgrades: Default::default(),
             limited: Default::default(),
             tls_handshakes: Default::default(),
+            proxy_refused: Default::default(),
             responses: (100..600).map(|_| Meter::default()).collect(),
             bytes: Default::default(),
             tunnel_buckets: Default::default(),
@@ -184,6 +223,11 @@ impl WorkerMetrics {
 
     pub fn tls_handshake(&self, outcome: TlsHandshake) {
         self.tls_handshakes[outcome as usize].add(1);
+    }
+
+    /// Counts a connection closed for its PROXY header (or its peer's want of trust).
+    pub fn proxy_refused(&self, why: ProxyRefusal) {
+        self.proxy_refused[why as usize].add(1);
     }
 
     /// Counts a response sent to a client, by status.
@@ -311,6 +355,13 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
         "TLS handshakes on TLS listeners, by outcome: ok, failed (refused by rustls or the client left; the reason is logged at debug), timed_out (timeouts.handshake), plain_http (a plain HTTP request, answered 400).",
         "result",
         TlsHandshake::ALL.map(|t| (t.label(), m.sum(|w| &w.tls_handshakes[t as usize]))),
+    );
+    labelled(
+        &mut out,
+        "wsplice_proxy_protocol_errors_total",
+        "Connections on proxy_protocol listeners closed before a valid PROXY header: peer not in trusted_proxies (untrusted), no header (missing), a broken one (malformed), the peer closed in it (truncated), or none within timeouts.handshake (timeout).",
+        "reason",
+        ProxyRefusal::ALL.map(|r| (r.label(), m.sum(|w| &w.proxy_refused[r as usize]))),
     );
     single(
         &mut out,

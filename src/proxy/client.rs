@@ -141,13 +141,15 @@ impl Client {
 
     /// Runs a TLS handshake on `stream`. On failure the caller answers (a plain HTTP
     /// request gets a plain `400`) and closes; a TLS alert, if rustls had one, has been sent.
+    /// `early`: bytes already read from the connection (after a PROXY header), the start
+    /// of the handshake.
     pub async fn accept_tls(
         stream: &Stream,
         config: Arc<ServerConfig>,
+        early: &[u8],
     ) -> Result<Handshaken, HandshakeFailure> {
-        handshake(stream, config)
-            .await
-            .map(|tls| Handshaken(Box::new(tls)))
+        let tls = handshake(stream, config, early).await?;
+        Ok(Handshaken(Box::new(tls)))
     }
 
     /// A TLS client connection whose handshake is done.
@@ -310,17 +312,39 @@ impl Tls {
 }
 
 /// Drives rustls through the handshake, then takes the secrets for the record layer.
-async fn handshake(stream: &Stream, config: Arc<ServerConfig>) -> Result<Tls, HandshakeFailure> {
+async fn handshake(
+    stream: &Stream,
+    config: Arc<ServerConfig>,
+    early_bytes: &[u8],
+) -> Result<Tls, HandshakeFailure> {
     let mut conn = UnbufferedServerConnection::new(config).map_err(HandshakeFailure::Tls)?;
     let mut incoming: Vec<u8> = Vec::with_capacity(INCOMING);
+    if early_bytes.len() > INCOMING {
+        return Err(HandshakeFailure::Records(RecordError::Oversized));
+    }
+    incoming.extend_from_slice(early_bytes);
     let mut outgoing: Vec<u8> = Vec::with_capacity(4096);
     let mut early: Vec<u8> = Vec::new();
     let mut sni_buf = [0u8; 255];
     let mut sni: Option<Box<str>> = None;
-    let mut reads = 0;
+    let mut checked = false;
     let mut sni_final = false;
     let mut failed: Option<rustls::Error> = None;
     loop {
+        // Before rustls takes the bytes in.
+        if !incoming.is_empty() && !checked {
+            checked = true;
+            // A TLS connection starts with a handshake record (22); an HTTP method starts
+            // with a letter.
+            if incoming[0].is_ascii_uppercase() {
+                return Err(HandshakeFailure::PlainHttp);
+            }
+        }
+        if !sni_final && !incoming.is_empty() {
+            sni = hello::server_name(&incoming, &mut sni_buf).map(Box::from);
+            // Once the first record is whole, what it names (or not) is final.
+            sni_final = sni.is_some() || record_complete(&incoming);
+        }
         let status = conn.process_tls_records(&mut incoming);
         let discard = status.discard;
         let mut read_more = false;
@@ -399,17 +423,6 @@ async fn handshake(stream: &Stream, config: Arc<ServerConfig>) -> Result<Tls, Ha
                 Ok(0) => return Err(HandshakeFailure::Closed),
                 Ok(_) => {}
                 Err(e) => return Err(HandshakeFailure::Io(e)),
-            }
-            reads += 1;
-            // A TLS connection starts with a handshake record (22); an HTTP method starts
-            // with a letter.
-            if reads == 1 && incoming[0].is_ascii_uppercase() {
-                return Err(HandshakeFailure::PlainHttp);
-            }
-            if !sni_final {
-                sni = hello::server_name(&incoming, &mut sni_buf).map(Box::from);
-                // Once the first record is whole, what it names (or not) is final.
-                sni_final = sni.is_some() || record_complete(&incoming);
             }
         }
     }

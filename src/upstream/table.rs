@@ -17,6 +17,7 @@ use super::health::HealthCheck;
 use super::resolve::{self, DEFAULT_RESOLVE_INTERVAL, HostName};
 use crate::config::{Config, ConfigError, Routes, read_file};
 use crate::http::lookup::is_token;
+use crate::http::proxy_protocol;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +30,7 @@ struct RawGroup {
     sticky_cookie: Option<Spanned<String>>,
     health_check: Option<Spanned<toml::Value>>,
     resolve_interval: Option<Spanned<String>>,
+    send_proxy_protocol: Option<Spanned<String>>,
 }
 
 /// One upstream group: its name, the balancer that picks among its servers, and the
@@ -37,6 +39,9 @@ struct RawGroup {
 pub struct Group {
     pub name: String,
     pub balancer: Balancer,
+    /// The PROXY header written to each of its servers right after connecting
+    /// (`send_proxy_protocol`), before the request head.
+    pub send_proxy_protocol: proxy_protocol::Version,
     /// Active health checks; `None`: passive health only.
     pub check: Option<HealthCheck>,
     /// How often host names are looked up again; `None` (`"0s"`): only when the file is read.
@@ -87,6 +92,7 @@ impl Group {
         Group {
             name: name.to_string(),
             balancer: Balancer::with_policy(name, servers, health, policy),
+            send_proxy_protocol: proxy_protocol::Version::Off,
             check,
             resolve_interval,
             entries,
@@ -191,6 +197,18 @@ impl UpstreamTable {
             }
             let health = parse_health(name, group).map_err(|(at, why)| err(at, why))?;
             let policy = parse_policy(name, group).map_err(|(at, why)| err(at, why))?;
+            let send_proxy_protocol = match &group.send_proxy_protocol {
+                None => proxy_protocol::Version::Off,
+                Some(v) => proxy_protocol::Version::parse(v.get_ref()).ok_or_else(|| {
+                    err(
+                        v.span().start,
+                        format!(
+                            "{name}.send_proxy_protocol: {:?} is not a PROXY protocol version; use \"off\" (the default), \"v1\" or \"v2\"",
+                            v.get_ref()
+                        ),
+                    )
+                })?,
+            };
             let check = group
                 .health_check
                 .as_ref()
@@ -199,14 +217,16 @@ impl UpstreamTable {
                 .map_err(|(at, why)| err(at, why))?;
             let resolve_interval =
                 parse_resolve_interval(name, group).map_err(|(at, why)| err(at, why))?;
-            groups.push(Group::build(
+            let mut built = Group::build(
                 name,
                 servers,
                 health,
                 &policy,
                 check,
                 resolve_interval,
-            ));
+            );
+            built.send_proxy_protocol = send_proxy_protocol;
+            groups.push(built);
         }
 
         let route_groups =
@@ -289,14 +309,16 @@ impl UpstreamTable {
         let groups = groups
             .into_iter()
             .map(|(g, entries)| {
-                Group::build(
+                let mut built = Group::build(
                     &g.name,
                     entries,
                     g.balancer.health(),
                     g.balancer.policy(),
                     g.check.clone(),
                     g.resolve_interval,
-                )
+                );
+                built.send_proxy_protocol = g.send_proxy_protocol;
+                built
             })
             .collect();
         let table = UpstreamTable {

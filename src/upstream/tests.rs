@@ -403,3 +403,23 @@ fn new_addresses_keep_the_health_of_servers_that_stay() {
     assert!(group.balancer.is_down(1));
     assert!(!group.balancer.is_down(0));
 }
+
+#[test]
+fn send_proxy_protocol_parses_and_rejects_other_values() {
+    use crate::http::proxy_protocol::Version;
+    let config = parse(MAIN).unwrap();
+    let text = "[backend]\nservers = [\"127.0.0.1:3000\"]\nsend_proxy_protocol = \"v2\"\n\n[other]\nservers = [\"127.0.0.1:3001\"]\nsend_proxy_protocol = \"v1\"\n\n[plain]\nservers = [\"127.0.0.1:3002\"]\n";
+    let table = parse_upstreams(&config, text).unwrap();
+    let version = |name: &str| table.group(name).unwrap().send_proxy_protocol;
+    assert_eq!(version("backend"), Version::V2);
+    assert_eq!(version("other"), Version::V1);
+    assert_eq!(version("plain"), Version::Off);
+    let text = "[backend]\nservers = [\"127.0.0.1:3000\"]\nsend_proxy_protocol = \"v3\"\n";
+    assert_upstream_error(
+        text,
+        3,
+        "backend.send_proxy_protocol: \"v3\" is not a PROXY protocol version; use \"off\" (the default), \"v1\" or \"v2\"",
+    );
+    let text = "[backend]\nservers = [\"127.0.0.1:3000\"]\nsend_proxy_protocol = true\n";
+    assert_upstream_error(text, 3, "invalid type: boolean `true`, expected a string");
+}
