@@ -217,14 +217,7 @@ impl UpstreamTable {
                 .map_err(|(at, why)| err(at, why))?;
             let resolve_interval =
                 parse_resolve_interval(name, group).map_err(|(at, why)| err(at, why))?;
-            let mut built = Group::build(
-                name,
-                servers,
-                health,
-                &policy,
-                check,
-                resolve_interval,
-            );
+            let mut built = Group::build(name, servers, health, &policy, check, resolve_interval);
             built.send_proxy_protocol = send_proxy_protocol;
             groups.push(built);
         }
