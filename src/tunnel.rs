@@ -95,7 +95,8 @@ struct Tunnel<P> {
     quiet: u8,
     aborted: bool,
     idled: bool,
-    error: Option<RelayError>,
+    /// Boxed: errors are rare, and an idle tunnel's entry stays 8 bytes smaller.
+    error: Option<Box<RelayError>>,
     /// A `wss://` tunnel's record layer; `None` for plain ones.
     tls: Option<Box<TlsTunnel>>,
     payload: P,
@@ -389,6 +390,7 @@ impl<P> Engine<P> {
         let end = if tunnel.idled {
             End::Idle
         } else if let Some(e) = tunnel.error {
+            let e = *e;
             End::Error(e)
         } else {
             End::Closed
@@ -419,7 +421,7 @@ unsafe fn push_sqe(ring: &mut IoUring, sqe: &squeue::Entry) -> bool {
 impl<P> Tunnel<P> {
     /// An error on either side ends both directions.
     fn fail(&mut self, side: Side, source: io::Error) {
-        self.error = Some(RelayError { side, source });
+        self.error = Some(Box::new(RelayError { side, source }));
         self.abort();
     }
 
