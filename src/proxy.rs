@@ -582,7 +582,9 @@ async fn proxy(
     let affinity = &request.affinity;
     let connected = connect_group(group, affinity, timeouts.connect, &ctx.shared.metrics).await?;
     // Cloned out (no allocation) so the table is not held for a long response.
-    let set_cookie = group.balancer.set_cookie(affinity, connected.index);
+    let set_cookie = group
+        .balancer
+        .set_cookie(affinity, connected.index, info.tls);
     let send_proxy_protocol = group.send_proxy_protocol;
     drop(table);
     let upstream = connected.stream;

@@ -206,12 +206,13 @@ impl Balancer {
 
     /// The `Set-Cookie` line to send when a request with `affinity` was served by server
     /// `index`: none without a sticky cookie, or when the request's cookie named that server.
-    pub fn set_cookie(&self, affinity: &Affinity, index: usize) -> Option<Arc<[u8]>> {
+    /// `secure`: the client came over TLS (the cookie gets `Secure`).
+    pub fn set_cookie(&self, affinity: &Affinity, index: usize, secure: bool) -> Option<Arc<[u8]>> {
         let sticky = self.sticky.as_ref()?;
         if affinity.cookie.and_then(|id| sticky.server(id)) == Some(index) {
             return None;
         }
-        Some(sticky.line(index).clone())
+        Some(sticky.line(index, secure).clone())
     }
 
     pub fn servers(&self) -> &[UpstreamAddr] {

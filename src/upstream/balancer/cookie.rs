@@ -21,9 +21,9 @@ use crate::upstream::addr::UpstreamAddr;
 pub struct Sticky {
     name: String,
     ids: Vec<u64>,
-    /// `Set-Cookie: NAME=ID; Path=/; HttpOnly` and CRLF, by server. A TLS listener (the TLS
-    /// issue) must send `; Secure` too: build a second set of lines here and pick by listener.
-    lines: Vec<Arc<[u8]>>,
+    /// `Set-Cookie: NAME=ID; Path=/; HttpOnly` and CRLF, by server: [plain, with `; Secure`
+    /// for clients on a TLS listener, whose browsers then send it over https only].
+    lines: Vec<[Arc<[u8]>; 2]>,
 }
 
 impl Sticky {
@@ -32,7 +32,11 @@ impl Sticky {
         let lines = ids
             .iter()
             .map(|id| {
-                Arc::from(format!("Set-Cookie: {name}={id:016x}; Path=/; HttpOnly\r\n").as_bytes())
+                let line = format!("Set-Cookie: {name}={id:016x}; Path=/; HttpOnly");
+                [
+                    Arc::from(format!("{line}\r\n").as_bytes()),
+                    Arc::from(format!("{line}; Secure\r\n").as_bytes()),
+                ]
             })
             .collect();
         Sticky {
@@ -60,8 +64,9 @@ impl Sticky {
     }
 
     /// The `Set-Cookie` line (CRLF included) naming server `index`.
-    pub fn line(&self, index: usize) -> &Arc<[u8]> {
-        &self.lines[index]
+    /// Server `index`'s `Set-Cookie` line; `secure` for a client on a TLS listener.
+    pub fn line(&self, index: usize, secure: bool) -> &Arc<[u8]> {
+        &self.lines[index][usize::from(secure)]
     }
 }
 
@@ -99,7 +104,7 @@ mod tests {
         let b = Sticky::new("srv", "chat", &[addr(3), addr(2), addr(1)]);
         assert_eq!(a.ids[0], b.ids[2]);
         assert_eq!(a.ids[1], b.ids[1]);
-        let line = String::from_utf8(a.line(0).to_vec()).unwrap();
+        let line = String::from_utf8(a.line(0, false).to_vec()).unwrap();
         assert_eq!(
             line,
             format!("Set-Cookie: srv={:016x}; Path=/; HttpOnly\r\n", a.ids[0])

@@ -277,30 +277,39 @@ fn a_valid_cookie_wins_while_its_server_is_up() {
         cookie: Some(id),
     };
     assert!((0..6).all(|_| first(&b, &affinity) == 2));
-    assert_eq!(b.set_cookie(&affinity, 1), None, "already has it");
+    assert_eq!(b.set_cookie(&affinity, 1, false), None, "already has it");
     let line = b
-        .set_cookie(&Affinity::NONE, 1)
+        .set_cookie(&Affinity::NONE, 1, false)
         .expect("a new client gets one");
     assert_eq!(
         &line[..],
         format!("Set-Cookie: srv={id:016x}; Path=/; HttpOnly\r\n").as_bytes()
     );
+    let secure = b.set_cookie(&Affinity::NONE, 1, true).unwrap();
+    assert_eq!(
+        &secure[..],
+        format!("Set-Cookie: srv={id:016x}; Path=/; HttpOnly; Secure\r\n").as_bytes(),
+        "over TLS"
+    );
     assert!(b.record_failure(1));
     let elsewhere = first(&b, &affinity);
     assert_ne!(elsewhere, 2, "its server is down: balanced");
     let index = usize::from(elsewhere - 1);
-    assert!(b.set_cookie(&affinity, index).is_some(), "and a new cookie");
+    assert!(
+        b.set_cookie(&affinity, index, false).is_some(),
+        "and a new cookie"
+    );
     let unknown = Affinity {
         key: None,
         cookie: Some(7),
     };
-    assert!(b.set_cookie(&unknown, 0).is_some());
+    assert!(b.set_cookie(&unknown, 0, false).is_some());
 }
 
 #[test]
 fn no_sticky_cookie_no_set_cookie() {
     let b = with(Balance::LeastConn, None, &[1]);
-    assert_eq!(b.set_cookie(&Affinity::NONE, 0), None);
+    assert_eq!(b.set_cookie(&Affinity::NONE, 0, false), None);
 }
 
 #[test]
