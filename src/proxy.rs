@@ -570,7 +570,7 @@ fn route_request(
     let path = head.write_request_line(out);
     let route = config
         .routes
-        .find(&out[path.clone()])
+        .find(head.routing_host(), &out[path.clone()])
         .ok_or(HandshakeError::NoRoute)?;
     let policy = config.routes.get(route);
     let extra = &policy.extra_upgrades;

@@ -218,6 +218,11 @@ pub struct Snapshot {
     pub client_buckets: u64,
     /// Of those, the ones holding open connections now.
     pub client_buckets_busy: u64,
+    /// Certificate pair reloads [ok, failed]; `None` without a `[tls]` section.
+    pub certificate_reloads: Option<[u64; 2]>,
+    /// Per certificate in use: (first DNS name or file, certificate file, notAfter in Unix
+    /// seconds).
+    pub certificate_expiry: Vec<(String, String, i64)>,
 }
 
 /// The Prometheus text exposition (format 0.0.4) of everything.
@@ -405,6 +410,30 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
         "Version of the upstream table in use (1 at start, +1 per accepted reload).",
         s.table_version,
     );
+
+    if let Some([ok, failed]) = s.certificate_reloads {
+        labelled(
+            &mut out,
+            "wsplice_certificate_reloads_total",
+            "Certificate pair reloads by result (a changed file or SIGHUP); a failed one keeps the pair in use.",
+            "result",
+            [("ok", ok), ("failed", failed)],
+        );
+        header(
+            &mut out,
+            "wsplice_certificate_expiry_timestamp_seconds",
+            "gauge",
+            "Unix time each certificate in use expires (its notAfter), by first DNS name and file.",
+        );
+        for (name, file, not_after) in &s.certificate_expiry {
+            let _ = writeln!(
+                out,
+                "wsplice_certificate_expiry_timestamp_seconds{{name=\"{}\",file=\"{}\"}} {not_after}",
+                label_value(name),
+                label_value(file)
+            );
+        }
+    }
 
     single(
         &mut out,
