@@ -1,0 +1,225 @@
+//! Certificates through the real binary, without TLS I/O: `--check` on good, mismatched and
+//! expired pairs; start-up with a `tls = true` listener; a certificate rewritten badly and
+//! then well while running, counted in `/metrics`; the expiry gauge.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{Proxy, run_wsplice, wait_metric};
+use rcgen::{CertificateParams, KeyPair};
+
+const UPSTREAMS: &str = "[backend]\nservers = [\"127.0.0.1:3000\"]\n";
+/// 2031-05-01 00:00:00 UTC, the notAfter of the test certificates.
+const NOT_AFTER: i64 = 1_935_360_000;
+
+/// A self-signed ECDSA P-256 pair for `names` valid until `until` (y, m, d): PEM texts.
+fn pair(names: &[&str], until: (i32, u8, u8)) -> (String, String) {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
+    (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+}
+
+/// Writes `name.pem` and `name.key` into `dir`; their paths.
+fn write(dir: &Path, name: &str, (cert, key): &(String, String)) -> (PathBuf, PathBuf) {
+    let paths = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&paths.0, cert).unwrap();
+    std::fs::write(&paths.1, key).unwrap();
+    paths
+}
+
+/// A config with a plain and a TLS listener, the admin endpoint, and `certs` in `[tls]`.
+fn config(certs: &[(PathBuf, PathBuf)]) -> String {
+    let list: Vec<String> = certs
+        .iter()
+        .map(|(c, k)| format!("{{ cert = {:?}, key = {:?} }}", c, k))
+        .collect();
+    format!(
+        r#"listen = ["127.0.0.1:0", {{ addr = "127.0.0.2:0", tls = true }}]
+workers = 1
+upstreams = "upstreams.toml"
+admin = "127.0.0.1:0"
+
+[tls]
+certificates = [{}]
+
+[[route]]
+host = "chat.example.com"
+path = "/"
+upstream = "backend"
+"#,
+        list.join(", ")
+    )
+}
+
+fn check(config: &str) -> (i32, String, String) {
+    let out = run_wsplice(config, UPSTREAMS, &["--check"]);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_accepts_good_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = write(dir.path(), "a", &pair(&["chat.example.com"], (2031, 5, 1)));
+    let b = write(dir.path(), "b", &pair(&["*.example.net"], (2031, 5, 1)));
+    let (code, stdout, stderr) = check(&config(&[a, b]));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("is valid") && stdout.contains("2 certificates"),
+        "{stdout}"
+    );
+    assert!(!stderr.contains("warning"), "{stderr}");
+}
+
+#[test]
+fn check_refuses_a_key_of_another_certificate_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, _) = pair(&["chat.example.com"], (2031, 5, 1));
+    let (_, other_key) = pair(&["chat.example.com"], (2031, 5, 1));
+    let a = write(dir.path(), "mixed", &(cert, other_key));
+    let (code, stdout, stderr) = check(&config(&[a.clone()]));
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stderr.contains(&format!("{}: ", a.1.display())) && stderr.contains("does not belong"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_refuses_a_missing_or_unparsable_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = pair(&["chat.example.com"], (2031, 5, 1));
+    let bad = write(dir.path(), "bad", &("garbage".into(), good.1.clone()));
+    let (code, _, stderr) = check(&config(&[bad.clone()]));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}: holds no certificate", bad.0.display())),
+        "{stderr}"
+    );
+    let missing = (dir.path().join("none.pem"), dir.path().join("none.key"));
+    let (code, _, stderr) = check(&config(&[missing]));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("none.pem: cannot read"), "{stderr}");
+}
+
+#[test]
+fn check_warns_about_an_expired_certificate_but_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = write(
+        dir.path(),
+        "old",
+        &pair(&["chat.example.com"], (2021, 1, 1)),
+    );
+    let (code, stdout, stderr) = check(&config(&[old]));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("warning") && stderr.contains("old.pem") && stderr.contains("expired"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_tls_listener_without_tls_section_is_refused() {
+    let text = config(&[]).replace("[tls]\ncertificates = []\n", "");
+    let (code, _, stderr) = check(&text);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("wsplice.toml:1: listen: tls = true needs a [tls] section"),
+        "{stderr}"
+    );
+}
+
+/// Rewrites `path` in place (truncate and write, closed at once), as an editor or `cp` does.
+fn rewrite(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+#[tokio::test]
+async fn certificates_reload_on_change_and_are_counted() {
+    let certs = tempfile::tempdir().unwrap();
+    let a = write(
+        certs.path(),
+        "chat",
+        &pair(&["chat.example.com"], (2031, 5, 1)),
+    );
+    let proxy = Proxy::start_raw(&config(&[a.clone()]), UPSTREAMS);
+    assert!(
+        proxy
+            .wait_log("admin endpoint on", Duration::from_secs(5))
+            .await,
+        "{}",
+        proxy.log()
+    );
+    let admin = proxy.admin_addr();
+    let expiry = format!(
+        "wsplice_certificate_expiry_timestamp_seconds{{file=\"{}\",name=\"chat.example.com\"}}",
+        a.0.display()
+    );
+    let at = wait_metric(admin, &expiry, |v| v > 0.0, Duration::from_secs(5)).await;
+    assert_eq!(at as i64, NOT_AFTER);
+    let ok = "wsplice_certificate_reloads_total{result=\"ok\"}";
+    let failed = "wsplice_certificate_reloads_total{result=\"failed\"}";
+    assert_eq!(common::scrape(admin).await.get(failed).copied(), Some(0.0));
+
+    rewrite(&a.0, "-----BEGIN CERTIFICATE-----\nnot base64 at all\n");
+    let n = wait_metric(admin, failed, |v| v >= 1.0, Duration::from_secs(10)).await;
+    assert_eq!(n, 1.0, "{}", proxy.log());
+    assert!(
+        proxy.log().contains("certificate reload refused"),
+        "{}",
+        proxy.log()
+    );
+    // The old pair is still the one in use.
+    assert_eq!(
+        common::scrape(admin).await.get(&expiry).copied(),
+        Some(NOT_AFTER as f64)
+    );
+
+    let renewed = pair(&["chat.example.com"], (2032, 1, 1));
+    rewrite(&a.1, &renewed.1);
+    rewrite(&a.0, &renewed.0);
+    let n = wait_metric(admin, ok, |v| v >= 1.0, Duration::from_secs(10)).await;
+    assert!(n >= 1.0, "{}", proxy.log());
+    let until = wait_metric(
+        admin,
+        &expiry,
+        |v| v as i64 != NOT_AFTER,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(until as i64, 1_956_528_000, "2032-01-01");
+}
+
+#[tokio::test]
+async fn sighup_reloads_certificates_too() {
+    let certs = tempfile::tempdir().unwrap();
+    let a = write(
+        certs.path(),
+        "chat",
+        &pair(&["chat.example.com"], (2031, 5, 1)),
+    );
+    let proxy = Proxy::start_raw(&config(&[a]), UPSTREAMS);
+    assert!(
+        proxy
+            .wait_log("admin endpoint on", Duration::from_secs(5))
+            .await
+    );
+    let admin = proxy.admin_addr();
+    proxy.signal("HUP");
+    let ok = "wsplice_certificate_reloads_total{result=\"ok\"}";
+    assert_eq!(
+        wait_metric(admin, ok, |v| v >= 1.0, Duration::from_secs(10)).await,
+        1.0
+    );
+}
