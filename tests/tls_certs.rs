@@ -223,3 +223,90 @@ async fn sighup_reloads_certificates_too() {
         1.0
     );
 }
+
+/// Waits until the expiry gauge of the certificate at `file` named `name` reads `until`.
+async fn wait_expiry(proxy: &Proxy, file: &Path, name: &str, until: i64) -> i64 {
+    let key = format!(
+        "wsplice_certificate_expiry_timestamp_seconds{{file=\"{}\",name=\"{name}\"}}",
+        file.display()
+    );
+    let admin = proxy.admin_addr();
+    wait_metric(admin, &key, |v| v as i64 == until, Duration::from_secs(10)).await as i64
+}
+
+/// certbot's layout: `live/NAME/{fullchain,privkey}.pem` are symlinks into `archive/NAME/`,
+/// and a renewal writes `fullchain2.pem` + `privkey2.pem` there, then replaces each link
+/// (unlink, symlink).
+#[tokio::test]
+async fn a_certbot_renewal_is_seen_through_its_symlinks() {
+    let root = tempfile::tempdir().unwrap();
+    let (live, archive) = (
+        root.path().join("live/chat"),
+        root.path().join("archive/chat"),
+    );
+    std::fs::create_dir_all(&live).unwrap();
+    std::fs::create_dir_all(&archive).unwrap();
+    let first = pair(&["chat.example.com"], (2031, 5, 1));
+    std::fs::write(archive.join("fullchain1.pem"), &first.0).unwrap();
+    std::fs::write(archive.join("privkey1.pem"), &first.1).unwrap();
+    let link = |name: &str, target: &str| {
+        let path = live.join(name);
+        let _ = std::fs::remove_file(&path);
+        std::os::unix::fs::symlink(format!("../../archive/chat/{target}"), &path).unwrap();
+    };
+    link("fullchain.pem", "fullchain1.pem");
+    link("privkey.pem", "privkey1.pem");
+    let paths = (live.join("fullchain.pem"), live.join("privkey.pem"));
+    let proxy = Proxy::start_raw(&config(&[paths.clone()]), UPSTREAMS);
+    assert!(
+        proxy
+            .wait_log("admin endpoint on", Duration::from_secs(5))
+            .await
+    );
+    assert_eq!(
+        wait_expiry(&proxy, &paths.0, "chat.example.com", NOT_AFTER).await,
+        NOT_AFTER
+    );
+
+    let renewed = pair(&["chat.example.com"], (2032, 1, 1));
+    std::fs::write(archive.join("fullchain2.pem"), &renewed.0).unwrap();
+    std::fs::write(archive.join("privkey2.pem"), &renewed.1).unwrap();
+    link("fullchain.pem", "fullchain2.pem");
+    link("privkey.pem", "privkey2.pem");
+    let until = wait_expiry(&proxy, &paths.0, "chat.example.com", 1_956_528_000).await;
+    assert_eq!(until, 1_956_528_000, "{}", proxy.log());
+}
+
+/// A Kubernetes Secret volume: `tls.crt` -> `..data/tls.crt`, `..data` -> a timestamped
+/// directory; an update writes a new directory and renames a new `..data` link over the old.
+#[tokio::test]
+async fn a_kubernetes_secret_update_is_seen() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path();
+    let publish = |generation: &str, (cert, key): &(String, String)| {
+        std::fs::create_dir(dir.join(generation)).unwrap();
+        std::fs::write(dir.join(generation).join("tls.crt"), cert).unwrap();
+        std::fs::write(dir.join(generation).join("tls.key"), key).unwrap();
+        std::os::unix::fs::symlink(generation, dir.join("..data_tmp")).unwrap();
+        std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    };
+    publish("..2026_01", &pair(&["chat.example.com"], (2031, 5, 1)));
+    for name in ["tls.crt", "tls.key"] {
+        std::os::unix::fs::symlink(format!("..data/{name}"), dir.join(name)).unwrap();
+    }
+    let paths = (dir.join("tls.crt"), dir.join("tls.key"));
+    let proxy = Proxy::start_raw(&config(&[paths.clone()]), UPSTREAMS);
+    assert!(
+        proxy
+            .wait_log("admin endpoint on", Duration::from_secs(5))
+            .await
+    );
+    assert_eq!(
+        wait_expiry(&proxy, &paths.0, "chat.example.com", NOT_AFTER).await,
+        NOT_AFTER
+    );
+
+    publish("..2026_02", &pair(&["chat.example.com"], (2032, 1, 1)));
+    let until = wait_expiry(&proxy, &paths.0, "chat.example.com", 1_956_528_000).await;
+    assert_eq!(until, 1_956_528_000, "{}", proxy.log());
+}
