@@ -120,6 +120,13 @@ pub fn run(config: Config, table: UpstreamTable, tls: Option<Tls>) -> Result<(),
         if !shared.config.listen.iter().any(|l| l.tls) {
             warn!("the [tls] section is not used: no listen entry has tls = true");
         }
+        // TODO(TLS handshake): remove once the worker runs the handshake on these listeners.
+        for listen in shared.config.listen.iter().filter(|l| l.tls) {
+            warn!(
+                "listen {}: tls = true: the TLS handshake is not wired yet; this listener serves plain HTTP",
+                listen.addr
+            );
+        }
     }
 
     signals.block_on(async {
