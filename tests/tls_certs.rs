@@ -88,7 +88,7 @@ fn check_refuses_a_key_of_another_certificate_naming_the_file() {
     let (cert, _) = pair(&["chat.example.com"], (2031, 5, 1));
     let (_, other_key) = pair(&["chat.example.com"], (2031, 5, 1));
     let a = write(dir.path(), "mixed", &(cert, other_key));
-    let (code, stdout, stderr) = check(&config(&[a.clone()]));
+    let (code, stdout, stderr) = check(&config(std::slice::from_ref(&a)));
     assert_eq!(code, 1, "{stdout}{stderr}");
     assert!(
         stderr.contains(&format!("{}: ", a.1.display())) && stderr.contains("does not belong"),
@@ -101,7 +101,7 @@ fn check_refuses_a_missing_or_unparsable_file() {
     let dir = tempfile::tempdir().unwrap();
     let good = pair(&["chat.example.com"], (2031, 5, 1));
     let bad = write(dir.path(), "bad", &("garbage".into(), good.1.clone()));
-    let (code, _, stderr) = check(&config(&[bad.clone()]));
+    let (code, _, stderr) = check(&config(std::slice::from_ref(&bad)));
     assert_eq!(code, 1, "{stderr}");
     assert!(
         stderr.contains(&format!("{}: holds no certificate", bad.0.display())),
@@ -153,7 +153,7 @@ async fn certificates_reload_on_change_and_are_counted() {
         "chat",
         &pair(&["chat.example.com"], (2031, 5, 1)),
     );
-    let proxy = Proxy::start_raw(&config(&[a.clone()]), UPSTREAMS);
+    let proxy = Proxy::start_raw(&config(std::slice::from_ref(&a)), UPSTREAMS);
     assert!(
         proxy
             .wait_log("admin endpoint on", Duration::from_secs(5))
@@ -257,7 +257,7 @@ async fn a_certbot_renewal_is_seen_through_its_symlinks() {
     link("fullchain.pem", "fullchain1.pem");
     link("privkey.pem", "privkey1.pem");
     let paths = (live.join("fullchain.pem"), live.join("privkey.pem"));
-    let proxy = Proxy::start_raw(&config(&[paths.clone()]), UPSTREAMS);
+    let proxy = Proxy::start_raw(&config(std::slice::from_ref(&paths)), UPSTREAMS);
     assert!(
         proxy
             .wait_log("admin endpoint on", Duration::from_secs(5))
@@ -295,7 +295,7 @@ async fn a_kubernetes_secret_update_is_seen() {
         std::os::unix::fs::symlink(format!("..data/{name}"), dir.join(name)).unwrap();
     }
     let paths = (dir.join("tls.crt"), dir.join("tls.key"));
-    let proxy = Proxy::start_raw(&config(&[paths.clone()]), UPSTREAMS);
+    let proxy = Proxy::start_raw(&config(std::slice::from_ref(&paths)), UPSTREAMS);
     assert!(
         proxy
             .wait_log("admin endpoint on", Duration::from_secs(5))
