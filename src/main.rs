@@ -70,8 +70,11 @@ fn main() -> ExitCode {
         }
     };
     if cli.check {
-        for warning in tls.iter().flat_map(|t| t.warnings()) {
-            eprintln!("wsplice: warning: {warning}");
+        if let Some(tls) = &tls {
+            println!("wsplice: certificates: {}", tls.summary());
+            for warning in tls.warnings() {
+                eprintln!("wsplice: warning: {warning}");
+            }
         }
         let servers: usize = table.groups().iter().map(|g| g.servers().len()).sum();
         let certificates = tls.as_ref().map_or(String::new(), |t| {

@@ -90,9 +90,10 @@ impl Tls {
         if sni.is_none() && host::is_ip_literal(host) {
             return true;
         }
-        self.resolver
-            .pick(sni)
-            .is_some_and(|pair| pair.covers(host))
+        // No Arc clone: one arc-swap load per request.
+        let set = self.resolver.current.load();
+        set.choose(sni, self.resolver.unknown_sni)
+            .is_some_and(|i| set.pairs[i].covers(host))
     }
 
     /// The certificate and key files, for the watcher.

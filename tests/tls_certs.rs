@@ -80,6 +80,12 @@ fn check_accepts_good_pairs() {
         "{stdout}"
     );
     assert!(!stderr.contains("warning"), "{stderr}");
+    assert!(
+        stdout.contains(
+            "certificates: chat.example.com (until 2031-05-01 00:00:00 UTC); *.example.net"
+        ),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -29,8 +29,8 @@ const K8S_DATA: &str = "..data";
 pub enum Trigger {
     /// An operator's SIGHUP: always reloads and always logs.
     Signal,
-    /// A file event or poll: silent when the content did not change, unless it was refused
-    /// for a host name that did not resolve.
+    /// A file event or poll: silent when the content did not change (the upstream file is
+    /// read again anyway when it was refused only for a host name that did not resolve).
     Watch,
 }
 
