@@ -96,6 +96,18 @@ impl Tls {
             .is_some_and(|i| set.pairs[i].covers(host))
     }
 
+    /// Handshakes without a known SNI name: [given the default certificate, rejected].
+    pub fn unknown_sni(&self) -> [u64; 2] {
+        [
+            self.resolver
+                .defaulted
+                .load(std::sync::atomic::Ordering::Relaxed),
+            self.resolver
+                .rejected
+                .load(std::sync::atomic::Ordering::Relaxed),
+        ]
+    }
+
     /// The certificate and key files, for the watcher.
     pub fn files(&self) -> Vec<PathBuf> {
         self.settings

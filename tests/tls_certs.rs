@@ -176,7 +176,10 @@ async fn certificates_reload_on_change_and_are_counted() {
     assert_eq!(at as i64, NOT_AFTER);
     let ok = "wsplice_certificate_reloads_total{result=\"ok\"}";
     let failed = "wsplice_certificate_reloads_total{result=\"failed\"}";
-    assert_eq!(common::scrape(admin).await.get(failed).copied(), Some(0.0));
+    let first = common::scrape(admin).await;
+    assert_eq!(first.get(failed).copied(), Some(0.0));
+    let unknown = "wsplice_tls_unknown_sni_total{action=\"default\"}";
+    assert_eq!(first.get(unknown).copied(), Some(0.0));
 
     rewrite(&a.0, "-----BEGIN CERTIFICATE-----\nnot base64 at all\n");
     let n = wait_metric(admin, failed, |v| v >= 1.0, Duration::from_secs(10)).await;

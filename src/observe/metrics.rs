@@ -223,6 +223,8 @@ pub struct Snapshot {
     /// Per certificate in use: (first DNS name or file, certificate file, notAfter in Unix
     /// seconds).
     pub certificate_expiry: Vec<(String, String, i64)>,
+    /// TLS handshakes without a known SNI name: [default certificate, rejected].
+    pub unknown_sni: [u64; 2],
 }
 
 /// The Prometheus text exposition (format 0.0.4) of everything.
@@ -418,6 +420,14 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
             "Certificate pair reloads by result (a changed file or SIGHUP); a failed one keeps the pair in use.",
             "result",
             [("ok", ok), ("failed", failed)],
+        );
+        let [defaulted, rejected] = s.unknown_sni;
+        labelled(
+            &mut out,
+            "wsplice_tls_unknown_sni_total",
+            "TLS handshakes without SNI or with a name no certificate covers, by what tls.unknown_sni gave them: the first certificate (default) or a handshake alert (rejected).",
+            "action",
+            [("default", defaulted), ("rejected", rejected)],
         );
         header(
             &mut out,

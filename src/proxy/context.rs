@@ -63,6 +63,7 @@ impl admin::Source for Shared {
                 ]
             }),
             certificate_expiry: self.tls.as_ref().map_or_else(Vec::new, |t| t.expiry()),
+            unknown_sni: self.tls.as_ref().map_or([0, 0], |t| t.unknown_sni()),
         }
     }
 }

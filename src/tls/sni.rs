@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -84,6 +85,11 @@ impl CertificateSet {
 pub struct Resolver {
     pub current: ArcSwap<CertificateSet>,
     pub unknown_sni: UnknownSni,
+    /// Handshakes without SNI or with a name no certificate covers, by what they got: the
+    /// default certificate, or none (a refusal, so it is counted like every other). One
+    /// shared atomic add per such handshake, next to a handshake's cost.
+    pub defaulted: AtomicU64,
+    pub rejected: AtomicU64,
 }
 
 impl Resolver {
@@ -91,6 +97,8 @@ impl Resolver {
         Resolver {
             current: ArcSwap::from_pointee(set),
             unknown_sni,
+            defaulted: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
         }
     }
 
@@ -105,7 +113,15 @@ impl Resolver {
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let set = self.current.load();
-        set.choose(hello.server_name(), self.unknown_sni)
+        if let Some(i) = hello.server_name().and_then(|name| set.find(name)) {
+            return Some(set.pairs[i].key.clone());
+        }
+        let counter = match self.unknown_sni {
+            UnknownSni::Default => &self.defaulted,
+            UnknownSni::Reject => &self.rejected,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        set.choose(None, self.unknown_sni)
             .map(|i| set.pairs[i].key.clone())
     }
 }

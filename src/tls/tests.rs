@@ -454,10 +454,12 @@ fn handshakes_get_the_certificate_their_sni_names() {
 
     let (names, _) = handshake(&tls, "example.com", &[&rustls::version::TLS12]).unwrap();
     assert_eq!(names, ["example.com"]);
+    assert_eq!(tls.unknown_sni(), [0, 0]);
     assert!(
         handshake(&tls, "other.org", both).is_err(),
         "unknown_sni = reject"
     );
+    assert_eq!(tls.unknown_sni(), [0, 1]);
 }
 
 #[test]
@@ -473,6 +475,9 @@ fn min_version_1_3_refuses_a_tls_1_2_client() {
     .unwrap();
     assert!(handshake(&tls, "example.com", &[&rustls::version::TLS12]).is_err());
     assert!(handshake(&tls, "example.com", &[&rustls::version::TLS13]).is_ok());
+    let (names, _) = handshake(&tls, "other.org", &[&rustls::version::TLS13]).unwrap();
+    assert_eq!(names, ["example.com"], "unknown_sni = default");
+    assert_eq!(tls.unknown_sni(), [1, 0]);
     assert_eq!(tls.server_config().max_early_data_size, 0);
     assert!(tls.server_config().ticketer.enabled());
 }
