@@ -72,6 +72,11 @@ fn main() -> ExitCode {
     if cli.check {
         if let Some(tls) = &tls {
             println!("wsplice: certificates: {}", tls.summary());
+            if !config.listen.iter().any(|l| l.tls) {
+                eprintln!(
+                    "wsplice: warning: the [tls] section is not used: no listen entry has tls = true"
+                );
+            }
             for warning in tls.warnings() {
                 eprintln!("wsplice: warning: {warning}");
             }
