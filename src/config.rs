@@ -14,6 +14,10 @@ use crate::http::host::HostPattern;
 use crate::http::origin::OriginPattern;
 use crate::http::path;
 
+mod tls;
+pub use tls::{CertificatePaths, MinVersion, TlsSettings, UnknownSni};
+use tls::{RawTls, parse_tls};
+
 /// What went wrong with a config or upstream file, always pointing at a place in it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -125,21 +129,6 @@ struct RawLimits {
     receive_buffers: Option<Spanned<i64>>,
     max_connections_per_ip: Option<Spanned<i64>>,
     handshake_rate_per_ip: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTls {
-    certificates: Spanned<Vec<Spanned<RawCertificate>>>,
-    unknown_sni: Option<Spanned<String>>,
-    min_version: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCertificate {
-    cert: Spanned<String>,
-    key: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -361,41 +350,6 @@ pub struct Config {
     pub routes: Routes,
     /// The `[tls]` section: the certificates TLS listeners serve.
     pub tls: Option<TlsSettings>,
-}
-
-/// What a client without a name we serve gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum UnknownSni {
-    /// The first certificate of `tls.certificates`.
-    #[default]
-    Default,
-    /// No certificate: the handshake ends with an alert.
-    Reject,
-}
-
-/// The oldest TLS version a client may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum MinVersion {
-    #[default]
-    Tls12,
-    Tls13,
-}
-
-/// One certificate chain and its private key, as PEM files.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertificatePaths {
-    /// Relative paths are taken from the config file's directory.
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
-/// The validated `[tls]` section. The files are read by `tls`, at start-up and on change.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsSettings {
-    /// At least one; the first is the default for `unknown_sni = "default"`.
-    pub certificates: Vec<CertificatePaths>,
-    pub unknown_sni: UnknownSni,
-    pub min_version: MinVersion,
 }
 
 impl Config {
@@ -646,66 +600,6 @@ impl Config {
 }
 
 type FieldError = (usize, String);
-
-/// The `[tls]` section; an offset of 0 stands for the section itself.
-fn parse_tls(base: &Path, raw: &RawTls) -> Result<TlsSettings, FieldError> {
-    if raw.certificates.get_ref().is_empty() {
-        return Err((
-            raw.certificates.span().start,
-            "tls.certificates: needs at least one, e.g. certificates = [ { cert = \"example.com.pem\", key = \"example.com.key\" } ]".into(),
-        ));
-    }
-    let mut certificates = Vec::new();
-    for entry in raw.certificates.get_ref() {
-        let c = entry.get_ref();
-        for (field, value) in [("cert", &c.cert), ("key", &c.key)] {
-            if value.get_ref().trim().is_empty() {
-                return Err((
-                    value.span().start,
-                    format!("tls.certificates: {field} needs the path of a PEM file"),
-                ));
-            }
-        }
-        let paths = CertificatePaths {
-            cert: base.join(c.cert.get_ref()),
-            key: base.join(c.key.get_ref()),
-        };
-        if certificates.contains(&paths) {
-            return Err((
-                entry.span().start,
-                format!("tls.certificates: {:?} is listed twice", c.cert.get_ref()),
-            ));
-        }
-        certificates.push(paths);
-    }
-    let unknown_sni = match raw.unknown_sni.as_ref().map(|v| (v, v.get_ref().as_str())) {
-        None | Some((_, "default")) => UnknownSni::Default,
-        Some((_, "reject")) => UnknownSni::Reject,
-        Some((v, other)) => {
-            return Err((
-                v.span().start,
-                format!(
-                    "tls.unknown_sni: {other:?} is not a choice; write \"default\" (the first certificate) or \"reject\" (end the handshake)"
-                ),
-            ));
-        }
-    };
-    let min_version = match raw.min_version.as_ref().map(|v| (v, v.get_ref().as_str())) {
-        None | Some((_, "1.2")) => MinVersion::Tls12,
-        Some((_, "1.3")) => MinVersion::Tls13,
-        Some((v, other)) => {
-            return Err((
-                v.span().start,
-                format!("tls.min_version: {other:?} is not a version; write \"1.2\" or \"1.3\""),
-            ));
-        }
-    };
-    Ok(TlsSettings {
-        certificates,
-        unknown_sni,
-        min_version,
-    })
-}
 
 /// A route path is matched against request paths in normal form, so it must be one itself:
 /// any other would never match, or would let through what requests may not carry.
