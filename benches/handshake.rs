@@ -65,10 +65,10 @@ X-Forwarded-For: 198.51.100.1, 198.51.100.2\r\n"
 }
 
 fn client() -> ClientInfo {
-    ClientInfo {
-        peer: "203.0.113.7:51234".parse().unwrap(),
-        local: "127.0.0.1:8080".parse().unwrap(),
-    }
+    ClientInfo::direct(
+        "203.0.113.7:51234".parse().unwrap(),
+        "127.0.0.1:8080".parse().unwrap(),
+    )
 }
 
 fn bench_request(c: &mut Criterion) {

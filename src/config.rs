@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::http::forwarded::{Cidr, TrustedProxies};
 use crate::http::host::HostPattern;
 use crate::http::origin::OriginPattern;
 use crate::http::path;
@@ -101,6 +102,10 @@ struct RawConfig {
     upstreams: Spanned<String>,
     admin: Option<Spanned<String>>,
     access_log: Option<Spanned<String>>,
+    resolver: Option<Spanned<String>>,
+    /// `"CIDR"` or `"IP"` entries; checked by hand so each error keeps its line.
+    #[serde(default)]
+    trusted_proxies: Vec<Spanned<String>>,
     #[serde(default)]
     timeouts: RawTimeouts,
     #[serde(default)]
@@ -328,9 +333,6 @@ fn parse_listen(value: &toml::Value) -> Result<Listen, String> {
         tls: flag("tls")?,
         proxy_protocol: flag("proxy_protocol")?,
     };
-    if listen.proxy_protocol {
-        return Err("listen: proxy_protocol = true is not built yet (issue 14)".into());
-    }
     Ok(listen)
 }
 
@@ -345,6 +347,12 @@ pub struct Config {
     /// Where `/metrics` and `/healthz` are served; `None`: nowhere.
     pub admin: Option<SocketAddr>,
     pub access_log: AccessLogTarget,
+    /// The DNS server that upstream host names are looked up at (`IP:PORT`); `None`: the
+    /// system resolver (`/etc/hosts`, `/etc/resolv.conf`).
+    pub resolver: Option<SocketAddr>,
+    /// Peers whose PROXY headers (on `proxy_protocol` listeners) and `X-Forwarded-For` (on
+    /// the others) are believed; empty: nobody's X-Forwarded-For, and anyone's PROXY header.
+    pub trusted_proxies: TrustedProxies,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub routes: Routes,
@@ -432,6 +440,38 @@ impl Config {
             }
             Some(file) => AccessLogTarget::File(base.join(file)),
         };
+
+        let resolver = match &raw.resolver {
+            None => None,
+            Some(r) => match r.get_ref().trim().parse::<SocketAddr>() {
+                Ok(addr) if addr.port() != 0 && !addr.ip().is_unspecified() => Some(addr),
+                _ => {
+                    return Err(err(
+                        r.span().start,
+                        format!(
+                            "resolver: {:?} is not a DNS server's IP:PORT; write e.g. \"127.0.0.53:53\" or \"[::1]:53\", or leave resolver out to use the system resolver",
+                            r.get_ref()
+                        ),
+                    ));
+                }
+            },
+        };
+        let trusted_proxies = raw
+            .trusted_proxies
+            .iter()
+            .map(|entry| {
+                Cidr::parse(entry.get_ref().trim()).map_err(|why| {
+                    err(
+                        entry.span().start,
+                        format!(
+                            "trusted_proxies: {:?} {why}; write a network or an address, e.g. \"10.0.0.0/8\", \"2001:db8::/32\" or \"192.0.2.7\"",
+                            entry.get_ref()
+                        ),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let trusted_proxies = TrustedProxies::new(trusted_proxies);
 
         let t = &raw.timeouts;
         let duration = |field: &str, value: &Option<Spanned<String>>, default: Duration| {
@@ -591,6 +631,8 @@ impl Config {
             upstreams_path,
             admin,
             access_log,
+            resolver,
+            trusted_proxies,
             timeouts,
             limits,
             routes: Routes::new(routes),

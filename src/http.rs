@@ -2,12 +2,14 @@
 //! unit-tested and fuzzed directly.
 
 pub mod chunked;
+pub mod forwarded;
 pub mod framing;
 pub mod head;
 pub mod host;
 pub mod lookup;
 pub mod origin;
 pub mod path;
+pub mod proxy_protocol;
 pub mod scan;
 mod strict;
 pub mod websocket;

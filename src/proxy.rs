@@ -4,6 +4,7 @@
 
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -12,13 +13,14 @@ use tracing::{debug, info, warn};
 
 use crate::http::head::fields_end;
 use crate::http::origin;
+use crate::http::proxy_protocol;
 use crate::http::websocket::{self, Accept, Expected};
 use crate::http::{
     Body, ClientInfo, Framing, HandshakeError, HeadScan, MAX_HEADERS, Parsed, RequestHead,
     parse_request, parse_response,
 };
 use crate::observe::access_log;
-use crate::observe::metrics::{Limit, Upgrade};
+use crate::observe::metrics::{Limit, ProxyRefusal, TlsHandshake, Upgrade};
 use crate::tunnel::{RelayError, Report, Side};
 use crate::upstream::UpstreamAddr;
 use crate::upstream::balancer::Affinity;
@@ -26,12 +28,15 @@ use crate::upstream::balancer::least_conn::Open;
 use crate::uring::deadline::with_deadline;
 use crate::uring::stream::Stream;
 
+pub mod client;
 mod connect;
 mod context;
 pub mod limits;
+pub mod proxy_header;
 mod pump;
 mod respond;
 
+use client::{Client, HandshakeFailure, Io};
 use connect::connect_group;
 pub use context::{Shared, Slot, WorkerContext};
 use respond::{HeadFor, relay_response, respond, write_response_head};
@@ -49,6 +54,8 @@ struct Request {
     persistent: bool,
     /// What the head brings to the upstream choice (hash key, sticky cookie).
     affinity: Affinity,
+    /// The client this request is from, as wsplice reports it (see [`ClientInfo::client`]).
+    client: SocketAddr,
 }
 
 #[derive(Clone, Copy)]
@@ -96,8 +103,11 @@ enum Done {
 }
 
 /// What the access log and the metrics learn about a connection on the way.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Trace {
+    /// The client as wsplice reports it: decided per connection (the peer, a PROXY header's
+    /// source), or per request (a trusted proxy's `X-Forwarded-For`).
+    client: SocketAddr,
     /// A route index; u32 keeps the tunnel's table entry within its size.
     route: Option<u32>,
     /// The server that took the connection. A unix socket's path is shared with the table
@@ -109,27 +119,84 @@ struct Trace {
     open: Option<Open>,
 }
 
+impl Trace {
+    fn new(client: SocketAddr) -> Self {
+        Trace {
+            client,
+            route: None,
+            upstream: None,
+            upgrade: false,
+            open: None,
+        }
+    }
+}
+
 /// Serves one accepted client connection: its requests in turn (plain ones may keep the
 /// connection open for the next), until one upgrades, which hands both streams to the
 /// worker's tunnel loop, or the connection closes. `slot` is its place under
-/// `max_connections`.
-pub async fn serve(ctx: Rc<WorkerContext>, client: Stream, info: ClientInfo, slot: Slot) {
+/// `max_connections`, counted against its client address too unless that is still to be
+/// learnt: from a PROXY header first (`proxy_protocol`), or from a trusted proxy's first
+/// request.
+pub async fn serve(
+    ctx: Rc<WorkerContext>,
+    client: Stream,
+    mut info: ClientInfo,
+    mut slot: Slot,
+    proxy_protocol: bool,
+) {
     let _ = client.set_nodelay(true);
     let mut a = ctx.pool.get();
+    if proxy_protocol {
+        let started = Instant::now();
+        if let Err(why) = take_proxy_header(&ctx, &client, &mut info, &mut a).await {
+            ctx.metrics().proxy_refused(why);
+            let end = Closing {
+                trace: Trace::new(info.peer),
+                started,
+                _slot: Some(slot),
+            };
+            let reason = format!("proxy protocol: {}", why.label());
+            end.record(&ctx, 0, None, Some(&reason));
+            ctx.pool.put(a);
+            return;
+        }
+        // Counted now that the client is known, and before a byte of a request is read.
+        if !slot.count_client(info.client.ip()) {
+            ctx.metrics().limited(Limit::Connections);
+            ctx.pool.put(a);
+            let err = HandshakeError::ClientConnections;
+            turn_away(ctx, client, info, err, SHORT_LINGER, Some(slot)).await;
+            return;
+        }
+    }
+    let tls = ctx.shared.tls.as_ref().filter(|_| info.tls);
+    let client = match tls.map(crate::tls::Tls::server_config) {
+        None => Client::plain(client),
+        // Bytes that came after a PROXY header are the start of the TLS handshake.
+        Some(config) => match handshake(&ctx, client, config, &info, &mut a).await {
+            Some(client) => client,
+            None => {
+                ctx.pool.put(a);
+                return;
+            }
+        },
+    };
     // Taken from the pool once the head is complete, so a slow client holds one buffer.
     let mut b = Vec::new();
     let metrics = ctx.metrics();
     for served in 0.. {
         let started = Instant::now();
-        let mut trace = Trace::default();
-        let outcome = proxy(&ctx, &client, &info, served, &mut a, &mut b, &mut trace).await;
+        let mut trace = Trace::new(info.client);
+        let outcome = proxy(
+            &ctx, &client, &info, served, &mut a, &mut b, &mut trace, &mut slot,
+        )
+        .await;
         if !matches!(outcome, Ok(Done::Switched { .. })) {
             // The upstream connection is closed: it no longer counts against its server,
             // though the client's may linger or wait for its next request.
             trace.open = None;
         }
         let end = Closing {
-            peer: info.peer,
             trace,
             started,
             _slot: None,
@@ -146,13 +213,13 @@ pub async fn serve(ctx: Rc<WorkerContext>, client: Stream, info: ClientInfo, slo
                 };
                 // From here on, the tunnel is an entry in the worker's tunnel loop: no task of
                 // its own, and nothing of the handshake's state.
-                open_tunnel(&ctx, client, upstream, early, end);
+                open_tunnel(&ctx, client, upstream, early, end).await;
                 return;
             }
             // An idle keep-alive connection that closes (or is closed) is not a request.
             Ok(Done::ClientLeft) if served > 0 => break,
             Ok(Done::ClientLeft) => {
-                debug!(client = %info.peer, "client closed before a complete request head");
+                debug!(client = %info.client, peer = %info.peer, "client closed before a complete request head");
                 (0, None)
             }
             Ok(Done::Relayed {
@@ -174,10 +241,11 @@ pub async fn serve(ctx: Rc<WorkerContext>, client: Stream, info: ClientInfo, slo
                 (status, Some(report))
             }
             Err(e) => {
+                let who = end.trace.client;
                 if e.status() >= 500 {
-                    warn!(client = %info.peer, status = e.status(), "{e}");
+                    warn!(client = %who, peer = %info.peer, status = e.status(), "{e}");
                 } else {
-                    info!(client = %info.peer, status = e.status(), "{e}");
+                    info!(client = %who, peer = %info.peer, status = e.status(), "{e}");
                 }
                 if end.trace.upgrade || asked_for_upgrade(&a) {
                     metrics.upgrade(
@@ -209,7 +277,6 @@ const MAX_REQUESTS: usize = 1000;
 
 /// What is known when a connection closes, for its log line.
 struct Closing {
-    peer: SocketAddr,
     trace: Trace,
     started: Instant,
     /// Held until the connection's last task ends (none when turned away out of fds).
@@ -218,23 +285,37 @@ struct Closing {
 
 impl Closing {
     fn log(&self, ctx: &WorkerContext, status: u16, report: Option<&Report>) {
+        self.record(ctx, status, report, None);
+    }
+
+    /// Logs the connection; `reason`, when given, is its `end` (a connection closed
+    /// unanswered for a reason of its own).
+    fn record(
+        &self,
+        ctx: &WorkerContext,
+        status: u16,
+        report: Option<&Report>,
+        reason: Option<&str>,
+    ) {
         let (up, down) = report.map_or((0, 0), |r| (r.client_to_upstream, r.upstream_to_client));
-        let end = report.map_or_else(
-            || {
-                if status == 0 {
-                    "client left".to_string()
-                } else {
-                    "answered by wsplice".to_string()
-                }
-            },
-            |r| r.end.to_string(),
-        );
+        let end = reason.map(str::to_string).unwrap_or_else(|| {
+            report.map_or_else(
+                || {
+                    if status == 0 {
+                        "client left".to_string()
+                    } else {
+                        "answered by wsplice".to_string()
+                    }
+                },
+                |r| r.end.to_string(),
+            )
+        });
         let route = self.trace.route.map_or("-", |r| {
             ctx.shared.config.routes.get(r as usize).path.as_str()
         });
         let duration = self.started.elapsed();
         debug!(
-            client = %self.peer,
+            client = %self.trace.client,
             route,
             upstream = self.trace.upstream.as_ref().map(tracing::field::display),
             status,
@@ -246,7 +327,7 @@ impl Closing {
         );
         if let Some(log) = &ctx.shared.access_log {
             let entry = access_log::Entry {
-                client: self.peer,
+                client: self.trace.client,
                 route,
                 upstream: self
                     .trace
@@ -287,22 +368,90 @@ impl TunnelEnd {
 
 /// Hands an upgraded connection to the worker's tunnel loop, which relays it from the
 /// upstream's `101` to both sides' close.
-fn open_tunnel(
+async fn open_tunnel(
     ctx: &WorkerContext,
-    client: Stream,
+    client: Client,
     upstream: Stream,
-    early: [u64; 2],
+    mut early: [u64; 2],
     end: Closing,
 ) {
+    let (client, handover) = client.into_parts();
+    let mut tls = None;
+    if let Some(handover) = handover {
+        if !handover.plain.is_empty() {
+            // Opened before the switch but beyond the request buffer: it goes first.
+            let n = handover.plain.len() as u64;
+            if upstream.write_all(handover.plain).await.0.is_err() {
+                let _ = client.shutdown(Shutdown::Both);
+            }
+            ctx.metrics().bytes[0].add(n);
+            early[0] += n;
+        }
+        tls = Some((Box::new(handover.records), handover.tail));
+    }
     ctx.metrics().tunnels.add(1);
     let payload = TunnelEnd {
         end,
         opened: Instant::now(),
     };
     let fds = [client.into_fd(), upstream.into_fd()];
-    if let Err(e) = ctx.tunnels.open(fds, early, payload) {
+    if let Err(e) = ctx.tunnels.open(fds, early, tls, payload) {
         warn!("tunnel ring submit failed (retried on the next completion): {e}");
     }
+}
+
+/// Runs the TLS handshake of a connection to a TLS listener within `timeouts.handshake`.
+/// `None`: it failed, and the connection was answered (a plain HTTP request gets a plain
+/// `400`) or closed, counted and logged.
+async fn handshake(
+    ctx: &WorkerContext,
+    stream: Stream,
+    config: Arc<rustls::ServerConfig>,
+    info: &ClientInfo,
+    early: &mut Vec<u8>,
+) -> Option<Client> {
+    let limit = ctx.shared.config.timeouts.handshake;
+    let started = Instant::now();
+    let accept = Client::accept_tls(&stream, config, early);
+    let (res, timed_out) = with_deadline(limit, accept, || {
+        let _ = stream.shutdown(Shutdown::Both);
+    })
+    .await;
+    let failure = match res {
+        Ok(done) => {
+            early.clear();
+            ctx.metrics().tls_handshake(TlsHandshake::Ok);
+            return Some(Client::tls(stream, done));
+        }
+        Err(failure) => failure,
+    };
+    let metrics = ctx.metrics();
+    let (outcome, status) = match failure {
+        HandshakeFailure::PlainHttp => {
+            let err = HandshakeError::PlainHttpOnTls;
+            info!(client = %info.peer, "{}: {err}", err.status());
+            let mut scratch = Vec::with_capacity(1024);
+            reject(&stream, err, &mut scratch, LINGER).await;
+            metrics.response(err.status());
+            (TlsHandshake::PlainHttp, err.status())
+        }
+        _ if timed_out => {
+            debug!(client = %info.peer, "TLS handshake not complete within timeouts.handshake");
+            (TlsHandshake::TimedOut, 0)
+        }
+        e => {
+            debug!(client = %info.peer, "{e}");
+            (TlsHandshake::Failed, 0)
+        }
+    };
+    metrics.tls_handshake(outcome);
+    let end = Closing {
+        trace: Trace::new(info.client),
+        started,
+        _slot: None,
+    };
+    end.log(ctx, status, None);
+    None
 }
 
 /// Turns a client away before reading anything (over the connection limit or its address's,
@@ -316,16 +465,15 @@ pub async fn turn_away(
     slot: Option<Slot>,
 ) {
     if err.status() >= 500 {
-        warn!(client = %info.peer, "{}: {err}", err.status());
+        warn!(client = %info.client, peer = %info.peer, "{}: {err}", err.status());
     } else {
-        info!(client = %info.peer, "{}: {err}", err.status());
+        info!(client = %info.client, peer = %info.peer, "{}: {err}", err.status());
     }
     let mut scratch = Vec::with_capacity(1024);
     reject(&client, err, &mut scratch, linger).await;
     ctx.metrics().response(err.status());
     let end = Closing {
-        peer: info.peer,
-        trace: Trace::default(),
+        trace: Trace::new(info.client),
         started: Instant::now(),
         _slot: slot,
     };
@@ -345,7 +493,12 @@ pub const LINGER: Duration = Duration::from_secs(1);
 pub const SHORT_LINGER: Duration = Duration::from_millis(100);
 
 /// Answers `err` and closes, lingering (see `linger`).
-pub async fn reject(client: &Stream, err: HandshakeError, scratch: &mut Vec<u8>, linger: Duration) {
+pub(crate) async fn reject(
+    client: &impl Io,
+    err: HandshakeError,
+    scratch: &mut Vec<u8>,
+    linger: Duration,
+) {
     let (res, _) = client.write_all(err.response()).await;
     if res.is_ok() {
         self::linger(client, scratch, linger).await;
@@ -356,7 +509,7 @@ pub async fn reject(client: &Stream, err: HandshakeError, scratch: &mut Vec<u8>,
 /// sends (at most 64 KiB, for up to `limit`) before the close, because closing a socket with
 /// unread bytes resets the connection, and a reset can destroy the answer before the client
 /// has read it (nginx's lingering close).
-async fn linger(client: &Stream, scratch: &mut Vec<u8>, limit: Duration) {
+async fn linger(client: &impl Io, scratch: &mut Vec<u8>, limit: Duration) {
     let _ = client.shutdown(Shutdown::Write);
     let drain = async {
         let mut drained = 0usize;
@@ -377,14 +530,16 @@ async fn linger(client: &Stream, scratch: &mut Vec<u8>, limit: Duration) {
     .await;
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn proxy(
     ctx: &WorkerContext,
-    client: &Stream,
+    client: &Client,
     info: &ClientInfo,
     served: usize,
     req: &mut Vec<u8>,
     out: &mut Vec<u8>,
     trace: &mut Trace,
+    slot: &mut Slot,
 ) -> Result<Done, HandshakeError> {
     let timeouts = &ctx.shared.config.timeouts;
 
@@ -405,8 +560,14 @@ async fn proxy(
         None => return Ok(Done::ClientLeft),
     };
 
+    trace.client = request.client;
     trace.route = u32::try_from(request.route).ok();
     trace.upgrade = request.upgrade.is_some();
+    // A trusted proxy's connection counts against the client its first request names.
+    if !slot.counted() && !slot.count_client(request.client.ip()) {
+        ctx.metrics().limited(Limit::Connections);
+        return Err(HandshakeError::ClientConnections);
+    }
     // A plain request's body bytes that came with the head go up with it, and not a byte
     // after the body's end; an upgrade's are held until the switch is proven.
     let mut body = Framing::from(request.body);
@@ -423,6 +584,7 @@ async fn proxy(
     let connected = connect_group(group, affinity, timeouts.connect, &ctx.shared.metrics).await?;
     // Cloned out (no allocation) so the table is not held for a long response.
     let set_cookie = group.balancer.set_cookie(affinity, connected.index);
+    let send_proxy_protocol = group.send_proxy_protocol;
     drop(table);
     let upstream = connected.stream;
     trace.upstream = Some(connected.addr);
@@ -431,6 +593,17 @@ async fn proxy(
 
     let range = request.head_len..request.head_len + sent;
     out.extend_from_slice(&req[range]);
+    if send_proxy_protocol != proxy_protocol::Version::Off {
+        // The upstream reads who the client is before the head; written in one send with it.
+        // The address the client reached: on a wildcard listener, the socket's own.
+        let local = match info.local.ip().is_unspecified() {
+            true => client.stream().local_addr().unwrap_or(info.local),
+            false => info.local,
+        };
+        let mut header = Vec::with_capacity(64);
+        send_proxy_protocol.write(request.client, local, &mut header);
+        out.splice(0..0, header);
+    }
     let (res, b) = write_within(&upstream, std::mem::take(out), timeouts.response).await;
     *out = b;
     res.map_err(|e| match e.kind() {
@@ -466,7 +639,7 @@ async fn proxy(
 
 /// Waits up to `timeouts.keepalive` for the first bytes of a keep-alive connection's next
 /// request, and no longer than until the process stops. `false`: none came.
-async fn next_request(ctx: &WorkerContext, client: &Stream, req: &mut Vec<u8>) -> bool {
+async fn next_request(ctx: &WorkerContext, client: &Client, req: &mut Vec<u8>) -> bool {
     let read = client.read(std::mem::take(req));
     tokio::pin!(read);
     let stop = ctx.shared.stopped();
@@ -498,7 +671,7 @@ async fn next_request(ctx: &WorkerContext, client: &Stream, req: &mut Vec<u8>) -
 /// and reports `TimedOut`. For the handshake's writes; a relay's are bounded by its idle
 /// timeout instead.
 async fn write_within(
-    stream: &Stream,
+    stream: &impl Io,
     buf: Vec<u8>,
     limit: Option<Duration>,
 ) -> (std::io::Result<()>, Vec<u8>) {
@@ -517,7 +690,7 @@ async fn write_within(
 /// it) before a whole head.
 async fn read_request(
     ctx: &WorkerContext,
-    client: &Stream,
+    client: &Client,
     info: &ClientInfo,
     req: &mut Vec<u8>,
     out: &mut Vec<u8>,
@@ -531,9 +704,13 @@ async fn read_request(
                 if head.len > max_head {
                     return Err(HandshakeError::HeadTooLarge);
                 }
+                let info = &ClientInfo {
+                    client: client_of(ctx, info, &head),
+                    ..*info
+                };
                 // Before routing: a refused request costs no upstream work and no byte of it
                 // goes up.
-                if !ctx.shared.client_limits.request(info.peer.ip()) {
+                if !ctx.shared.client_limits.request(info.client.ip()) {
                     ctx.metrics().limited(Limit::Rate);
                     return Err(HandshakeError::ClientRate);
                 }
@@ -549,6 +726,49 @@ async fn read_request(
         match res {
             Ok(0) | Err(_) => return Ok(None),
             Ok(_) => {}
+        }
+    }
+}
+
+/// The client a request is from: behind a trusted proxy, the one its `X-Forwarded-For`
+/// names (nginx's `real_ip_recursive on`; the port is not known); else the connection's.
+fn client_of(ctx: &WorkerContext, info: &ClientInfo, head: &RequestHead<'_, '_>) -> SocketAddr {
+    if !info.forwarded_trusted {
+        return info.client;
+    }
+    let trusted = &ctx.shared.config.trusted_proxies;
+    match trusted.real_ip(info.peer.ip(), head.forwarded_for()) {
+        ip if ip == info.peer.ip() => info.peer,
+        ip => SocketAddr::new(ip, 0),
+    }
+}
+
+/// Reads the PROXY header a `proxy_protocol` listener's connections start with, from a
+/// trusted peer, and takes its client as this connection's; what came after it is left in
+/// `buf`, the start of the first request.
+async fn take_proxy_header(
+    ctx: &WorkerContext,
+    client: &Stream,
+    info: &mut ClientInfo,
+    buf: &mut Vec<u8>,
+) -> Result<(), ProxyRefusal> {
+    let trusted = &ctx.shared.config.trusted_proxies;
+    if !trusted.is_empty() && !trusted.contains(info.peer.ip()) {
+        info!(peer = %info.peer, "closed: a PROXY header from a peer not in trusted_proxies");
+        return Err(ProxyRefusal::Untrusted);
+    }
+    let limit = ctx.shared.config.timeouts.handshake;
+    match proxy_header::read(client, buf, limit).await {
+        Ok(received) => {
+            if let Some(source) = received.source {
+                info.client = source;
+            }
+            debug!(client = %info.client, peer = %info.peer, early = received.extra, "PROXY header taken");
+            Ok(())
+        }
+        Err(failure) => {
+            info!(peer = %info.peer, "closed: {failure}");
+            Err(failure.reason())
         }
     }
 }
@@ -593,7 +813,7 @@ fn route_request(
         .load()
         .group_for_route(route)
         .balancer
-        .affinity(&head, &out[path], info.peer.ip());
+        .affinity(&head, &out[path], info.client.ip());
     head.write_fields(info, out);
     Ok(Request {
         affinity,
@@ -603,6 +823,7 @@ fn route_request(
         body: head.body,
         to_head: head.method == "HEAD",
         persistent: head.persistent,
+        client: info.client,
     })
 }
 
@@ -665,7 +886,7 @@ async fn await_response(
 #[allow(clippy::too_many_arguments)]
 async fn upgrade(
     ctx: &WorkerContext,
-    client: &Stream,
+    client: &Client,
     upstream_stream: Stream,
     switch: Switch,
     head_len: usize,

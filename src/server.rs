@@ -53,6 +53,19 @@ pub enum StartError {
     Watcher(io::Error),
     #[error("cannot open the access log: {0}")]
     AccessLog(io::Error),
+    #[error("cannot start the upstream health check and name lookup thread: {0}")]
+    Background(io::Error),
+}
+
+/// The shared upstream table, as the health checker and name lookups see it.
+struct TableOf(Arc<Shared>);
+
+impl std::ops::Deref for TableOf {
+    type Target = ArcSwap<crate::upstream::UpstreamTable>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0.table
+    }
 }
 
 /// Runs wsplice until SIGTERM or SIGINT.
@@ -120,13 +133,6 @@ pub fn run(config: Config, table: UpstreamTable, tls: Option<Tls>) -> Result<(),
         if !shared.config.listen.iter().any(|l| l.tls) {
             warn!("the [tls] section is not used: no listen entry has tls = true");
         }
-        // TODO(TLS handshake): remove once the worker runs the handshake on these listeners.
-        for listen in shared.config.listen.iter().filter(|l| l.tls) {
-            warn!(
-                "listen {}: tls = true: the TLS handshake is not wired yet; this listener serves plain HTTP",
-                listen.addr
-            );
-        }
     }
 
     signals.block_on(async {
@@ -151,6 +157,8 @@ pub fn run(config: Config, table: UpstreamTable, tls: Option<Tls>) -> Result<(),
             .map_err(StartError::Watcher)?;
             info!("certificates: {}", tls.summary());
         }
+        crate::upstream::spawn_background(TableOf(shared.clone()), shared.config.resolver)
+            .map_err(StartError::Background)?;
         start_workers(&shared, listeners, &cpus)?;
         for addr in &bound {
             info!("listening on {addr} with {workers} workers");

@@ -1,13 +1,16 @@
-//! TLS termination's certificates: the pairs of the `[tls]` section loaded and checked, the
-//! resolver that picks one per handshake by SNI, the one long-lived rustls `ServerConfig`
-//! every TLS listener uses, and the hot swap of renewed pairs. No I/O on connections here:
-//! the handshake and the record layer drive rustls from `proxy` and `tunnel`.
+//! TLS termination: the pairs of the `[tls]` section loaded and checked, the resolver that
+//! picks one per handshake by SNI, the one long-lived rustls `ServerConfig` every TLS
+//! listener uses, the hot swap of renewed pairs; the ClientHello's server name, and the
+//! record layer an open `wss://` tunnel runs in place in the relay's buffers once rustls has
+//! done the handshake. The handshake itself is driven from `proxy`.
 //!
 //! The crypto provider is aws-lc-rs (the measurement is in Cargo.toml). Its AEAD module is
 //! re-exported as [`aead`] so the tunnel's record layer seals and opens with the same crate
 //! rustls negotiated the keys with.
 
 pub mod certificates;
+pub mod hello;
+pub mod record;
 mod reload;
 pub mod sni;
 

@@ -38,11 +38,14 @@ mod buffers;
 mod direction;
 mod report;
 mod splice;
+mod tls;
 
 pub use report::{End, RelayError, Report, Side};
 
+use crate::tls::record::{MAX_OVERHEAD, MAX_PREFIX, MAX_RECORD, TunnelTls};
 use buffers::{BufferRing, Spill};
 use direction::{Direction, State};
+use tls::TlsTunnel;
 
 /// Submission queue size; a full queue is submitted and refilled, so this bounds batching only.
 const SQ_ENTRIES: u32 = 1024;
@@ -93,6 +96,8 @@ struct Tunnel<P> {
     aborted: bool,
     idled: bool,
     error: Option<RelayError>,
+    /// A `wss://` tunnel's record layer; `None` for plain ones.
+    tls: Option<Box<TlsTunnel>>,
     payload: P,
 }
 
@@ -132,7 +137,12 @@ impl<P> Tunnels<P> {
             engine: RefCell::new(Engine {
                 ring,
                 buffers,
-                spill: Spill::new(size as usize),
+                // Heap buffers also hold a whole TLS record, or one sealed with its prefix.
+                spill: Spill::new(
+                    (size as usize)
+                        .max(MAX_RECORD)
+                        .max(MAX_PREFIX + size as usize + MAX_OVERHEAD),
+                ),
                 // Reserved up front: address space only until tunnels fill it, and no
                 // reallocation (a copy, and a freed block) while connections pile in.
                 slab: Vec::with_capacity(max_connections),
@@ -149,7 +159,15 @@ impl<P> Tunnels<P> {
 
     /// Starts relaying between `[client, upstream]` until both directions end. `early`:
     /// bytes already relayed each way with the heads, counted in the report.
-    pub fn open(&self, fds: [OwnedFd; 2], early: [u64; 2], payload: P) -> io::Result<()> {
+    /// `tls`: for a client that spoke TLS, its record layer and the start of a record that
+    /// came with the request phase's last read.
+    pub fn open(
+        &self,
+        fds: [OwnedFd; 2],
+        early: [u64; 2],
+        tls: Option<(Box<TunnelTls>, Vec<u8>)>,
+        payload: P,
+    ) -> io::Result<()> {
         let mut engine = self.engine.borrow_mut();
         let [up, down] = early;
         let tunnel = Tunnel {
@@ -161,8 +179,22 @@ impl<P> Tunnels<P> {
             aborted: false,
             idled: false,
             error: None,
+            tls: None,
             payload,
         };
+        let (tls, tail) = match tls {
+            Some((records, tail)) => {
+                let state = TlsTunnel {
+                    records,
+                    carry: None,
+                    peer_closed: false,
+                    closing: false,
+                };
+                (Some(Box::new(state)), tail)
+            }
+            None => (None, Vec::new()),
+        };
+        let tunnel = Tunnel { tls, ..tunnel };
         let index = match engine.free.pop() {
             Some(i) => {
                 engine.slab[i as usize] = Some(tunnel);
@@ -173,7 +205,12 @@ impl<P> Tunnels<P> {
                 (engine.slab.len() - 1) as u32
             }
         };
-        engine.read(index, 0);
+        if engine.is_tls(index) {
+            engine.carry_in(index, &tail);
+            engine.read_client_tls(index);
+        } else {
+            engine.read(index, 0);
+        }
         engine.read(index, 1);
         let submitted = engine.submit().map(drop);
         if submitted.is_err()
@@ -345,6 +382,9 @@ impl<P> Engine<P> {
     fn finish(&mut self, index: u32) {
         let tunnel = self.slab[index as usize].take().expect("open tunnel");
         self.free.push(index);
+        if let Some((spill, _)) = tunnel.tls.as_ref().and_then(|t| t.carry) {
+            self.spill.put(spill);
+        }
         self.pipes_left += tunnel.dirs.iter().filter(|d| d.pipe.is_some()).count();
         let end = if tunnel.idled {
             End::Idle

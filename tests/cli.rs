@@ -311,3 +311,122 @@ fn a_unix_socket_server_needs_an_absolute_path_that_fits() {
     let (code, text) = check(&config, weighted);
     assert_eq!(code, 0, "{text}");
 }
+
+/// `health_check`, `resolve_interval` and `resolver` mistakes: exit 1 with the line and what
+/// would be valid.
+#[test]
+fn bad_health_check_and_resolve_settings() {
+    let config = TestConfig::default().toml();
+    let group = |settings: &str| format!("[backend]\nservers = [\"127.0.0.1:3000\"]\n{settings}\n");
+    for (settings, says) in [
+        (
+            "health_check = { path = \"/healthz\", interval = \"soon\" }",
+            &["backend.health_check.interval", "\"soon\"", "\"5s\""][..],
+        ),
+        (
+            "health_check = { path = \"/healthz\", rise = 0 }",
+            &["backend.health_check.rise: 0 is out of range", "use 1 to"],
+        ),
+        (
+            "health_check = { tcp = true, fall = 0 }",
+            &["backend.health_check.fall: 0 is out of range"],
+        ),
+        (
+            "health_check = { path = \"healthz\" }",
+            &["backend.health_check.path", "must start with '/'"],
+        ),
+        (
+            "health_check = { path = \"/healthz\", every = \"5s\" }",
+            &[
+                "backend.health_check",
+                "unknown field `every`",
+                "`interval`",
+            ],
+        ),
+        (
+            "resolve_interval = \"sometimes\"",
+            &["backend.resolve_interval", "\"30s\"", "\"0s\""],
+        ),
+    ] {
+        assert_rejected(&config, &group(settings), "upstreams.toml:3:", says);
+    }
+    let good = "health_check = { path = \"/healthz\", interval = \"1s\", timeout = \"500ms\", rise = 1, fall = 2 }\nresolve_interval = \"0s\"";
+    let (code, text) = check(&config, &group(good));
+    assert_eq!(code, 0, "{text}");
+
+    for bad in ["localhost:53", "127.0.0.1", "127.0.0.1:0"] {
+        assert_rejected(
+            &format!("resolver = \"{bad}\"\n{config}"),
+            GOOD_UPSTREAMS,
+            "wsplice.toml:1:",
+            &[
+                "resolver:",
+                "is not a DNS server's IP:PORT",
+                "\"127.0.0.53:53\"",
+            ],
+        );
+    }
+    let (code, text) = check(
+        &format!("resolver = \"127.0.0.1:53\"\n{config}"),
+        GOOD_UPSTREAMS,
+    );
+    assert_eq!(code, 0, "{text}");
+}
+
+/// `trusted_proxies`, a listener's `proxy_protocol` and a group's `send_proxy_protocol`: each
+/// bad value is named with its file and line.
+#[test]
+fn bad_proxy_protocol_settings() {
+    let base = TestConfig::default().toml();
+    let top = |line: &str| base.replacen("workers", &format!("{line}\nworkers"), 1);
+    let config = top("trusted_proxies = [\"10.0.0.0/33\"]");
+    assert_rejected(
+        &config,
+        GOOD_UPSTREAMS,
+        "wsplice.toml:2:",
+        &[
+            "trusted_proxies: \"10.0.0.0/33\"",
+            "prefix length",
+            "\"10.0.0.0/8\"",
+        ],
+    );
+    let config = top("trusted_proxies = [\"10.0.0.0/8\", \"proxy.internal\"]");
+    assert_rejected(
+        &config,
+        GOOD_UPSTREAMS,
+        "wsplice.toml:2:",
+        &[
+            "trusted_proxies: \"proxy.internal\"",
+            "not an IPv4 or IPv6 address",
+        ],
+    );
+    let config = base.replacen(
+        "listen = [\"127.0.0.1:0\"]",
+        "listen = [{ addr = \"127.0.0.1:0\", proxy_protocol = \"yes\" }]",
+        1,
+    );
+    assert_rejected(
+        &config,
+        GOOD_UPSTREAMS,
+        "wsplice.toml:1:",
+        &["listen: proxy_protocol must be true or false"],
+    );
+    let upstreams = format!("{GOOD_UPSTREAMS}send_proxy_protocol = \"v3\"\n");
+    assert_rejected(
+        &base,
+        &upstreams,
+        "upstreams.toml:3:",
+        &[
+            "backend.send_proxy_protocol: \"v3\"",
+            "\"off\" (the default), \"v1\" or \"v2\"",
+        ],
+    );
+    let config = base.replacen(
+        "listen = [\"127.0.0.1:0\"]",
+        "listen = [{ addr = \"127.0.0.1:0\", proxy_protocol = true }]\ntrusted_proxies = [\"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.7\"]",
+        1,
+    );
+    let upstreams = format!("{GOOD_UPSTREAMS}send_proxy_protocol = \"v2\"\n");
+    let (code, text) = check(&config, &upstreams);
+    assert_eq!(code, 0, "{text}");
+}

@@ -11,9 +11,16 @@ use wsplice::http::{Body, ClientInfo, HandshakeError, MAX_HEADERS, Parsed, parse
 type Outcome = (usize, Option<Vec<u8>>, Body, Vec<u8>);
 
 fn outcome(buf: &[u8]) -> Result<Parsed<Outcome>, HandshakeError> {
+    let direct = ClientInfo::direct(
+        "[2001:db8::7]:51234".parse().unwrap(),
+        "127.0.0.1:8080".parse().unwrap(),
+    );
+    // Both rewrites of X-Forwarded-For: replaced (a direct client) and extended (a trusted
+    // proxy's); chosen by the first byte, which every split of the input shares.
     let client = ClientInfo {
-        peer: "[2001:db8::7]:51234".parse().unwrap(),
-        local: "127.0.0.1:8080".parse().unwrap(),
+        forwarded_trusted: buf.first().is_some_and(|b| b & 1 == 1),
+        client: "192.0.2.9:0".parse().unwrap(),
+        ..direct
     };
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     Ok(match parse_request(buf, &mut headers)? {

@@ -802,6 +802,10 @@ fn bad_listen_tables_name_the_key() {
             r#"{ addr = "127.0.0.1:1", tls = "yes" }"#,
             "tls must be true or false",
         ),
+        (
+            r#"{ addr = "127.0.0.1:1", proxy_protocol = 1 }"#,
+            "proxy_protocol must be true or false",
+        ),
         (r#"{ addr = "nowhere" }"#, "is not an IP:PORT address"),
         ("8080", "not a integer"),
     ] {
@@ -815,4 +819,60 @@ fn bad_listen_tables_name_the_key() {
             "{entry}: {e}"
         );
     }
+}
+
+#[test]
+fn resolver_is_an_ip_and_port() {
+    assert_eq!(parse(MAIN).unwrap().resolver, None);
+    let config = parse(&format!("resolver = \"127.0.0.53:53\"\n{MAIN}")).unwrap();
+    assert_eq!(config.resolver, Some("127.0.0.53:53".parse().unwrap()));
+    for bad in ["dns.internal:53", "127.0.0.1", "127.0.0.1:0", "0.0.0.0:53"] {
+        assert_config_error(
+            &format!("resolver = \"{bad}\"\n{MAIN}"),
+            1,
+            &format!("resolver: {bad:?} is not a DNS server's IP:PORT"),
+        );
+    }
+}
+
+#[test]
+fn proxy_protocol_listeners_and_trusted_proxies_parse() {
+    let text = MAIN.replace(
+        r#"listen = ["127.0.0.1:8080"]"#,
+        "listen = [\"127.0.0.1:8080\", { addr = \"127.0.0.1:8443\", proxy_protocol = true }]\ntrusted_proxies = [\"10.0.0.0/8\", \"192.0.2.7\", \"2001:db8::/32\"]",
+    );
+    let config = parse(&text).unwrap();
+    assert!(!config.listen[0].proxy_protocol);
+    assert!(config.listen[1].proxy_protocol);
+    let trusted = &config.trusted_proxies;
+    for ip in ["10.9.8.7", "192.0.2.7", "2001:db8::5"] {
+        assert!(trusted.contains(ip.parse().unwrap()), "{ip}");
+    }
+    for ip in ["11.0.0.1", "192.0.2.8", "2001:db9::5"] {
+        assert!(!trusted.contains(ip.parse().unwrap()), "{ip}");
+    }
+    assert!(parse(MAIN).unwrap().trusted_proxies.is_empty());
+}
+
+#[test]
+fn rejects_bad_trusted_proxies() {
+    for (entry, want) in [
+        (
+            "\"10.0.0.0/33\"",
+            "trusted_proxies: \"10.0.0.0/33\" prefix length \"33\" is not a number from 0 to 32",
+        ),
+        (
+            "\"10.0.0.1/8\"",
+            "trusted_proxies: \"10.0.0.1/8\" has bits set past its /8 prefix; write the network, 10.0.0.0/8",
+        ),
+        (
+            "\"proxy.internal\"",
+            "trusted_proxies: \"proxy.internal\" \"proxy.internal\" is not an IPv4 or IPv6 address",
+        ),
+    ] {
+        let text = format!("trusted_proxies = [\n  \"127.0.0.1\",\n  {entry},\n]\n{MAIN}");
+        assert_error(parse(&text), "wsplice.toml", 3, want);
+    }
+    let text = format!("trusted_proxies = \"10.0.0.0/8\"\n{MAIN}");
+    assert_error(parse(&text), "wsplice.toml", 1, "invalid type");
 }

@@ -62,6 +62,8 @@ pub enum HandshakeError {
     ClientRate,
     #[error("Host is not covered by the certificate this TLS connection was opened with")]
     Misdirected,
+    #[error("a plain HTTP request on a TLS listener")]
+    PlainHttpOnTls,
 }
 
 macro_rules! error_response {
@@ -84,7 +86,9 @@ impl HandshakeError {
     /// The HTTP status the client gets.
     pub fn status(&self) -> u16 {
         match self {
-            HandshakeError::Malformed(_) | HandshakeError::BadBody(_) => 400,
+            HandshakeError::Malformed(_)
+            | HandshakeError::BadBody(_)
+            | HandshakeError::PlainHttpOnTls => 400,
             HandshakeError::OriginRefused(_) => 403,
             HandshakeError::NoRoute => 404,
             HandshakeError::HeadTimeout => 408,
@@ -104,6 +108,15 @@ impl HandshakeError {
 
     /// The whole response written to the client: short, valid, and closing the connection.
     pub fn response(&self) -> &'static [u8] {
+        if *self == HandshakeError::PlainHttpOnTls {
+            // In clear text, as nginx answers ("The plain HTTP request was sent to HTTPS port").
+            return error_response!(
+                "400",
+                "Bad Request",
+                "62",
+                "plain HTTP request sent to a TLS port; use https:// or wss://\n"
+            );
+        }
         match self.status() {
             400 => error_response!("400", "Bad Request", "12", "bad request\n"),
             403 => error_response!("403", "Forbidden", "19", "origin not allowed\n"),
@@ -156,9 +169,32 @@ pub enum Body {
 /// The addresses of the client connection, for the forwarding headers.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientInfo {
+    /// The TCP peer: the client itself, or a proxy in front of wsplice.
     pub peer: SocketAddr,
+    /// The connection came in over TLS (`X-Forwarded-Proto: https`).
+    pub tls: bool,
     /// The proxy's own address as the client reached it; stands in for a missing HTTP/1.0 Host.
     pub local: SocketAddr,
+    /// The client as wsplice reports it everywhere (forwarding headers, logs, per-client
+    /// limits, `hash` on `client_ip`): the peer, the source of a PROXY header, or the address
+    /// a trusted proxy's `X-Forwarded-For` names (then with port 0: not known).
+    pub client: SocketAddr,
+    /// The peer is a trusted proxy whose `X-Forwarded-For` is believed and extended; from
+    /// anyone else it is replaced.
+    pub forwarded_trusted: bool,
+}
+
+impl ClientInfo {
+    /// A direct client: the peer is the client, and its `X-Forwarded-For` is not believed.
+    pub fn direct(peer: SocketAddr, local: SocketAddr) -> Self {
+        ClientInfo {
+            peer,
+            local,
+            tls: false,
+            client: peer,
+            forwarded_trusted: false,
+        }
+    }
 }
 
 /// A parsed request head, borrowing the read buffer.
@@ -385,6 +421,14 @@ impl<'b> RequestHead<'_, 'b> {
         }
     }
 
+    /// The values of the request's `X-Forwarded-For` fields, in order.
+    pub fn forwarded_for(&self) -> impl DoubleEndedIterator<Item = &'b [u8]> {
+        self.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
+            .map(|h| h.value)
+    }
+
     /// Lets an upgrade to another protocol than WebSocket through when the route lists one of
     /// the tokens the client offered (`extra`, case-insensitive) and the request has no body;
     /// otherwise its `Upgrade` stays stripped and the request goes up as a plain one.
@@ -466,21 +510,24 @@ impl<'b> RequestHead<'_, 'b> {
             None => out.extend_from_slice(b"Connection: close\r\n"),
         }
         out.extend_from_slice(b"X-Forwarded-For: ");
-        for h in self
-            .headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
-        {
-            out.extend_from_slice(trim(h.value));
-            out.extend_from_slice(b", ");
-        }
-        let _ = write!(
-            out,
-            "{}\r\nX-Real-IP: {}\r\n",
-            client.peer.ip(),
+        // A trusted proxy's list is extended with the proxy; anyone else's is a forgery as
+        // far as wsplice can tell, and replaced by the client address.
+        let last = if client.forwarded_trusted {
+            for value in self.forwarded_for() {
+                if !trim(value).is_empty() {
+                    out.extend_from_slice(trim(value));
+                    out.extend_from_slice(b", ");
+                }
+            }
             client.peer.ip()
-        );
-        out.extend_from_slice(b"X-Forwarded-Proto: http\r\n\r\n");
+        } else {
+            client.client.ip()
+        };
+        let _ = write!(out, "{}\r\nX-Real-IP: {}\r\n", last, client.client.ip());
+        let proto: &[u8] = if client.tls { b"https" } else { b"http" };
+        out.extend_from_slice(b"X-Forwarded-Proto: ");
+        out.extend_from_slice(proto);
+        out.extend_from_slice(b"\r\n\r\n");
     }
 
     /// Hop-by-hop headers, the ones `Connection` names, and the forwarding headers (the proxy
@@ -642,7 +689,7 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// Comma-separated list elements of a header value, trimmed, empty ones skipped.
-pub(crate) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn tokens(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
     value
         .split(|&b| b == b',')
         .map(trim)

@@ -74,11 +74,17 @@ pub fn format_entry(e: &Entry<'_>, at: SystemTime) -> String {
         } else {
             upstream
         };
+    // A client named by a trusted proxy's X-Forwarded-For has no known port (0): the address
+    // alone then.
+    let client: &dyn std::fmt::Display = match e.client.port() {
+        0 => &e.client.ip(),
+        _ => &e.client,
+    };
     let _ = write!(
         line,
         "time={} client={} route={:?} upstream={} status={} client_to_upstream={} upstream_to_client={} duration_ms={} end={:?}",
         humantime::format_rfc3339_millis(at),
-        e.client,
+        client,
         e.route,
         upstream,
         e.status,
@@ -132,5 +138,10 @@ mod tests {
             ..unix
         };
         assert!(format_entry(&spaced, at).contains(" upstream=\"unix:/run/my app.sock\" "));
+        let forwarded = Entry {
+            client: "[2001:db8::9]:0".parse().unwrap(),
+            ..spaced
+        };
+        assert!(format_entry(&forwarded, at).contains(" client=2001:db8::9 "));
     }
 }

@@ -90,6 +90,73 @@ impl Limit {
     }
 }
 
+/// How a TLS listener's handshake ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsHandshake {
+    Ok,
+    /// rustls refused it (the reason is logged at debug) or the client left.
+    Failed,
+    /// Not complete within `timeouts.handshake`.
+    TimedOut,
+    /// A plain HTTP request, answered `400`.
+    PlainHttp,
+}
+
+impl TlsHandshake {
+    const ALL: [TlsHandshake; 4] = [
+        TlsHandshake::Ok,
+        TlsHandshake::Failed,
+        TlsHandshake::TimedOut,
+        TlsHandshake::PlainHttp,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            TlsHandshake::Ok => "ok",
+            TlsHandshake::Failed => "failed",
+            TlsHandshake::TimedOut => "timed_out",
+            TlsHandshake::PlainHttp => "plain_http",
+        }
+    }
+}
+
+/// Why a connection on a `proxy_protocol` listener was closed before its PROXY header was
+/// taken; nothing of it reached an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyRefusal {
+    /// The TCP peer is not in `trusted_proxies`.
+    Untrusted,
+    /// The connection starts with something else (a request, a TLS hello).
+    Missing,
+    /// It starts like a header but breaks the protocol (bad address, port, length, ...).
+    Malformed,
+    /// The peer closed in the middle of the header.
+    Truncated,
+    /// No whole header within `timeouts.handshake`.
+    Timeout,
+}
+
+impl ProxyRefusal {
+    const ALL: [ProxyRefusal; 5] = [
+        ProxyRefusal::Untrusted,
+        ProxyRefusal::Missing,
+        ProxyRefusal::Malformed,
+        ProxyRefusal::Truncated,
+        ProxyRefusal::Timeout,
+    ];
+
+    /// The metric label, also the access log's `end="proxy protocol: LABEL"`.
+    pub fn label(self) -> &'static str {
+        match self {
+            ProxyRefusal::Untrusted => "untrusted",
+            ProxyRefusal::Missing => "missing",
+            ProxyRefusal::Malformed => "malformed",
+            ProxyRefusal::Truncated => "truncated",
+            ProxyRefusal::Timeout => "timeout",
+        }
+    }
+}
+
 /// Upper bounds (seconds) of the tunnel duration histogram.
 pub const TUNNEL_SECONDS: [f64; 9] = [
     0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0,
@@ -111,6 +178,8 @@ pub struct WorkerMetrics {
     pub spilled_sends: Meter,
     upgrades: [Meter; 4],
     limited: [Meter; 2],
+    tls_handshakes: [Meter; 4],
+    proxy_refused: [Meter; 5],
     /// Responses by status, 100..=599.
     responses: Box<[Meter]>,
     /// Bytes relayed: [client->upstream, upstream->client].
@@ -131,6 +200,8 @@ impl Default for WorkerMetrics {
             spilled_sends: Meter::default(),
             upgrades: Default::default(),
             limited: Default::default(),
+            tls_handshakes: Default::default(),
+            proxy_refused: Default::default(),
             responses: (100..600).map(|_| Meter::default()).collect(),
             bytes: Default::default(),
             tunnel_buckets: Default::default(),
@@ -148,6 +219,15 @@ impl WorkerMetrics {
     /// Counts a client refused by a per-client limit (its 429 is counted as a response too).
     pub fn limited(&self, limit: Limit) {
         self.limited[limit as usize].add(1);
+    }
+
+    pub fn tls_handshake(&self, outcome: TlsHandshake) {
+        self.tls_handshakes[outcome as usize].add(1);
+    }
+
+    /// Counts a connection closed for its PROXY header (or its peer's want of trust).
+    pub fn proxy_refused(&self, why: ProxyRefusal) {
+        self.proxy_refused[why as usize].add(1);
     }
 
     /// Counts a response sent to a client, by status.
@@ -225,6 +305,9 @@ pub struct Snapshot {
     pub certificate_expiry: Vec<(String, String, i64)>,
     /// TLS handshakes without a known SNI name: [default certificate, rejected].
     pub unknown_sni: [u64; 2],
+    /// Every upstream server as (group, server as the file writes it, up): down means
+    /// marked down by active or passive health.
+    pub upstreams_up: Vec<(String, String, bool)>,
 }
 
 /// The Prometheus text exposition (format 0.0.4) of everything.
@@ -272,6 +355,20 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
         "Clients answered 429 by a per-client limit: limits.max_connections_per_ip (connections) or limits.handshake_rate_per_ip (rate).",
         "limit",
         Limit::ALL.map(|l| (l.label(), m.sum(|w| &w.limited[l as usize]))),
+    );
+    labelled(
+        &mut out,
+        "wsplice_tls_handshakes_total",
+        "TLS handshakes on TLS listeners, by outcome: ok, failed (refused by rustls or the client left; the reason is logged at debug), timed_out (timeouts.handshake), plain_http (a plain HTTP request, answered 400).",
+        "result",
+        TlsHandshake::ALL.map(|t| (t.label(), m.sum(|w| &w.tls_handshakes[t as usize]))),
+    );
+    labelled(
+        &mut out,
+        "wsplice_proxy_protocol_errors_total",
+        "Connections on proxy_protocol listeners closed before a valid PROXY header: peer not in trusted_proxies (untrusted), no header (missing), a broken one (malformed), the peer closed in it (truncated), or none within timeouts.handshake (timeout).",
+        "reason",
+        ProxyRefusal::ALL.map(|r| (r.label(), m.sum(|w| &w.proxy_refused[r as usize]))),
     );
     single(
         &mut out,
@@ -405,6 +502,21 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
         "Unix time the upstream table in use was loaded.",
         s.last_reload_unix,
     );
+    header(
+        &mut out,
+        "wsplice_upstream_up",
+        "gauge",
+        "1 while an upstream server may be picked, 0 while active health checks or passive health (max_fails) have it down.",
+    );
+    for (group, server, up) in &s.upstreams_up {
+        let _ = writeln!(
+            out,
+            "wsplice_upstream_up{{group=\"{}\",server=\"{}\"}} {}",
+            label_value(group),
+            label_value(server),
+            u8::from(*up)
+        );
+    }
     single(
         &mut out,
         "wsplice_upstream_table_version",

@@ -64,6 +64,17 @@ impl admin::Source for Shared {
             }),
             certificate_expiry: self.tls.as_ref().map_or_else(Vec::new, |t| t.expiry()),
             unknown_sni: self.tls.as_ref().map_or([0, 0], |t| t.unknown_sni()),
+            upstreams_up: self
+                .table
+                .load()
+                .groups()
+                .iter()
+                .flat_map(|g| {
+                    g.servers().iter().enumerate().map(|(i, server)| {
+                        (g.name.clone(), server.to_string(), !g.balancer.is_down(i))
+                    })
+                })
+                .collect(),
         }
     }
 }
@@ -90,8 +101,19 @@ impl WorkerContext {
 /// Created and dropped on its worker's thread, which keeps the worker's gauge single-writer.
 pub struct Slot {
     ctx: Rc<WorkerContext>,
-    /// The client's bucket in the per-client table, when counted there.
-    client: Option<u32>,
+    client: Counted,
+}
+
+/// Where a connection stands with its client address's count (one word, so a tunnel's
+/// table entry does not grow).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Counted {
+    /// Not yet: the client is learnt after accept (a PROXY header, a trusted proxy's request).
+    Not,
+    /// Admitted with `max_connections_per_ip` off.
+    Off,
+    /// Counted in this bucket of the per-client table.
+    In(u32),
 }
 
 impl Slot {
@@ -102,7 +124,7 @@ impl Slot {
         ctx.metrics().active.add(1);
         let slot = Slot {
             ctx: ctx.clone(),
-            client: None,
+            client: Counted::Not,
         };
         (slot, before)
     }
@@ -110,14 +132,18 @@ impl Slot {
     /// Counts the connection against its client address too; false when that address
     /// already holds `limits.max_connections_per_ip` (then nothing is counted).
     pub fn count_client(&mut self, ip: std::net::IpAddr) -> bool {
-        match self.ctx.shared.client_limits.open(ip) {
-            Admit::Off => true,
-            Admit::Counted(bucket) => {
-                self.client = Some(bucket);
-                true
-            }
-            Admit::Refused => false,
-        }
+        self.client = match self.ctx.shared.client_limits.open(ip) {
+            Admit::Off => Counted::Off,
+            Admit::Counted(bucket) => Counted::In(bucket),
+            Admit::Refused => return false,
+        };
+        true
+    }
+
+    /// Whether the connection was counted against its client address (or admitted with the
+    /// limit off) already.
+    pub fn counted(&self) -> bool {
+        self.client != Counted::Not
     }
 }
 
@@ -125,7 +151,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let shared = &self.ctx.shared;
         shared.active.fetch_sub(1, Ordering::Relaxed);
-        if let Some(bucket) = self.client {
+        if let Counted::In(bucket) = self.client {
             shared.client_limits.close(bucket);
         }
         self.ctx.metrics().active.sub(1);

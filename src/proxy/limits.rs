@@ -11,9 +11,12 @@
 //! rate), updated by compare-and-swap: no lock, and workers meet only when their clients land
 //! in the same bucket.
 //!
-//! Connections are counted at accept, where the peer address is known and before a byte is
-//! read, and a refused one is answered 429 like a 503 over `limits.max_connections`; the
-//! count is released by the connection's [`Slot`](super::Slot). The rate is checked once per
+//! Connections are counted against their client address once it is known, and a refused
+//! one is answered 429 like a 503 over `limits.max_connections`: at accept, before a byte is
+//! read, for a direct client; after the PROXY header, before any request, on a
+//! `proxy_protocol` listener; at the first complete request head for a trusted proxy's
+//! connection (the client its `X-Forwarded-For` names). The count is released by the
+//! connection's [`Slot`](super::Slot). The rate is checked once per
 //! complete request head (each keep-alive request counts), before it is routed.
 
 use std::collections::hash_map::RandomState;

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tokio_uring::buf::BoundedBuf;
 
+use super::client::Io;
 use crate::http::Framing;
 use crate::observe::metrics::Meter;
 use crate::tunnel::{End, RelayError, Report, Side};
@@ -31,9 +32,8 @@ impl Activity {
 }
 
 /// One endpoint of a pump: the stream and which side it is.
-#[derive(Clone, Copy)]
-pub struct Peer<'a> {
-    pub stream: &'a Stream,
+pub struct Peer<'a, S> {
+    pub stream: &'a S,
     pub side: Side,
 }
 
@@ -41,9 +41,9 @@ pub struct Peer<'a> {
 /// `src` closes; bytes after the body are never written, and those that came with its last
 /// read are left in `buf`. Returns the
 /// bytes copied; on error, the side that failed (a malformed body: [`Malformed`] from `src`).
-pub async fn pump(
-    src: Peer<'_>,
-    dst: Peer<'_>,
+pub async fn pump<A: Io, B: Io>(
+    src: Peer<'_, A>,
+    dst: Peer<'_, B>,
     buf: &mut Vec<u8>,
     framing: &mut Framing,
     activity: &Activity,
@@ -66,9 +66,9 @@ pub async fn pump(
 
 /// One read into `buf`, and the part of it that belongs to the body written on in full.
 /// `Ok(0)`: end of stream.
-async fn copy_once(
-    src: Peer<'_>,
-    dst: Peer<'_>,
+async fn copy_once<A: Io, B: Io>(
+    src: Peer<'_, A>,
+    dst: Peer<'_, B>,
     buf: &mut Vec<u8>,
     framing: &mut Framing,
 ) -> Result<usize, RelayError> {
@@ -115,7 +115,7 @@ impl Malformed {
 }
 
 /// Shuts both sockets down both ways, which completes every pending operation on them.
-pub fn abort(client: &Stream, upstream: &Stream) {
+pub fn abort(client: &impl Io, upstream: &Stream) {
     let _ = client.shutdown(Shutdown::Both);
     let _ = upstream.shutdown(Shutdown::Both);
 }
@@ -183,3 +183,11 @@ fn split(r: Result<u64, (u64, RelayError)>) -> (u64, Option<RelayError>) {
         Err((n, e)) => (n, Some(e)),
     }
 }
+
+impl<S> Clone for Peer<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S> Copy for Peer<'_, S> {}

@@ -8,6 +8,7 @@ use std::net::Shutdown;
 use tokio_uring::buf::BoundedBuf;
 
 use super::WorkerContext;
+use super::client::Client;
 use super::pump::{self, Activity, Malformed, Peer};
 use super::{Done, Exchange, await_response};
 use crate::http::{Framing, HandshakeError, MAX_HEADERS, Parsed, parse_response};
@@ -21,7 +22,7 @@ use crate::uring::stream::Stream;
 /// client gets `400` unless the response has already begun.
 pub(super) async fn respond(
     ctx: &WorkerContext,
-    client: &Stream,
+    client: &Client,
     upstream: &Stream,
     exchange: Exchange<'_>,
     req: &mut Vec<u8>,
@@ -129,7 +130,7 @@ type PumpResult = Result<u64, (u64, RelayError)>;
 /// ended where its framing said.
 async fn response_down(
     ctx: &WorkerContext,
-    client: &Stream,
+    client: &Client,
     upstream: &Stream,
     resp: &mut Vec<u8>,
     head_for: HeadFor<'_>,
@@ -188,7 +189,7 @@ async fn response_down(
 /// Relays the rest of a response body from the upstream to the client.
 async fn pump_down(
     ctx: &WorkerContext,
-    client: &Stream,
+    client: &Client,
     upstream: &Stream,
     resp: &mut Vec<u8>,
     framing: &mut Framing,
@@ -208,7 +209,7 @@ async fn pump_down(
 /// Relays the rest of a response body to the client after its head was passed on.
 pub(super) async fn relay_response(
     ctx: &WorkerContext,
-    client: &Stream,
+    client: &Client,
     upstream: &Stream,
     resp: &mut Vec<u8>,
     mut framing: Framing,

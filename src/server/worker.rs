@@ -129,16 +129,24 @@ fn build_runtime() -> io::Result<tokio_uring::Runtime> {
 async fn accept_loop(ctx: Rc<WorkerContext>, listener: TcpListener, entry: Listen) {
     let local = entry.addr;
     let max = ctx.shared.config.limits.max_connections;
+    let trusted = ctx.shared.config.trusted_proxies.clone();
     let mut last_fd_warning: Option<Instant> = None;
     let mut spare = SpareFd::open();
     loop {
         match stream::accept(&listener).await {
             Ok((client, peer)) => {
                 let (mut slot, before) = Slot::take(&ctx);
-                let info = ClientInfo { peer, local };
+                let mut info = ClientInfo::direct(peer, local);
+                info.tls = entry.tls;
+                // Whose X-Forwarded-For is believed: a trusted peer's, on a plain listener.
+                // On a PROXY listener the balancer is trusted with the header instead.
+                info.forwarded_trusted = !entry.proxy_protocol && trusted.contains(peer.ip());
+                // A client known only later (from its PROXY header, or a trusted proxy's
+                // first request) is counted then.
+                let count_now = !entry.proxy_protocol && !info.forwarded_trusted;
                 let refused = if before >= max {
                     Some(HandshakeError::Overloaded)
-                } else if !slot.count_client(peer.ip()) {
+                } else if count_now && !slot.count_client(peer.ip()) {
                     // Refused here, where the address is known and nothing is read yet.
                     ctx.metrics().limited(Limit::Connections);
                     Some(HandshakeError::ClientConnections)
@@ -152,7 +160,8 @@ async fn accept_loop(ctx: Rc<WorkerContext>, listener: TcpListener, entry: Liste
                     tokio_uring::spawn(away);
                     continue;
                 }
-                tokio_uring::spawn(proxy::serve(ctx.clone(), client, info, slot));
+                let serve = proxy::serve(ctx.clone(), client, info, slot, entry.proxy_protocol);
+                tokio_uring::spawn(serve);
             }
             Err(_) if ctx.shared.stopping.load(Ordering::SeqCst) => return,
             Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
@@ -168,7 +177,7 @@ async fn accept_loop(ctx: Rc<WorkerContext>, listener: TcpListener, entry: Liste
                 if spare.release()
                     && let Ok((client, peer)) = stream::accept(&listener).await
                 {
-                    let info = ClientInfo { peer, local };
+                    let info = ClientInfo::direct(peer, local);
                     let err = HandshakeError::OutOfFiles;
                     let linger = proxy::SHORT_LINGER;
                     let away = proxy::turn_away(ctx.clone(), client, info, err, linger, None);

@@ -2,7 +2,6 @@
 //! and heap buffers lent when that ring is empty or a reader is too slow to take a send.
 
 use std::io;
-use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU16, Ordering};
 
 use io_uring::IoUring;
@@ -58,6 +57,18 @@ impl BufferRing {
         Ok(buffers)
     }
 
+    /// Ring buffer `id`'s memory, for the record layer: only while the buffer is ours (from
+    /// its receive's completion until it is given back).
+    pub(super) fn bytes_mut(&mut self, id: u16) -> &mut [u8] {
+        // SAFETY: the memory was initialised at registration and is never freed; the kernel
+        // writes buffer `id` only after it is given back, and `&mut self` keeps this the one
+        // reference into it until then.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::slice::from_raw_parts_mut(self.start(id), self.size as usize)
+        }
+    }
+
     pub(super) fn start(&self, id: u16) -> *mut u8 {
         // SAFETY: ids handed out by the kernel are ones we provided, all inside the memory.
         #[allow(unsafe_code)]
@@ -95,8 +106,9 @@ impl BufferRing {
 /// Ids stay valid for good; up to [`SPILL_KEEP`] of them keep their memory for reuse. The
 /// memory is never initialised by us: only the kernel (a receive) or a copy of bytes already
 /// received writes it, and it is only ever read through raw pointers up to what was written.
+/// (Zeroed when allocated, so the TLS record layer may also work in it as a byte slice.)
 pub(super) struct Spill {
-    buffers: Vec<Box<[MaybeUninit<u8>]>>,
+    buffers: Vec<Box<[u8]>>,
     /// Free ids whose buffer kept its memory.
     kept: Vec<u32>,
     /// Free ids whose memory was given back (an empty box: no allocation).
@@ -126,7 +138,7 @@ impl Spill {
             });
         let buf = &mut self.buffers[id as usize];
         if buf.len() < self.size {
-            *buf = Box::new_uninit_slice(self.size);
+            *buf = vec![0; self.size].into_boxed_slice();
         }
         id
     }
@@ -134,6 +146,20 @@ impl Spill {
     /// The first byte of buffer `id`, which holds `size` bytes.
     pub(super) fn start(&mut self, id: u32) -> *mut u8 {
         self.buffers[id as usize].as_mut_ptr().cast()
+    }
+
+    /// Buffer `id` as bytes, for the record layer (while no operation uses it).
+    pub(super) fn bytes_mut(&mut self, id: u32) -> &mut [u8] {
+        &mut self.buffers[id as usize]
+    }
+
+    /// Two different buffers as bytes at once, to copy from one to the other.
+    pub(super) fn pair_mut(&mut self, a: u32, b: u32) -> (&mut [u8], &mut [u8]) {
+        assert_ne!(a, b, "two different buffers");
+        let (lo, hi) = (a.min(b) as usize, a.max(b) as usize);
+        let (left, right) = self.buffers.split_at_mut(hi);
+        let (low, high) = (&mut left[lo][..], &mut right[0][..]);
+        if a < b { (low, high) } else { (high, low) }
     }
 
     pub(super) fn put(&mut self, id: u32) {

@@ -39,7 +39,8 @@ pub(super) enum State {
     Receiving { polled: bool },
     /// A receive into heap buffer `spill`: bytes are waiting but the ring was empty (or this
     /// kernel has none), or a spliced source is stopped at urgent data.
-    ReceivingHeap { spill: u32 },
+    /// `at`: bytes already there (the start of a TLS record), which the receive appends to.
+    ReceivingHeap { spill: u32, at: u32 },
     /// The ring was empty: a poll for bytes to read, holding no buffer.
     AwaitingReadable,
     /// A send of bytes `sent..len` of ring buffer `id` that does not wait (MSG_DONTWAIT):
@@ -81,9 +82,17 @@ impl<P> Engine<P> {
                     .build()
                     .flags(squeue::Flags::BUFFER_SELECT)
             }
-            State::ReceivingHeap { spill } => {
-                let size = self.spill.size as u32;
-                opcode::Recv::new(Fd(src), self.spill.start(spill), size).build()
+            State::ReceivingHeap { spill, at } => {
+                // A TLS tunnel's upstream bytes must fit one record.
+                let size = if d == 1 && tunnel.tls.is_some() {
+                    crate::tls::record::MAX_PLAIN as u32
+                } else {
+                    self.spill.size as u32 - at
+                };
+                // SAFETY: `at < size`: inside heap buffer `spill`.
+                #[allow(unsafe_code)]
+                let ptr = unsafe { self.spill.start(spill).add(at as usize) };
+                opcode::Recv::new(Fd(src), ptr, size).build()
             }
             State::AwaitingReadable => opcode::PollAdd::new(Fd(src), libc::POLLIN as u32).build(),
             State::SendingRing { id, len, sent } => {
@@ -130,7 +139,7 @@ impl<P> Engine<P> {
     pub(super) fn read_into_heap(&mut self, index: u32, d: usize) {
         let spill = self.spill.take();
         self.metrics.heap_reads.add(1);
-        self.enter(index, d, State::ReceivingHeap { spill });
+        self.enter(index, d, State::ReceivingHeap { spill, at: 0 });
     }
 
     /// Handles one completion: the direction's state says which operation it was and what
@@ -148,7 +157,13 @@ impl<P> Engine<P> {
                     Some(id) if res > 0 && !aborted => {
                         self.received(index, d, res as u32);
                         let len = res as u32;
-                        self.enter(index, d, State::SendingRing { id, len, sent: 0 });
+                        match (self.is_tls(index), d) {
+                            (true, 0) => self.opened_ring(index, id, len),
+                            (true, _) => self.seal_ring(index, id, len),
+                            (false, _) => {
+                                self.enter(index, d, State::SendingRing { id, len, sent: 0 });
+                            }
+                        }
                     }
                     _ => {
                         if let Some(id) = id {
@@ -168,19 +183,22 @@ impl<P> Engine<P> {
                     }
                 }
             }
-            State::ReceivingHeap { spill } => {
+            State::ReceivingHeap { spill, at } => {
                 if res > 0 && !aborted {
                     self.received(index, d, res as u32);
                     let len = res as u32;
-                    self.enter(
-                        index,
-                        d,
-                        State::SendingHeap {
-                            spill,
-                            len,
-                            sent: 0,
-                        },
-                    );
+                    match (self.is_tls(index), d) {
+                        (true, 0) => self.opened_heap(index, spill, at + len),
+                        (true, _) => self.seal_heap(index, spill, len),
+                        (false, _) => {
+                            let state = State::SendingHeap {
+                                spill,
+                                len,
+                                sent: 0,
+                            };
+                            self.enter(index, d, state);
+                        }
+                    }
                 } else {
                     self.spill.put(spill);
                     if !aborted {
@@ -270,6 +288,14 @@ impl<P> Engine<P> {
 
     /// Direction `d` wrote all it had read: it reads on, or splices if it has turned bulk.
     fn sent_all(&mut self, index: u32, d: usize) {
+        if self.is_tls(index) {
+            if d == 0 {
+                self.client_sent_all(index);
+            } else if !self.upstream_sent_all(index) {
+                self.read(index, 1);
+            }
+            return;
+        }
         if self.start_splice(index, d) {
             self.splice(index, d, false);
         } else {
@@ -278,7 +304,10 @@ impl<P> Engine<P> {
     }
 
     /// Direction `d`'s read ended with `res` (0: end of stream, passed on as a half-close).
-    fn read_ended(&mut self, index: u32, d: usize, res: i32) {
+    pub(super) fn read_ended(&mut self, index: u32, d: usize, res: i32) {
+        if res == 0 && d == 1 && self.is_tls(index) {
+            return self.close_notify(index);
+        }
         let tunnel = self.tunnel(index);
         if res == 0 {
             let _ = SockRef::from(&tunnel.fds[1 - d]).shutdown(Shutdown::Write);

@@ -4,7 +4,8 @@
 //! weighted round robin (precomputed into one cycle, so a pick is one atomic add shared by
 //! all workers), the least-loaded server ([`least_conn`]), or the key's server on a
 //! consistent-hash ring ([`ring`], [`key`]). Passive health is nginx's: `max_fails` within
-//! `fail_timeout` marks a server down for `fail_timeout`.
+//! `fail_timeout` marks a server down for `fail_timeout`; beside it, a server that active
+//! health checks found down ([`super::health`]) is down too.
 
 pub mod cookie;
 pub mod key;
@@ -18,6 +19,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::addr::UpstreamAddr;
+use super::health::Verdict;
 use crate::http::RequestHead;
 use cookie::Sticky;
 use key::HashKey;
@@ -126,6 +128,8 @@ pub struct Balancer {
     sticky: Option<Sticky>,
     /// Open connections by server, shared with the tables before and after this one.
     loads: Vec<Load>,
+    /// Active health by server, shared likewise; the checker writes it.
+    verdicts: Vec<Arc<Verdict>>,
 }
 
 impl Balancer {
@@ -160,6 +164,7 @@ impl Balancer {
             cycle: smooth_cycle(&weights),
             state: servers.iter().map(|_| ServerHealth::default()).collect(),
             loads: servers.iter().map(|_| Load::default()).collect(),
+            verdicts: servers.iter().map(|_| Arc::default()).collect(),
             sticky: policy
                 .sticky_cookie
                 .as_deref()
@@ -265,9 +270,15 @@ impl Balancer {
 
     fn is_up(&self, index: usize, now: u64) -> bool {
         self.state[index].down_until_ms.load(Ordering::Relaxed) <= now
+            && !self.verdicts[index].is_down()
     }
 
-    /// Whether server `index` is currently marked down.
+    /// Server `index`'s active-health verdict.
+    pub fn verdict(&self, index: usize) -> &Arc<Verdict> {
+        &self.verdicts[index]
+    }
+
+    /// Whether server `index` is currently marked down, by passive or active health.
     pub fn is_down(&self, index: usize) -> bool {
         !self.is_up(index, now_ms())
     }
@@ -351,6 +362,15 @@ impl Balancer {
                 let since = old.down_since_ms.load(Ordering::Relaxed);
                 new.down_since_ms.store(since, Ordering::Relaxed);
                 new.down_until_ms.store(since + window, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Shares the active-health verdicts of servers that stay with the previous table.
+    pub fn inherit_verdicts(&mut self, old: &Balancer) {
+        for (i, addr) in self.servers.iter().enumerate() {
+            if let Some(j) = old.servers.iter().position(|a| a == addr) {
+                self.verdicts[i] = old.verdicts[j].clone();
             }
         }
     }

@@ -140,6 +140,18 @@ pub fn describe_changes(old: &UpstreamTable, new: &UpstreamTable) -> String {
         if was != is {
             diff.push(format!("{is} (was {was})"));
         }
+        if before.check != group.check {
+            let show = |c: &Option<super::health::HealthCheck>| {
+                c.as_ref().map_or("no health_check".to_string(), |c| {
+                    format!("health_check: {c}")
+                })
+            };
+            diff.push(format!(
+                "{} (was {})",
+                show(&group.check),
+                show(&before.check)
+            ));
+        }
         if !diff.is_empty() {
             parts.push(format!("{}: {}", group.name, diff.join(" ")));
         }
@@ -172,11 +184,14 @@ pub fn summarize(table: &UpstreamTable) -> String {
                 })
                 .collect();
             let policy = g.balancer.policy();
-            if *policy == Policy::default() {
-                format!("{}=[{}]", g.name, servers.join(", "))
-            } else {
-                format!("{}=[{}] {policy}", g.name, servers.join(", "))
+            let mut line = format!("{}=[{}]", g.name, servers.join(", "));
+            if *policy != Policy::default() {
+                line += &format!(" {policy}");
             }
+            if let Some(check) = &g.check {
+                line += &format!(" health_check: {check}");
+            }
+            line
         })
         .collect::<Vec<_>>()
         .join("; ")

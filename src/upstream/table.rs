@@ -2,8 +2,9 @@
 //! so a connection that loaded it keeps a consistent view without any lock.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -12,8 +13,11 @@ use toml::Spanned;
 use super::addr::UpstreamAddr;
 use super::balancer::key::HashKey;
 use super::balancer::{Balance, Balancer, Health, MAX_SERVERS, MAX_WEIGHT, Policy};
+use super::health::HealthCheck;
+use super::resolve::{self, DEFAULT_RESOLVE_INTERVAL, HostName};
 use crate::config::{Config, ConfigError, Routes, read_file};
 use crate::http::lookup::is_token;
+use crate::http::proxy_protocol;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,18 +28,90 @@ struct RawGroup {
     balance: Option<Spanned<String>>,
     hash_key: Option<Spanned<String>>,
     sticky_cookie: Option<Spanned<String>>,
+    health_check: Option<Spanned<toml::Value>>,
+    resolve_interval: Option<Spanned<String>>,
+    send_proxy_protocol: Option<Spanned<String>>,
 }
 
-/// One upstream group: its name and the balancer that picks among its servers.
+/// One upstream group: its name, the balancer that picks among its servers, and the
+/// entries those servers come from.
 #[derive(Debug)]
 pub struct Group {
     pub name: String,
     pub balancer: Balancer,
+    /// The PROXY header written to each of its servers right after connecting
+    /// (`send_proxy_protocol`), before the request head.
+    pub send_proxy_protocol: proxy_protocol::Version,
+    /// Active health checks; `None`: passive health only.
+    pub check: Option<HealthCheck>,
+    /// How often host names are looked up again; `None` (`"0s"`): only when the file is read.
+    pub resolve_interval: Option<Duration>,
+    entries: Vec<Entry>,
+    /// The `Host` a health check sends, by server.
+    hosts: Vec<Arc<str>>,
+}
+
+/// A `servers` entry as the file writes it, with the addresses it stands for now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// Set when the entry is a host name: it is looked up again every `resolve_interval`.
+    pub name: Option<HostName>,
+    /// One address, or every address a host name resolved to (each a server).
+    pub addrs: Vec<UpstreamAddr>,
+    pub weight: u32,
 }
 
 impl Group {
+    /// A group of the servers `entries` stand for, in order.
+    fn build(
+        name: &str,
+        entries: Vec<Entry>,
+        health: Health,
+        policy: &Policy,
+        check: Option<HealthCheck>,
+        resolve_interval: Option<Duration>,
+    ) -> Group {
+        let mut servers = Vec::new();
+        let mut hosts: Vec<Arc<str>> = Vec::new();
+        for entry in &entries {
+            for addr in &entry.addrs {
+                if servers.len() == MAX_SERVERS {
+                    tracing::warn!(
+                        "upstream {name}: more than {MAX_SERVERS} servers after looking names up; using the first {MAX_SERVERS}"
+                    );
+                    break;
+                }
+                servers.push((addr.clone(), entry.weight));
+                hosts.push(match (&entry.name, addr) {
+                    (Some(host), _) => host.to_string().into(),
+                    (None, UpstreamAddr::Tcp(a)) => a.to_string().into(),
+                    (None, UpstreamAddr::Unix(_)) => "localhost".into(),
+                });
+            }
+        }
+        Group {
+            name: name.to_string(),
+            balancer: Balancer::with_policy(name, servers, health, policy),
+            send_proxy_protocol: proxy_protocol::Version::Off,
+            check,
+            resolve_interval,
+            entries,
+            hosts,
+        }
+    }
+
     pub fn servers(&self) -> &[UpstreamAddr] {
         self.balancer.servers()
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// The `Host` header a health check of server `index` sends: the entry's host name and
+    /// port, the address, or `localhost` for a unix socket.
+    pub fn host(&self, index: usize) -> &str {
+        &self.hosts[index]
     }
 }
 
@@ -107,7 +183,7 @@ impl UpstreamTable {
             }
             let mut servers = Vec::with_capacity(entries.len());
             for entry in entries {
-                let server = parse_server(entry.get_ref()).map_err(|bad| {
+                let server = parse_server(entry.get_ref(), config.resolver).map_err(|bad| {
                     let (why, unresolved) = match bad {
                         BadServer::Invalid(why) => (why, false),
                         BadServer::Unresolved(why) => (why, true),
@@ -121,10 +197,29 @@ impl UpstreamTable {
             }
             let health = parse_health(name, group).map_err(|(at, why)| err(at, why))?;
             let policy = parse_policy(name, group).map_err(|(at, why)| err(at, why))?;
-            groups.push(Group {
-                name: name.clone(),
-                balancer: Balancer::with_policy(name, servers, health, &policy),
-            });
+            let send_proxy_protocol = match &group.send_proxy_protocol {
+                None => proxy_protocol::Version::Off,
+                Some(v) => proxy_protocol::Version::parse(v.get_ref()).ok_or_else(|| {
+                    err(
+                        v.span().start,
+                        format!(
+                            "{name}.send_proxy_protocol: {:?} is not a PROXY protocol version; use \"off\" (the default), \"v1\" or \"v2\"",
+                            v.get_ref()
+                        ),
+                    )
+                })?,
+            };
+            let check = group
+                .health_check
+                .as_ref()
+                .map(|c| HealthCheck::parse(name, c.get_ref(), c.span().start))
+                .transpose()
+                .map_err(|(at, why)| err(at, why))?;
+            let resolve_interval =
+                parse_resolve_interval(name, group).map_err(|(at, why)| err(at, why))?;
+            let mut built = Group::build(name, servers, health, &policy, check, resolve_interval);
+            built.send_proxy_protocol = send_proxy_protocol;
+            groups.push(built);
         }
 
         let route_groups =
@@ -152,16 +247,78 @@ impl UpstreamTable {
         self.groups.iter().find(|g| g.name == name)
     }
 
-    /// Takes over from `old`, group by group, the passive-health state and open-connection
-    /// counts of servers present in both tables, and the round-robin position.
+    /// Takes over from `old`, group by group, the health state (passive, and active while
+    /// the group keeps `health_check`) and open-connection counts of servers present in both
+    /// tables, and the round-robin position.
     pub fn inherit(&mut self, old: &UpstreamTable) {
         for group in &mut self.groups {
             if let Some(previous) = old.group(&group.name) {
                 group.balancer.inherit_loads(&previous.balancer);
                 group.balancer.inherit_health(&previous.balancer);
+                if group.check.is_some() {
+                    group.balancer.inherit_verdicts(&previous.balancer);
+                }
                 group.balancer.inherit_position(&previous.balancer);
             }
         }
+    }
+
+    /// This table with group `group`'s host names standing for the addresses `found`, and
+    /// what moved ("app.internal:3000 -> [..] (was [..])"); `None` when nothing did. Names
+    /// missing from `found` (their lookup failed) keep their addresses.
+    pub fn with_addresses(
+        &self,
+        group: &str,
+        found: &[(HostName, Vec<UpstreamAddr>)],
+    ) -> Option<(UpstreamTable, Vec<String>)> {
+        let mut changes = Vec::new();
+        let groups = self
+            .groups
+            .iter()
+            .map(|g| {
+                let mut entries = g.entries.clone();
+                if g.name == group {
+                    for entry in &mut entries {
+                        let Some(name) = &entry.name else { continue };
+                        let Some((_, addrs)) = found.iter().find(|(n, _)| n == name) else {
+                            continue;
+                        };
+                        if *addrs != entry.addrs {
+                            changes.push(format!(
+                                "{name} -> [{}] (was [{}])",
+                                resolve::list(addrs),
+                                resolve::list(&entry.addrs)
+                            ));
+                            entry.addrs = addrs.clone();
+                        }
+                    }
+                }
+                (g, entries)
+            })
+            .collect::<Vec<_>>();
+        if changes.is_empty() {
+            return None;
+        }
+        let groups = groups
+            .into_iter()
+            .map(|(g, entries)| {
+                let mut built = Group::build(
+                    &g.name,
+                    entries,
+                    g.balancer.health(),
+                    g.balancer.policy(),
+                    g.check.clone(),
+                    g.resolve_interval,
+                );
+                built.send_proxy_protocol = g.send_proxy_protocol;
+                built
+            })
+            .collect();
+        let table = UpstreamTable {
+            groups,
+            route_groups: self.route_groups.clone(),
+        };
+        Some((table, changes))
     }
 }
 
@@ -179,9 +336,15 @@ impl From<String> for BadServer {
 }
 
 /// A server entry: `"HOST:PORT"`, `"unix:/PATH"`, or either as `{ addr = ..., weight = N }`.
-fn parse_server(value: &toml::Value) -> Result<(UpstreamAddr, u32), BadServer> {
+/// Host names are looked up at `resolver` (else the system resolver).
+fn parse_server(value: &toml::Value, resolver: Option<SocketAddr>) -> Result<Entry, BadServer> {
+    let entry = |(name, addrs), weight| Entry {
+        name,
+        addrs,
+        weight,
+    };
     match value {
-        toml::Value::String(s) => Ok((resolve(s)?, 1)),
+        toml::Value::String(s) => Ok(entry(resolve(s, resolver)?, 1)),
         toml::Value::Table(t) => {
             if let Some(key) = t.keys().find(|k| !["addr", "weight"].contains(&k.as_str())) {
                 return Err(format!(
@@ -190,7 +353,7 @@ fn parse_server(value: &toml::Value) -> Result<(UpstreamAddr, u32), BadServer> {
                 .into());
             }
             let addr = match t.get("addr") {
-                Some(toml::Value::String(s)) => resolve(s)?,
+                Some(toml::Value::String(s)) => resolve(s, resolver)?,
                 Some(_) => {
                     return Err(BadServer::Invalid(
                         "`addr` must be a string like \"127.0.0.1:3000\"".into(),
@@ -215,7 +378,7 @@ fn parse_server(value: &toml::Value) -> Result<(UpstreamAddr, u32), BadServer> {
                     .into());
                 }
             };
-            Ok((addr, weight))
+            Ok(entry(addr, weight))
         }
         other => Err(format!(
             "{other} is not a server; write \"HOST:PORT\", \"unix:/PATH\" or {{ addr = \"HOST:PORT\", weight = N }}"
@@ -336,33 +499,65 @@ fn route_groups<'r>(
         .collect()
 }
 
-fn resolve(server: &str) -> Result<UpstreamAddr, BadServer> {
+/// An entry's host name, if it has one, and the addresses it stands for now.
+type Resolved = (Option<HostName>, Vec<UpstreamAddr>);
+
+fn resolve(server: &str, resolver: Option<SocketAddr>) -> Result<Resolved, BadServer> {
     if let Some(unix) = UpstreamAddr::parse_unix(server) {
-        return Ok(unix?);
+        return Ok((None, vec![unix?]));
     }
     if let Ok(addr) = server.parse::<SocketAddr>() {
-        return Ok(addr.into());
+        return Ok((None, vec![addr.into()]));
     }
-    let Some((_, port)) = server.rsplit_once(':').filter(|_| !server.ends_with(']')) else {
+    let Some((host, port)) = server.rsplit_once(':').filter(|_| !server.ends_with(']')) else {
         return Err(BadServer::Invalid(format!(
             "{server:?} has no port; write HOST:PORT, e.g. \"127.0.0.1:3000\""
         )));
     };
-    if port.parse::<u16>().is_err() {
+    let Ok(port) = port.parse::<u16>() else {
         return Err(BadServer::Invalid(format!(
             "{server:?}: {port:?} is not a port (0 to 65535); write HOST:PORT, e.g. \"127.0.0.1:3000\""
         )));
+    };
+    if host.is_empty() || host.contains(['[', ']', ' ', '/']) {
+        return Err(BadServer::Invalid(format!(
+            "{server:?}: {host:?} is not a host name or IP address; write HOST:PORT, e.g. \"app.internal:3000\""
+        )));
     }
-    server
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .map(UpstreamAddr::Tcp)
-        .ok_or_else(|| {
-            BadServer::Unresolved(format!(
-                "{server:?} is not a reachable HOST:PORT (the host name did not resolve); write e.g. \"127.0.0.1:3000\" or \"[::1]:3000\""
-            ))
-        })
+    let name = HostName {
+        host: host.to_string(),
+        port,
+    };
+    match resolve::lookup_blocking(&name, resolver) {
+        Ok(addrs) => Ok((Some(name), addrs)),
+        Err(e) => {
+            let at = resolver.map_or(String::new(), |r| format!(" at {r}"));
+            Err(BadServer::Unresolved(format!(
+                "{server:?} is not a reachable HOST:PORT (the host name did not resolve{at}: {e}); write e.g. \"127.0.0.1:3000\" or \"[::1]:3000\""
+            )))
+        }
+    }
+}
+
+/// `resolve_interval`: a duration, `"0s"` for never again after the file is read.
+fn parse_resolve_interval(
+    name: &str,
+    group: &RawGroup,
+) -> Result<Option<Duration>, (usize, String)> {
+    let Some(value) = &group.resolve_interval else {
+        return Ok(Some(DEFAULT_RESOLVE_INTERVAL));
+    };
+    match humantime::parse_duration(value.get_ref().trim()) {
+        Ok(d) if d.is_zero() => Ok(None),
+        Ok(d) if d >= Duration::from_millis(10) => Ok(Some(d)),
+        _ => Err((
+            value.span().start,
+            format!(
+                "{name}.resolve_interval: {:?} is not a duration of 10ms or more; write e.g. \"30s\", or \"0s\" to look host names up only when the file is read",
+                value.get_ref()
+            ),
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -371,14 +566,15 @@ mod tests {
 
     #[test]
     fn only_a_host_name_that_does_not_resolve_is_worth_retrying() {
-        let unresolved = |s: &str| matches!(resolve(s), Err(BadServer::Unresolved(_)));
-        let invalid = |s: &str| matches!(resolve(s), Err(BadServer::Invalid(_)));
+        let unresolved = |s: &str| matches!(resolve(s, None), Err(BadServer::Unresolved(_)));
+        let invalid = |s: &str| matches!(resolve(s, None), Err(BadServer::Invalid(_)));
         assert!(unresolved("wsplice-no-such-host.invalid:3000"));
         assert!(invalid("no-port"));
         assert!(invalid("[::1]"));
         assert!(invalid("host:http"));
         assert!(invalid("host:70000"));
-        assert!(resolve("127.0.0.1:3000").is_ok());
-        assert!(resolve("localhost:3000").is_ok());
+        assert!(invalid(":3000"));
+        assert!(matches!(resolve("127.0.0.1:3000", None), Ok((None, _))));
+        assert!(matches!(resolve("localhost:3000", None), Ok((Some(_), _))));
     }
 }

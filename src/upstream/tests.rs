@@ -1,6 +1,7 @@
 //! One test per rejection rule of the upstream file, and loading it beside the config.
 
 use std::path::Path;
+use std::time::Duration;
 
 use super::*;
 use crate::config::tests::{MAIN, assert_error, parse};
@@ -296,4 +297,129 @@ fn a_reload_names_a_changed_balance_and_start_up_names_the_policy() {
         reload::summarize(&old),
         "backend=[127.0.0.1:3000, 127.0.0.1:3001]"
     );
+}
+
+#[test]
+fn health_check_and_resolve_interval_parse_with_defaults() {
+    let config = parse(MAIN).unwrap();
+    let table = parse_upstreams(&config, UPSTREAMS).unwrap();
+    let group = table.group("backend").unwrap();
+    assert_eq!(group.check, None);
+    assert_eq!(
+        group.resolve_interval,
+        Some(resolve::DEFAULT_RESOLVE_INTERVAL)
+    );
+    let text = format!(
+        "{UPSTREAMS}health_check = {{ tcp = true, interval = \"1s\" }}\nresolve_interval = \"0s\"\n"
+    );
+    let table = parse_upstreams(&config, &text).unwrap();
+    let group = table.group("backend").unwrap();
+    let check = group.check.as_ref().unwrap();
+    assert_eq!(check.probe, health::Probe::Tcp);
+    assert_eq!(
+        (check.interval, check.timeout, check.rise, check.fall),
+        (Duration::from_secs(1), Duration::from_secs(2), 2, 3)
+    );
+    assert_eq!(group.resolve_interval, None);
+}
+
+#[test]
+fn rejects_bad_health_check_and_resolve_interval() {
+    for (settings, phrase) in [
+        (
+            "health_check = { path = \"/h\", interval = \"0s\" }",
+            "backend.health_check.interval: \"0s\" is not a positive duration",
+        ),
+        (
+            "health_check = { path = \"/h\", timeout = \"x\" }",
+            "backend.health_check.timeout",
+        ),
+        (
+            "health_check = { path = \"/h\", rise = 0 }",
+            "backend.health_check.rise: 0 is out of range; use 1 to 1000",
+        ),
+        (
+            "health_check = { path = \"/h\", fall = 1001 }",
+            "backend.health_check.fall: 1001 is out of range",
+        ),
+        (
+            "health_check = { path = \"h\" }",
+            "backend.health_check.path: \"h\" is not a request path",
+        ),
+        (
+            "health_check = { path = \"/h\", port = 80 }",
+            "backend.health_check: unknown field `port`",
+        ),
+        ("health_check = true", "backend.health_check"),
+        (
+            "resolve_interval = \"1ms\"",
+            "backend.resolve_interval: \"1ms\" is not a duration of 10ms or more",
+        ),
+    ] {
+        assert_upstream_error(&format!("{UPSTREAMS}{settings}\n"), 3, phrase);
+    }
+}
+
+/// Re-resolution builds a new table; servers that stay keep their active-health verdict,
+/// open counts and passive state, as on reload.
+#[test]
+fn new_addresses_keep_the_health_of_servers_that_stay() {
+    let config = parse(MAIN).unwrap();
+    let text = "[backend]\nservers = [\"localhost:3000\", \"127.0.0.1:4000\"]\nhealth_check = { tcp = true }\n";
+    let table = parse_upstreams(&config, text).unwrap();
+    let group = table.group("backend").unwrap();
+    let name = group.entries()[0].name.clone().unwrap();
+    assert_eq!(name.to_string(), "localhost:3000");
+    let stays: UpstreamAddr = "127.0.0.1:4000"
+        .parse::<std::net::SocketAddr>()
+        .unwrap()
+        .into();
+    let i = group.servers().iter().position(|s| *s == stays).unwrap();
+    assert!(group.balancer.verdict(i).record(false, 1, 1));
+    assert!(group.balancer.is_down(i));
+
+    let same = group.entries()[0].addrs.clone();
+    assert!(
+        table
+            .with_addresses("backend", &[(name.clone(), same)])
+            .is_none()
+    );
+    let moved: UpstreamAddr = "127.0.0.9:3000"
+        .parse::<std::net::SocketAddr>()
+        .unwrap()
+        .into();
+    let (mut new, changes) = table
+        .with_addresses("backend", &[(name, vec![moved.clone()])])
+        .unwrap();
+    assert!(
+        changes[0].starts_with("localhost:3000 -> [127.0.0.9:3000] (was ["),
+        "{changes:?}"
+    );
+    new.inherit(&table);
+    let group = new.group("backend").unwrap();
+    assert_eq!(group.servers(), &[moved, stays.clone()]);
+    assert_eq!(group.host(0), "localhost:3000");
+    assert_eq!(group.host(1), "127.0.0.1:4000");
+    assert!(group.balancer.is_down(1));
+    assert!(!group.balancer.is_down(0));
+}
+
+#[test]
+fn send_proxy_protocol_parses_and_rejects_other_values() {
+    use crate::http::proxy_protocol::Version;
+    let config = parse(MAIN).unwrap();
+    let text = "[backend]\nservers = [\"127.0.0.1:3000\"]\nsend_proxy_protocol = \"v2\"\n\n[other]\nservers = [\"127.0.0.1:3001\"]\nsend_proxy_protocol = \"v1\"\n\n[plain]\nservers = [\"127.0.0.1:3002\"]\n";
+    let table = parse_upstreams(&config, text).unwrap();
+    let version = |name: &str| table.group(name).unwrap().send_proxy_protocol;
+    assert_eq!(version("backend"), Version::V2);
+    assert_eq!(version("other"), Version::V1);
+    assert_eq!(version("plain"), Version::Off);
+    let text = "[backend]\nservers = [\"127.0.0.1:3000\"]\nsend_proxy_protocol = \"v3\"\n";
+    assert_upstream_error(
+        text,
+        3,
+        "backend.send_proxy_protocol: \"v3\" is not a PROXY protocol version; use \"off\" (the default), \"v1\" or \"v2\"",
+    );
+    let text = "[backend]\nservers = [\"127.0.0.1:3000\"]\nsend_proxy_protocol = true\n";
+    assert_upstream_error(text, 3, "invalid type: boolean `true`, expected a string");
 }

@@ -91,6 +91,14 @@ impl Stream {
         SockRef::from(&self.fd).shutdown(how)
     }
 
+    /// The socket's own address (`getsockname`).
+    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        SockRef::from(&self.fd)
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("not an IP socket"))
+    }
+
     pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
         SockRef::from(&self.fd).set_tcp_nodelay(on)
     }

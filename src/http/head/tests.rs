@@ -4,10 +4,10 @@
 use super::*;
 
 fn client() -> ClientInfo {
-    ClientInfo {
-        peer: "203.0.113.7:51234".parse().unwrap(),
-        local: "127.0.0.1:8080".parse().unwrap(),
-    }
+    ClientInfo::direct(
+        "203.0.113.7:51234".parse().unwrap(),
+        "127.0.0.1:8080".parse().unwrap(),
+    )
 }
 
 /// The upgrade request from RFC 6455 section 1.2, as a browser behind one proxy sends it.
@@ -30,7 +30,7 @@ Sec-WebSocket-Protocol: chat, superchat\r\n\
 Sec-WebSocket-Version: 13\r\n\
 Upgrade: websocket\r\n\
 Connection: upgrade\r\n\
-X-Forwarded-For: 198.51.100.1, 203.0.113.7\r\n\
+X-Forwarded-For: 203.0.113.7\r\n\
 X-Real-IP: 203.0.113.7\r\n\
 X-Forwarded-Proto: http\r\n\
 \r\n";
@@ -249,8 +249,10 @@ fn other_headers_are_kept_in_order() {
     );
 }
 
+/// From a peer that is not a trusted proxy, the client's `X-Forwarded-For` is a forgery as
+/// far as wsplice knows: replaced, as `X-Real-IP` is.
 #[test]
-fn x_forwarded_for_headers_are_folded_and_appended() {
+fn x_forwarded_for_from_an_untrusted_peer_is_replaced() {
     let head = b"GET / HTTP/1.1\r\n\
 Host: a\r\n\
 X-Forwarded-For: 192.0.2.1\r\n\
@@ -258,13 +260,68 @@ Accept: */*\r\n\
 x-forwarded-for:   192.0.2.2, 192.0.2.3  \r\n\
 \r\n";
     let text = upstream_text(head);
+    assert!(!text.contains("192.0.2."), "{text}");
+    assert!(
+        text.contains("\r\nX-Forwarded-For: 203.0.113.7\r\nX-Real-IP: 203.0.113.7\r\n"),
+        "{text}"
+    );
+}
+
+/// From a trusted proxy, every `X-Forwarded-For` field is folded into one, in order, and the
+/// proxy appended; `X-Real-IP` is the client wsplice settled on.
+#[test]
+fn x_forwarded_for_from_a_trusted_peer_is_folded_and_extended() {
+    let head = b"GET / HTTP/1.1\r\n\
+Host: a\r\n\
+X-Forwarded-For: 192.0.2.1\r\n\
+Accept: */*\r\n\
+x-forwarded-for:   192.0.2.2, 192.0.2.3  \r\n\
+X-Forwarded-For:  \r\n\
+\r\n";
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let Parsed::Complete(req) = parse_request(head, &mut headers).unwrap() else {
+        panic!("incomplete");
+    };
+    let client = ClientInfo {
+        client: "192.0.2.3:0".parse().unwrap(),
+        forwarded_trusted: true,
+        ..client()
+    };
+    let mut out = Vec::new();
+    req.write_upstream(&client, &mut out);
+    let text = String::from_utf8(out).unwrap();
     assert_eq!(
         text.matches("X-Forwarded-For").count() + text.matches("x-forwarded-for").count(),
         1,
         "{text}"
     );
     assert!(
-        text.contains("\r\nX-Forwarded-For: 192.0.2.1, 192.0.2.2, 192.0.2.3, 203.0.113.7\r\n"),
+        text.contains("\r\nX-Forwarded-For: 192.0.2.1, 192.0.2.2, 192.0.2.3, 203.0.113.7\r\nX-Real-IP: 192.0.2.3\r\n"),
+        "{text}"
+    );
+}
+
+/// A PROXY header's client is the client: the forwarding headers name it, not the peer.
+#[test]
+fn forwarding_headers_name_the_client_not_the_peer() {
+    let head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n";
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let Parsed::Complete(req) = parse_request(head, &mut headers).unwrap() else {
+        panic!("incomplete");
+    };
+    let client = ClientInfo {
+        client: "198.51.100.77:4000".parse().unwrap(),
+        ..client()
+    };
+    let mut out = Vec::new();
+    req.write_upstream(&client, &mut out);
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.contains("\r\nX-Forwarded-For: 198.51.100.77\r\nX-Real-IP: 198.51.100.77\r\n"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("6.6.6.6") && !text.contains("203.0.113.7"),
         "{text}"
     );
 }
@@ -305,15 +362,15 @@ fn ipv6_peer_is_written_without_brackets_or_port() {
     let Parsed::Complete(req) = parse_request(UPGRADE, &mut headers).unwrap() else {
         panic!("incomplete");
     };
-    let client = ClientInfo {
-        peer: "[2001:db8::1]:4000".parse().unwrap(),
-        local: "[::1]:8080".parse().unwrap(),
-    };
+    let client = ClientInfo::direct(
+        "[2001:db8::1]:4000".parse().unwrap(),
+        "[::1]:8080".parse().unwrap(),
+    );
     let mut out = Vec::new();
     req.write_upstream(&client, &mut out);
     let text = String::from_utf8(out).unwrap();
     assert!(
-        text.contains("X-Forwarded-For: 198.51.100.1, 2001:db8::1\r\nX-Real-IP: 2001:db8::1\r\n"),
+        text.contains("X-Forwarded-For: 2001:db8::1\r\nX-Real-IP: 2001:db8::1\r\n"),
         "{text}"
     );
 }

@@ -277,10 +277,10 @@ fn accepted() -> Vec<String> {
 type Outcome = (usize, Option<Vec<u8>>, Body, Vec<u8>);
 
 fn parse_one(head: &[u8]) -> Result<Parsed<Outcome>, HandshakeError> {
-    let client = ClientInfo {
-        peer: "203.0.113.7:51234".parse().unwrap(),
-        local: "127.0.0.1:8080".parse().unwrap(),
-    };
+    let client = ClientInfo::direct(
+        "203.0.113.7:51234".parse().unwrap(),
+        "127.0.0.1:8080".parse().unwrap(),
+    );
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     Ok(match parse_request(head, &mut headers)? {
         Parsed::Incomplete => Parsed::Incomplete,
@@ -334,10 +334,10 @@ fn httparse_alone_accepts_what_the_strict_checks_refuse() {
 #[test]
 fn other_upgrades_need_the_route_to_list_them() {
     let head = b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: foo/2, H2C\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: x\r\n\r\n";
-    let client = ClientInfo {
-        peer: "203.0.113.7:1".parse().unwrap(),
-        local: "127.0.0.1:8080".parse().unwrap(),
-    };
+    let client = ClientInfo::direct(
+        "203.0.113.7:1".parse().unwrap(),
+        "127.0.0.1:8080".parse().unwrap(),
+    );
     let rewrite = |extra: &[&str], head: &[u8]| {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let Ok(Parsed::Complete(mut req)) = parse_request(head, &mut headers) else {

@@ -367,3 +367,39 @@ fn concurrent_failures_mark_a_server_down_once() {
         assert!(b.is_down(0));
     }
 }
+
+/// A server that active health checks took down is skipped by every balance mode and by a
+/// sticky cookie, and tried last; its verdict carries over to a table that keeps it.
+#[test]
+fn an_actively_down_server_is_skipped_by_every_mode() {
+    let servers = || vec![(addr(1), 1), (addr(2), 1), (addr(3), 1)];
+    let modes = [
+        Balance::RoundRobin,
+        Balance::LeastConn,
+        Balance::Hash(key::HashKey::Path),
+    ];
+    for balance in modes {
+        let policy = Policy {
+            balance,
+            sticky_cookie: Some("srv".into()),
+        };
+        let b = Balancer::with_policy("chat", servers(), Health::default(), &policy);
+        assert!(b.verdict(1).record(false, 1, 1));
+        assert!(b.is_down(1));
+        let cookie = cookie::server_id("chat", &addr(2).into());
+        for key in 0..50u64 {
+            let affinity = Affinity {
+                key: Some(key.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+                cookie: Some(cookie),
+            };
+            let order: Vec<u16> = b.pick(&affinity).map(|(_, a)| port(a)).collect();
+            assert_eq!(order.last(), Some(&2), "{:?}: {order:?}", policy.balance);
+            assert_eq!(order.len(), 3);
+        }
+        let mut next = Balancer::with_policy("chat", servers(), Health::default(), &policy);
+        next.inherit_verdicts(&b);
+        assert!(next.is_down(1));
+        assert!(next.verdict(1).record(true, 1, 1));
+        assert!(!b.is_down(1), "one verdict, shared");
+    }
+}

@@ -1,0 +1,260 @@
+//! TLS tunnels in the engine: the client's side speaks TLS records, opened and sealed in
+//! place by [`crate::tls::record`] in the same buffers plain tunnels use, so a TLS tunnel
+//! keeps the same promises: one operation per direction, order kept, no allocation per
+//! message, and no buffer held while idle.
+//!
+//! Client -> upstream: a receive's records are opened in its buffer and their data sent on
+//! from the buffer's start. A record cut by the end of a read (a full one is larger than a
+//! ring buffer) moves to a heap buffer, and the next read appends to it there. A tunnel
+//! whose client stops in the middle of a record holds that one heap buffer until the rest
+//! comes or the idle timeout ends it.
+//!
+//! Upstream -> client: received bytes are sealed into one record in a heap buffer (the ring
+//! buffer goes back at once), whose send waits for the client like a spilled send. The
+//! upstream's end of stream becomes `close_notify`, then FIN; the client's `close_notify`
+//! becomes a FIN to the upstream. TLS directions never splice.
+
+use std::io;
+
+use super::{Engine, Side};
+use crate::tls::record::{RecordError, TunnelTls};
+
+use super::direction::State;
+
+/// The TLS state of a tunnel.
+pub(super) struct TlsTunnel {
+    pub(super) records: Box<TunnelTls>,
+    /// The start of a record from the client still arriving: heap buffer, bytes held.
+    pub(super) carry: Option<(u32, u32)>,
+    /// The client sent `close_notify`: client -> upstream ends once its data is sent.
+    pub(super) peer_closed: bool,
+    /// Upstream -> client is sending `close_notify`: FIN follows it.
+    pub(super) closing: bool,
+}
+
+impl<P> Engine<P> {
+    /// The TLS state of tunnel `index`, if it is a TLS tunnel.
+    fn tls(&mut self, index: u32) -> Option<&mut TlsTunnel> {
+        self.tunnel(index).tls.as_deref_mut()
+    }
+
+    pub(super) fn is_tls(&mut self, index: u32) -> bool {
+        self.tls(index).is_some()
+    }
+
+    /// Takes the start of a record that came with the handshake's last read.
+    pub(super) fn carry_in(&mut self, index: u32, tail: &[u8]) {
+        if tail.is_empty() {
+            return;
+        }
+        let spill = self.spill.take();
+        self.spill.bytes_mut(spill)[..tail.len()].copy_from_slice(tail);
+        let tls = self.tls(index).expect("a TLS tunnel");
+        tls.carry = Some((spill, tail.len() as u32));
+    }
+
+    /// Reads the client's side next: appending to a held record start, or as usual.
+    pub(super) fn read_client_tls(&mut self, index: u32) {
+        match self.tls(index).and_then(|t| t.carry.take()) {
+            Some((spill, at)) => {
+                self.enter(index, 0, State::ReceivingHeap { spill, at });
+            }
+            None => self.read(index, 0),
+        }
+    }
+
+    /// Client -> upstream: `n` bytes arrived in ring buffer `id`.
+    pub(super) fn opened_ring(&mut self, index: u32, id: u16, n: u32) {
+        let buffers = self.buffers.as_mut().expect("a buffer ring");
+        let bytes = &mut buffers.bytes_mut(id)[..n as usize];
+        let tls = self.slab[index as usize]
+            .as_mut()
+            .and_then(|t| t.tls.as_deref_mut())
+            .expect("a TLS tunnel");
+        let opened = match tls.records.open(bytes) {
+            Ok(o) => o,
+            Err(e) => {
+                self.buffers.as_mut().expect("a buffer ring").give_back(id);
+                return self.tls_failed(index, e);
+            }
+        };
+        tls.peer_closed = opened.closed;
+        let tail = if opened.closed {
+            0
+        } else {
+            n as usize - opened.consumed
+        };
+        if tail > 0 {
+            let spill = self.spill.take();
+            let buffers = self.buffers.as_mut().expect("a buffer ring");
+            let from = &buffers.bytes_mut(id)[opened.consumed..n as usize];
+            self.spill.bytes_mut(spill)[..tail].copy_from_slice(from);
+            self.tls(index).expect("a TLS tunnel").carry = Some((spill, tail as u32));
+        }
+        if opened.plain > 0 {
+            let len = opened.plain as u32;
+            self.enter(index, 0, State::SendingRing { id, len, sent: 0 });
+        } else {
+            self.buffers.as_mut().expect("a buffer ring").give_back(id);
+            self.client_sent_all(index);
+        }
+    }
+
+    /// Client -> upstream: heap buffer `spill` holds `n` bytes (a held record start and
+    /// what was read after it).
+    pub(super) fn opened_heap(&mut self, index: u32, spill: u32, n: u32) {
+        let bytes = &mut self.spill.bytes_mut(spill)[..n as usize];
+        let tls = self.slab[index as usize]
+            .as_mut()
+            .and_then(|t| t.tls.as_deref_mut())
+            .expect("a TLS tunnel");
+        let opened = match tls.records.open(bytes) {
+            Ok(o) => o,
+            Err(e) => {
+                self.spill.put(spill);
+                return self.tls_failed(index, e);
+            }
+        };
+        tls.peer_closed = opened.closed;
+        let tail = if opened.closed {
+            0
+        } else {
+            n as usize - opened.consumed
+        };
+        if opened.plain == 0 {
+            if tail > 0 {
+                let buf = self.spill.bytes_mut(spill);
+                buf.copy_within(opened.consumed..n as usize, 0);
+                self.tls(index).expect("a TLS tunnel").carry = Some((spill, tail as u32));
+            } else {
+                self.spill.put(spill);
+            }
+            return self.client_sent_all(index);
+        }
+        if tail > 0 {
+            let rest = self.spill.take();
+            let (from, to) = self.spill.pair_mut(spill, rest);
+            to[..tail].copy_from_slice(&from[opened.consumed..n as usize]);
+            self.tls(index).expect("a TLS tunnel").carry = Some((rest, tail as u32));
+        }
+        let len = opened.plain as u32;
+        self.enter(
+            index,
+            0,
+            State::SendingHeap {
+                spill,
+                len,
+                sent: 0,
+            },
+        );
+    }
+
+    /// Client -> upstream wrote all it had: it reads on, or ends after `close_notify`.
+    pub(super) fn client_sent_all(&mut self, index: u32) {
+        if self.tls(index).is_some_and(|t| t.peer_closed) {
+            self.read_ended(index, 0, 0);
+        } else {
+            self.read_client_tls(index);
+        }
+    }
+
+    /// Upstream -> client: seals `n` bytes of ring buffer `id` into a heap buffer and sends it.
+    pub(super) fn seal_ring(&mut self, index: u32, id: u16, n: u32) {
+        let spill = self.spill.take();
+        let tls = self.slab[index as usize]
+            .as_mut()
+            .and_then(|t| t.tls.as_deref_mut())
+            .expect("a TLS tunnel");
+        let prefix = tls.records.prefix();
+        let buffers = self.buffers.as_mut().expect("a buffer ring");
+        let out = self.spill.bytes_mut(spill);
+        out[prefix..prefix + n as usize].copy_from_slice(&buffers.bytes_mut(id)[..n as usize]);
+        buffers.give_back(id);
+        match tls.records.seal(out, n as usize) {
+            Ok(len) => self.enter(
+                index,
+                1,
+                State::SendingHeap {
+                    spill,
+                    len: len as u32,
+                    sent: 0,
+                },
+            ),
+            Err(e) => {
+                self.spill.put(spill);
+                self.tls_failed(index, e);
+            }
+        }
+    }
+
+    /// Upstream -> client: seals the `n` bytes at the start of heap buffer `spill` in place.
+    pub(super) fn seal_heap(&mut self, index: u32, spill: u32, n: u32) {
+        let tls = self.slab[index as usize]
+            .as_mut()
+            .and_then(|t| t.tls.as_deref_mut())
+            .expect("a TLS tunnel");
+        let prefix = tls.records.prefix();
+        let out = self.spill.bytes_mut(spill);
+        out.copy_within(..n as usize, prefix);
+        match tls.records.seal(out, n as usize) {
+            Ok(len) => self.enter(
+                index,
+                1,
+                State::SendingHeap {
+                    spill,
+                    len: len as u32,
+                    sent: 0,
+                },
+            ),
+            Err(e) => {
+                self.spill.put(spill);
+                self.tls_failed(index, e);
+            }
+        }
+    }
+
+    /// The upstream ended its stream: `close_notify` to the client, then FIN (see
+    /// [`Engine::upstream_sent_all`]).
+    pub(super) fn close_notify(&mut self, index: u32) {
+        let spill = self.spill.take();
+        let tls = self.slab[index as usize]
+            .as_mut()
+            .and_then(|t| t.tls.as_deref_mut())
+            .expect("a TLS tunnel");
+        tls.closing = true;
+        match tls.records.seal_close_notify(self.spill.bytes_mut(spill)) {
+            Ok(len) => self.enter(
+                index,
+                1,
+                State::SendingHeap {
+                    spill,
+                    len: len as u32,
+                    sent: 0,
+                },
+            ),
+            Err(e) => {
+                self.spill.put(spill);
+                self.tls_failed(index, e);
+            }
+        }
+    }
+
+    /// Upstream -> client wrote all it had: after `close_notify`, FIN; else it reads on.
+    /// `true`: handled here.
+    pub(super) fn upstream_sent_all(&mut self, index: u32) -> bool {
+        match self.tls(index) {
+            Some(tls) if tls.closing => {
+                let tunnel = self.tunnel(index);
+                let _ = socket2::SockRef::from(&tunnel.fds[0]).shutdown(std::net::Shutdown::Write);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn tls_failed(&mut self, index: u32, e: RecordError) {
+        tracing::debug!("TLS tunnel: {e}");
+        let error = io::Error::new(io::ErrorKind::InvalidData, e);
+        self.tunnel(index).fail(Side::Client, error);
+    }
+}
