@@ -714,6 +714,14 @@ async fn read_request(
                     ctx.metrics().limited(Limit::Rate);
                     return Err(HandshakeError::ClientRate);
                 }
+                // On TLS, the Host must be one the handshake's certificate was chosen for:
+                // no site is reached through another site's certificate (RFC 9110 15.5.20).
+                if client.is_tls()
+                    && let Some(tls) = &ctx.shared.tls
+                    && !tls.serves(client.sni(), head.routing_host())
+                {
+                    return Err(HandshakeError::Misdirected);
+                }
                 return route_request(ctx, info, head, out).map(Some);
             }
         }

@@ -319,3 +319,124 @@ async fn a_kubernetes_secret_update_is_seen() {
     let until = wait_expiry(&proxy, &paths.0, "chat.example.com", 1_956_528_000).await;
     assert_eq!(until, 1_956_528_000, "{}", proxy.log());
 }
+
+/// Accepts any server certificate (these are self-signed); the handshake signature is still
+/// checked.
+#[derive(Debug)]
+struct AnyCertificate(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `GET /` over TLS with server name `sni` and `Host: host`: the names of the certificate
+/// the proxy presented and the response, or the handshake's error.
+async fn get_tls(
+    addr: std::net::SocketAddr,
+    sni: &str,
+    host: &str,
+) -> std::io::Result<(Vec<String>, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    let step = Duration::from_secs(10);
+    let mut tls = tokio::time::timeout(step, connector.connect(name, tcp))
+        .await
+        .expect("handshake within 10 s")?;
+    let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let names = webpki::EndEntityCert::try_from(&leaf)
+        .unwrap()
+        .valid_dns_names()
+        .map(String::from)
+        .collect();
+    let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(step, tls.read_to_end(&mut response)).await;
+    Ok((names, String::from_utf8_lossy(&response).into_owned()))
+}
+
+#[tokio::test]
+async fn sni_picks_the_certificate_and_another_host_gets_421() {
+    let certs = tempfile::tempdir().unwrap();
+    let a = write(certs.path(), "a", &pair(&["a.test"], (2031, 5, 1)));
+    let b = write(certs.path(), "b", &pair(&["*.b.test"], (2031, 5, 1)));
+    let up = common::record_upstream::start(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+        Duration::from_millis(50),
+    )
+    .await;
+    let list = [a, b]
+        .iter()
+        .map(|(c, k)| format!("{{ cert = {c:?}, key = {k:?} }}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let config = format!(
+        "listen = [{{ addr = \"127.0.0.1:0\", tls = true }}]\nworkers = 1\nupstreams = \"upstreams.toml\"\n\n[tls]\ncertificates = [{list}]\nunknown_sni = \"reject\"\n\n[[route]]\npath = \"/\"\nupstream = \"backend\"\n"
+    );
+    let proxy = Proxy::start_raw(&config, &common::upstreams("backend", &[up.addr]));
+
+    let (names, response) = get_tls(proxy.addr, "a.test", "A.test:443").await.unwrap();
+    assert_eq!(names, ["a.test"]);
+    assert!(
+        response.starts_with("HTTP/1.1 200 ") && response.ends_with("ok"),
+        "{response}"
+    );
+
+    let (names, response) = get_tls(proxy.addr, "x.b.test", "y.b.test").await.unwrap();
+    assert_eq!(names, ["*.b.test"]);
+    assert!(response.starts_with("HTTP/1.1 200 "), "{response}");
+
+    let (_, response) = get_tls(proxy.addr, "a.test", "x.b.test").await.unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 421 Misdirected Request"),
+        "{response}"
+    );
+    assert!(
+        response.contains("certificate does not cover this Host"),
+        "{response}"
+    );
+
+    assert!(
+        get_tls(proxy.addr, "other.test", "other.test")
+            .await
+            .is_err(),
+        "unknown_sni = reject ends the handshake"
+    );
+}
