@@ -44,7 +44,7 @@ fn table(config: &Config, first_port: u16) -> UpstreamTable {
 
 fn bench_pick(c: &mut Criterion) {
     let config = Config::parse(Path::new("wsplice.toml"), CONFIG).expect("valid config");
-    let route = config.routes.find(b"/chat/room").expect("a route");
+    let route = config.routes.find(b"", b"/chat/room").expect("a route");
     let shared = Arc::new(ArcSwap::from_pointee(table(&config, 3000)));
     let pick = |shared: &ArcSwap<UpstreamTable>| {
         let table = shared.load_full();

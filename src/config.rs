@@ -11,8 +11,13 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::http::forwarded::{Cidr, TrustedProxies};
+use crate::http::host::HostPattern;
 use crate::http::origin::OriginPattern;
 use crate::http::path;
+
+mod tls;
+pub use tls::{CertificatePaths, MinVersion, TlsSettings, UnknownSni};
+use tls::{RawTls, parse_tls};
 
 /// What went wrong with a config or upstream file, always pointing at a place in it.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +70,12 @@ pub fn read_file(path: &Path) -> Result<String, ConfigError> {
     })
 }
 
+/// Reads a binary file (a certificate or key) at start-up or reload.
+#[allow(clippy::disallowed_methods)] // start-up and reload only, never on a worker
+pub fn read_file_bytes(path: &Path) -> std::io::Result<Vec<u8>> {
+    std::fs::read(path)
+}
+
 pub const DEFAULT_HANDSHAKE: Duration = Duration::from_secs(10);
 pub const DEFAULT_CONNECT: Duration = Duration::from_secs(5);
 pub const DEFAULT_RESPONSE: Duration = Duration::from_secs(60);
@@ -99,6 +110,7 @@ struct RawConfig {
     timeouts: RawTimeouts,
     #[serde(default)]
     limits: RawLimits,
+    tls: Option<Spanned<RawTls>>,
     #[serde(default, rename = "route")]
     routes: Vec<RawRoute>,
 }
@@ -127,6 +139,7 @@ struct RawLimits {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRoute {
+    host: Option<Spanned<String>>,
     path: Spanned<String>,
     upstream: Spanned<String>,
     #[serde(default)]
@@ -183,9 +196,11 @@ impl Rate {
 /// The most requests a rate may allow per unit, so one request's interval stays above 1 µs.
 const MAX_RATE: u32 = 1_000_000;
 
-/// One `[[route]]`: requests whose normalised path starts with `path` go to group `upstream`.
+/// One `[[route]]`: requests for `host` (any host when `None`) whose normalised path starts
+/// with `path` go to group `upstream`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Route {
+    pub host: Option<HostPattern>,
     pub path: String,
     pub upstream: String,
     /// Line of the route in the config file, so upstream-file errors can point back at it.
@@ -200,7 +215,8 @@ pub struct Route {
     pub require_origin: bool,
 }
 
-/// Routes sorted longest prefix first, so the first match is the longest.
+/// Routes sorted most specific host first (exact, wildcard, none), then longest prefix
+/// first, so the first match is the one to take.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Routes {
     routes: Vec<Route>,
@@ -208,17 +224,22 @@ pub struct Routes {
 
 impl Routes {
     pub fn new(mut routes: Vec<Route>) -> Self {
-        routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
+        routes.sort_by_key(|r| {
+            std::cmp::Reverse((r.host.as_ref().map_or(0, HostPattern::rank), r.path.len()))
+        });
         Routes { routes }
     }
 
-    /// Index of the longest route whose path is a prefix of `path`, the request's normalised
-    /// path. A plain byte prefix, as nginx's `location /websocket`: that route also takes
-    /// `/websocketfoo`, and a route `/websocket/` does not take `/websocket`.
-    pub fn find(&self, path: &[u8]) -> Option<usize> {
-        self.routes
-            .iter()
-            .position(|r| path.starts_with(r.path.as_bytes()))
+    /// Index of the route for a request to `host` (without port, any case; empty when the
+    /// request names none) with normalised path `path`: among the routes whose host matches,
+    /// those naming the host exactly beat wildcards, which beat routes for any host; among
+    /// those, the longest path prefix wins. A plain byte prefix, as nginx's
+    /// `location /websocket`: that route also takes `/websocketfoo`, and a route
+    /// `/websocket/` does not take `/websocket`. No allocation: it runs per request.
+    pub fn find(&self, host: &[u8], path: &[u8]) -> Option<usize> {
+        self.routes.iter().position(|r| {
+            path.starts_with(r.path.as_bytes()) && r.host.as_ref().is_none_or(|h| h.matches(host))
+        })
     }
 
     pub fn get(&self, index: usize) -> &Route {
@@ -312,9 +333,6 @@ fn parse_listen(value: &toml::Value) -> Result<Listen, String> {
         tls: flag("tls")?,
         proxy_protocol: flag("proxy_protocol")?,
     };
-    if listen.tls {
-        return Err("listen: tls = true is not built yet (issue 12)".into());
-    }
     Ok(listen)
 }
 
@@ -338,6 +356,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub routes: Routes,
+    /// The `[tls]` section: the certificates TLS listeners serve.
+    pub tls: Option<TlsSettings>,
 }
 
 impl Config {
@@ -502,6 +522,36 @@ impl Config {
             .map_err(|(offset, msg)| err(offset, msg))?,
         };
 
+        let tls = match &raw.tls {
+            None => None,
+            Some(section) => {
+                Some(parse_tls(base, section.get_ref()).map_err(|(offset, msg)| {
+                    err(
+                        if offset == 0 {
+                            section.span().start
+                        } else {
+                            offset
+                        },
+                        msg,
+                    )
+                })?)
+            }
+        };
+        if tls.is_none()
+            && let Some(entry) = raw
+                .listen
+                .get_ref()
+                .iter()
+                .zip(&listen)
+                .find(|(_, l)| l.tls)
+                .map(|(entry, _)| entry)
+        {
+            return Err(err(
+                entry.span().start,
+                "listen: tls = true needs a [tls] section with certificates, e.g.\n[tls]\ncertificates = [ { cert = \"example.com.pem\", key = \"example.com.key\" } ]".into(),
+            ));
+        }
+
         if raw.routes.is_empty() {
             return Err(err(
                 0,
@@ -509,7 +559,7 @@ impl Config {
                     .into(),
             ));
         }
-        let mut seen: HashMap<&str, usize> = HashMap::new();
+        let mut seen: HashMap<(Option<HostPattern>, &str), usize> = HashMap::new();
         let mut routes = Vec::with_capacity(raw.routes.len());
         for route in &raw.routes {
             let p = route.path.get_ref();
@@ -520,11 +570,24 @@ impl Config {
                     format!("route.path: {p:?} {problem}"),
                 ));
             }
-            if let Some(first) = seen.insert(p, line) {
+            let host = match &route.host {
+                None => None,
+                Some(h) => Some(HostPattern::parse(h.get_ref()).map_err(|problem| {
+                    err(
+                        h.span().start,
+                        format!("route.host: {:?} {problem}", h.get_ref()),
+                    )
+                })?),
+            };
+            if let Some(first) = seen.insert((host.clone(), p), line) {
+                let what = match &host {
+                    Some(h) => format!("{p:?} for host {h}"),
+                    None => format!("{p:?}"),
+                };
                 return Err(err(
                     route.path.span().start,
                     format!(
-                        "route.path: {p:?} is already routed at line {first}; each path may appear once"
+                        "route.path: {what} is already routed at line {first}; each path may appear once per host"
                     ),
                 ));
             }
@@ -551,6 +614,7 @@ impl Config {
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             routes.push(Route {
+                host,
                 path: p.clone(),
                 upstream: group.clone(),
                 line,
@@ -572,6 +636,7 @@ impl Config {
             timeouts,
             limits,
             routes: Routes::new(routes),
+            tls,
         })
     }
 }
@@ -730,3 +795,5 @@ fn parse_rate(field: &str, value: &Option<Spanned<String>>) -> Result<Option<Rat
 
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod tls_tests;

@@ -5,6 +5,7 @@ pub mod chunked;
 pub mod forwarded;
 pub mod framing;
 pub mod head;
+pub mod host;
 pub mod lookup;
 pub mod origin;
 pub mod path;

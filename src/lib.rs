@@ -2,7 +2,7 @@
 //!
 //! ## Layout
 //! Folders are the proxy's nouns; dependencies point one way, down this list:
-//! (`os`, `http`, `config`) <- `upstream` <- `uring` <- `tunnel` <- `proxy` <- `server`, and
+//! (`os`, `http`, `config`) <- `tls` <- `upstream` <- `uring` <- `tunnel` <- `proxy` <- `server`, and
 //! `observe` uses only the leaves. No module imports the one that drives it.
 //!
 //! - [`os`]: CPU pinning, the open-files budget, the spare descriptor, memory, sd_notify.
@@ -13,6 +13,9 @@
 //!   cookie, a query parameter), the PROXY protocol header (read and written), and who the
 //!   client is behind trusted proxies (`X-Forwarded-For`).
 //! - [`config`]: the TOML config, raw serde types validated into [`config::Config`].
+//! - [`tls`]: the certificates of the `[tls]` section checked and hot-swapped, the SNI
+//!   resolver (exact name, then one-label wildcard, then `unknown_sni`), the one rustls
+//!   `ServerConfig`, and the AEAD crate the tunnel's record layer uses.
 //! - [`observe`]: per-worker metrics, the admin endpoint (`/metrics`, `/healthz`), the
 //!   access log written from its own thread.
 //! - [`upstream`]: the upstream file as an immutable table of groups, each with its balancer

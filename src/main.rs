@@ -15,9 +15,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Runs until stopped, serving the routes of the config file; logs go to stderr.
 ///
 /// Signals:
-///   SIGHUP           reload the upstream file: new connections use the new table, open ones
-///                    keep their upstream; a file with a mistake is refused (logged with
-///                    file:line) and the old table stays
+///   SIGHUP           reload the upstream file and every certificate pair: new connections
+///                    use the new table and certificates, open ones keep theirs; a file
+///                    with a mistake is refused (logged with file:line or FILE: reason) and
+///                    the old one stays
 ///   SIGTERM, SIGINT  stop accepting, let open connections finish for up to timeouts.drain,
 ///                    then exit 0; a second signal stops at once
 ///
@@ -26,7 +27,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 ///   NOTIFY_SOCKET    set by systemd for Type=notify: wsplice sends READY=1 once every worker
 ///                    listens, and STOPPING=1 when a stop begins
 ///
-/// Exit codes: 0 clean stop or valid config; 1 invalid config or upstream file; 2 cannot start
+/// Exit codes: 0 clean stop or valid config; 1 invalid config, upstream file or certificate
+/// pair; 2 cannot start
 /// (address in use, io_uring unavailable, open-files limit too low, ...); 3 a worker failed
 /// while running. A panic on any thread aborts the process (SIGABRT).
 #[derive(Parser)]
@@ -35,8 +37,9 @@ struct Cli {
     /// The main config file (TOML); its `upstreams` path is relative to it.
     #[arg(long, short, default_value = "config/wsplice.toml")]
     config: PathBuf,
-    /// Validate the config and the upstream file, print a summary, then exit 0 (valid) or 1
-    /// (invalid, with FILE:LINE: field: what is wrong). Starts nothing.
+    /// Validate the config, the upstream file and every certificate pair, print a summary,
+    /// then exit 0 (valid; an expired certificate is a warning) or 1 (invalid, with
+    /// FILE:LINE: field: what is wrong, or FILE: reason). Starts nothing.
     #[arg(long)]
     check: bool,
 }
@@ -59,10 +62,31 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let tls = match config.tls.as_ref().map(wsplice::tls::Tls::load).transpose() {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("wsplice: {e}");
+            return ExitCode::from(1);
+        }
+    };
     if cli.check {
+        if let Some(tls) = &tls {
+            println!("wsplice: certificates: {}", tls.summary());
+            if !config.listen.iter().any(|l| l.tls) {
+                eprintln!(
+                    "wsplice: warning: the [tls] section is not used: no listen entry has tls = true"
+                );
+            }
+            for warning in tls.warnings() {
+                eprintln!("wsplice: warning: {warning}");
+            }
+        }
         let servers: usize = table.groups().iter().map(|g| g.servers().len()).sum();
+        let certificates = tls.as_ref().map_or(String::new(), |t| {
+            format!(", {} certificates", t.pairs().len())
+        });
         println!(
-            "wsplice: {} is valid ({} routes, {} upstream groups, {} servers)",
+            "wsplice: {} is valid ({} routes, {} upstream groups, {} servers{certificates})",
             cli.config.display(),
             config.routes.len(),
             table.groups().len(),
@@ -70,7 +94,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    match wsplice::server::run(config, table) {
+    match wsplice::server::run(config, table, tls) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("wsplice: cannot start: {e}");

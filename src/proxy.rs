@@ -169,10 +169,11 @@ pub async fn serve(
             return;
         }
     }
-    let client = match ctx.shared.tls_config.as_ref().filter(|_| info.tls) {
+    let tls = ctx.shared.tls.as_ref().filter(|_| info.tls);
+    let client = match tls.map(crate::tls::Tls::server_config) {
         None => Client::plain(client),
         // Bytes that came after a PROXY header are the start of the TLS handshake.
-        Some(config) => match handshake(&ctx, client, config.clone(), &info, &mut a).await {
+        Some(config) => match handshake(&ctx, client, config, &info, &mut a).await {
             Some(client) => client,
             None => {
                 ctx.pool.put(a);
@@ -715,6 +716,14 @@ async fn read_request(
                     ctx.metrics().limited(Limit::Rate);
                     return Err(HandshakeError::ClientRate);
                 }
+                // On TLS, the Host must be one the handshake's certificate was chosen for:
+                // no site is reached through another site's certificate (RFC 9110 15.5.20).
+                if client.is_tls()
+                    && let Some(tls) = &ctx.shared.tls
+                    && !tls.serves(client.sni(), head.routing_host())
+                {
+                    return Err(HandshakeError::Misdirected);
+                }
                 return route_request(ctx, info, head, out).map(Some);
             }
         }
@@ -791,7 +800,7 @@ fn route_request(
     let path = head.write_request_line(out);
     let route = config
         .routes
-        .find(&out[path.clone()])
+        .find(head.routing_host(), &out[path.clone()])
         .ok_or(HandshakeError::NoRoute)?;
     let policy = config.routes.get(route);
     let extra = &policy.extra_upgrades;

@@ -1,5 +1,6 @@
 //! Start-up and stop: check the open-files budget, bind every worker's listeners, start the
-//! workers, then wait for signals (SIGHUP reloads the upstream file; SIGTERM/SIGINT stop).
+//! workers, then wait for signals (SIGHUP reloads the upstream file and the certificates;
+//! SIGTERM/SIGINT stop).
 
 use std::io;
 use std::net::{Shutdown, SocketAddr};
@@ -19,6 +20,7 @@ use crate::observe::metrics::Metrics;
 use crate::os::{cpus, fdlimit, notify};
 use crate::proxy::Shared;
 use crate::proxy::limits::ClientLimits;
+use crate::tls::Tls;
 use crate::upstream::UpstreamTable;
 use crate::upstream::reload::{self, ReloadStats, Trigger};
 
@@ -47,7 +49,7 @@ pub enum StartError {
     Worker(String),
     #[error("cannot set up signal handling: {0}")]
     Signals(io::Error),
-    #[error("cannot start the upstream file watcher: {0}")]
+    #[error("cannot start the upstream file or certificate watcher: {0}")]
     Watcher(io::Error),
     #[error("cannot open the access log: {0}")]
     AccessLog(io::Error),
@@ -67,7 +69,7 @@ impl std::ops::Deref for TableOf {
 }
 
 /// Runs wsplice until SIGTERM or SIGINT.
-pub fn run(config: Config, table: UpstreamTable) -> Result<(), StartError> {
+pub fn run(config: Config, table: UpstreamTable, tls: Option<Tls>) -> Result<(), StartError> {
     exit_on_panic();
     let signals = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -122,8 +124,16 @@ pub fn run(config: Config, table: UpstreamTable) -> Result<(), StartError> {
         access_log,
         pipes_per_worker: fdlimit::pipes_per_worker(limit - needed, workers),
         client_limits: ClientLimits::new(&config_limits),
-        tls_config: None,
+        tls,
     });
+    if let Some(tls) = &shared.tls {
+        for warning in tls.warnings() {
+            warn!("{warning}");
+        }
+        if !shared.config.listen.iter().any(|l| l.tls) {
+            warn!("the [tls] section is not used: no listen entry has tls = true");
+        }
+    }
 
     signals.block_on(async {
         let mut hup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
@@ -137,6 +147,16 @@ pub fn run(config: Config, table: UpstreamTable) -> Result<(), StartError> {
             reload::reload(&s.config, &s.table, &s.reloads, Trigger::Watch);
         })
         .map_err(StartError::Watcher)?;
+        if let Some(tls) = &shared.tls {
+            let watched = shared.clone();
+            crate::os::watch::watch_files(tls.files(), "wsplice-certs", move || {
+                if let Some(tls) = &watched.tls {
+                    tls.reload(Trigger::Watch);
+                }
+            })
+            .map_err(StartError::Watcher)?;
+            info!("certificates: {}", tls.summary());
+        }
         crate::upstream::spawn_background(TableOf(shared.clone()), shared.config.resolver)
             .map_err(StartError::Background)?;
         start_workers(&shared, listeners, &cpus)?;
@@ -156,6 +176,9 @@ pub fn run(config: Config, table: UpstreamTable) -> Result<(), StartError> {
                 _ = hup.recv() => {
                     info!("SIGHUP: reloading {}", shared.config.upstreams_path.display());
                     reload::reload(&shared.config, &shared.table, &shared.reloads, Trigger::Signal);
+                    if let Some(tls) = &shared.tls {
+                        tls.reload(Trigger::Signal);
+                    }
                 }
                 _ = term.recv() => break "SIGTERM",
                 _ = int.recv() => break "SIGINT",

@@ -83,6 +83,7 @@ fn minimal_config_gets_defaults() {
     assert_eq!(
         config.routes.get(0),
         &Route {
+            host: None,
             path: "/websocket".into(),
             upstream: "backend".into(),
             line: 5,
@@ -545,6 +546,7 @@ fn routes(paths: &[&str]) -> Routes {
             .iter()
             .enumerate()
             .map(|(i, p)| Route {
+                host: None,
                 path: (*p).into(),
                 upstream: format!("g{i}"),
                 line: i + 1,
@@ -557,7 +559,7 @@ fn routes(paths: &[&str]) -> Routes {
 }
 
 fn found<'r>(routes: &'r Routes, path: &[u8]) -> Option<&'r str> {
-    routes.find(path).map(|i| routes.get(i).path.as_str())
+    routes.find(b"", path).map(|i| routes.get(i).path.as_str())
 }
 
 #[test]
@@ -664,7 +666,7 @@ fn allowed_origins_are_read_per_route() {
     .unwrap();
     let route = config
         .routes
-        .get(config.routes.find(b"/websocket").unwrap());
+        .get(config.routes.find(b"", b"/websocket").unwrap());
     assert_eq!(route.allowed_origins.len(), 2);
     assert!(route.allowed_origins[1].matches(b"https://chat.example.net"));
     assert!(route.require_origin);

@@ -60,6 +60,8 @@ pub enum HandshakeError {
     ClientConnections,
     #[error("over limits.handshake_rate_per_ip for this client address")]
     ClientRate,
+    #[error("Host is not covered by the certificate this TLS connection was opened with")]
+    Misdirected,
     #[error("a plain HTTP request on a TLS listener")]
     PlainHttpOnTls,
 }
@@ -92,6 +94,7 @@ impl HandshakeError {
             HandshakeError::HeadTimeout => 408,
             HandshakeError::HeadTooLarge | HandshakeError::TooManyHeaders => 431,
             HandshakeError::UnsupportedVersion => 426,
+            HandshakeError::Misdirected => 421,
             HandshakeError::ClientConnections | HandshakeError::ClientRate => 429,
             HandshakeError::UpstreamFailed
             | HandshakeError::BadResponse(_)
@@ -119,6 +122,14 @@ impl HandshakeError {
             403 => error_response!("403", "Forbidden", "19", "origin not allowed\n"),
             404 => error_response!("404", "Not Found", "23", "no route for this path\n"),
             408 => error_response!("408", "Request Timeout", "22", "request head too slow\n"),
+            // RFC 9110 section 15.5.20: the client may retry on a connection opened for this
+            // Host (a browser does so by itself).
+            421 => error_response!(
+                "421",
+                "Misdirected Request",
+                "55",
+                "this connection's certificate does not cover this Host\n"
+            ),
             // RFC 6455 section 4.4: the versions the server speaks, in the refusal.
             426 => concat!(
                 "HTTP/1.1 426 Upgrade Required\r\nSec-WebSocket-Version: 13\r\n",
@@ -397,6 +408,17 @@ impl<'b> RequestHead<'_, 'b> {
     /// `?` and the query as the client wrote it; empty when there is none.
     pub fn query(&self) -> &'b [u8] {
         self.parts.query
+    }
+
+    /// The host this request is for, without the port, as routes and certificates match it:
+    /// the authority of an absolute-form target, else the Host header; empty when neither
+    /// names one (an HTTP/1.0 request without Host).
+    pub fn routing_host(&self) -> &'b [u8] {
+        match (self.parts.authority, self.host) {
+            (Some(authority), _) => super::host::without_port(authority),
+            (None, Some(host)) => super::host::without_port(host),
+            (None, None) => b"",
+        }
     }
 
     /// The values of the request's `X-Forwarded-For` fields, in order.

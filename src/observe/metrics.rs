@@ -298,6 +298,13 @@ pub struct Snapshot {
     pub client_buckets: u64,
     /// Of those, the ones holding open connections now.
     pub client_buckets_busy: u64,
+    /// Certificate pair reloads [ok, failed]; `None` without a `[tls]` section.
+    pub certificate_reloads: Option<[u64; 2]>,
+    /// Per certificate in use: (first DNS name or file, certificate file, notAfter in Unix
+    /// seconds).
+    pub certificate_expiry: Vec<(String, String, i64)>,
+    /// TLS handshakes without a known SNI name: [default certificate, rejected].
+    pub unknown_sni: [u64; 2],
     /// Every upstream server as (group, server as the file writes it, up): down means
     /// marked down by active or passive health.
     pub upstreams_up: Vec<(String, String, bool)>,
@@ -517,6 +524,38 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
         "Version of the upstream table in use (1 at start, +1 per accepted reload).",
         s.table_version,
     );
+
+    if let Some([ok, failed]) = s.certificate_reloads {
+        labelled(
+            &mut out,
+            "wsplice_certificate_reloads_total",
+            "Certificate pair reloads by result (a changed file or SIGHUP); a failed one keeps the pair in use.",
+            "result",
+            [("ok", ok), ("failed", failed)],
+        );
+        let [defaulted, rejected] = s.unknown_sni;
+        labelled(
+            &mut out,
+            "wsplice_tls_unknown_sni_total",
+            "TLS handshakes without SNI or with a name no certificate covers, by what tls.unknown_sni gave them: the first certificate (default) or a handshake alert (rejected).",
+            "action",
+            [("default", defaulted), ("rejected", rejected)],
+        );
+        header(
+            &mut out,
+            "wsplice_certificate_expiry_timestamp_seconds",
+            "gauge",
+            "Unix time each certificate in use expires (its notAfter), by first DNS name and file.",
+        );
+        for (name, file, not_after) in &s.certificate_expiry {
+            let _ = writeln!(
+                out,
+                "wsplice_certificate_expiry_timestamp_seconds{{name=\"{}\",file=\"{}\"}} {not_after}",
+                label_value(name),
+                label_value(file)
+            );
+        }
+    }
 
     single(
         &mut out,

@@ -357,6 +357,12 @@ async fn handshake(
                     return Err(HandshakeFailure::Tls(e));
                 }
                 failed = Some(e);
+                // The bytes that failed are not offered again: rustls would fail on them a
+                // second time, and a second fatal alert is a panic in rustls
+                // (`assert!(!self.sent_fatal_alert)`), which aborts the process. On no
+                // input, the next round encodes the alert already queued.
+                incoming.clear();
+                continue;
             }
             Ok(ConnectionState::EncodeTlsData(mut state)) => loop {
                 let at = outgoing.len();

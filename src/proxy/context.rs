@@ -37,8 +37,8 @@ pub struct Shared {
     pub pipes_per_worker: usize,
     /// Open connections and request rate per client address.
     pub client_limits: ClientLimits,
-    /// What TLS listeners' handshakes use; `None` without a `[tls]` section.
-    pub tls_config: Option<Arc<rustls::ServerConfig>>,
+    /// The certificates and rustls configuration of TLS listeners; `None` without `[tls]`.
+    pub tls: Option<crate::tls::Tls>,
 }
 
 impl admin::Source for Shared {
@@ -56,6 +56,14 @@ impl admin::Source for Shared {
             draining: self.stopping.load(Ordering::Relaxed),
             client_buckets: self.client_limits.buckets() as u64,
             client_buckets_busy: self.client_limits.busy() as u64,
+            certificate_reloads: self.tls.as_ref().map(|t| {
+                [
+                    t.reloads.ok.load(Ordering::Relaxed),
+                    t.reloads.failed.load(Ordering::Relaxed),
+                ]
+            }),
+            certificate_expiry: self.tls.as_ref().map_or_else(Vec::new, |t| t.expiry()),
+            unknown_sni: self.tls.as_ref().map_or([0, 0], |t| t.unknown_sni()),
             upstreams_up: self
                 .table
                 .load()

@@ -137,6 +137,7 @@ async fn accept_loop(ctx: Rc<WorkerContext>, listener: TcpListener, entry: Liste
             Ok((client, peer)) => {
                 let (mut slot, before) = Slot::take(&ctx);
                 let mut info = ClientInfo::direct(peer, local);
+                info.tls = entry.tls;
                 // Whose X-Forwarded-For is believed: a trusted peer's, on a plain listener.
                 // On a PROXY listener the balancer is trusted with the header instead.
                 info.forwarded_trusted = !entry.proxy_protocol && trusted.contains(peer.ip());

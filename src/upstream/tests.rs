@@ -90,7 +90,7 @@ servers = ["127.0.0.1:4000", "[::1]:4001"]
 "#;
     let table = parse_upstreams(&config, upstreams).unwrap();
     assert_eq!(table.groups().len(), 2);
-    let chat = config.routes.find(b"/chat/room").unwrap();
+    let chat = config.routes.find(b"", b"/chat/room").unwrap();
     let group = table.group_for_route(chat);
     assert_eq!(group.name, "chat");
     assert_eq!(
@@ -100,7 +100,7 @@ servers = ["127.0.0.1:4000", "[::1]:4001"]
             UpstreamAddr::Tcp("[::1]:4001".parse().unwrap())
         ]
     );
-    let root = config.routes.find(b"/other").unwrap();
+    let root = config.routes.find(b"", b"/other").unwrap();
     assert_eq!(table.group_for_route(root).name, "backend");
 }
 

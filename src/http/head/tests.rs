@@ -910,7 +910,7 @@ fn write_closing_without_headers() {
     assert_eq!(out, b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
 }
 
-const ALL_ERRORS: [HandshakeError; 16] = [
+const ALL_ERRORS: [HandshakeError; 17] = [
     HandshakeError::Malformed("x"),
     HandshakeError::BadBody("x"),
     HandshakeError::OriginRefused("x"),
@@ -927,6 +927,7 @@ const ALL_ERRORS: [HandshakeError; 16] = [
     HandshakeError::BadResponse("x"),
     HandshakeError::ResponseTimeout,
     HandshakeError::Overloaded,
+    HandshakeError::Misdirected,
 ];
 
 #[test]
@@ -967,7 +968,7 @@ fn error_statuses() {
     assert_eq!(
         statuses,
         [
-            400, 400, 403, 426, 502, 504, 503, 431, 431, 408, 404, 502, 504, 502, 504, 503
+            400, 400, 403, 426, 502, 504, 503, 431, 431, 408, 404, 502, 504, 502, 504, 503, 421
         ]
     );
 }
@@ -1060,4 +1061,25 @@ fn fields_end_is_before_the_final_empty_line() {
         assert_eq!(resp.headers.len(), 2);
         assert_eq!(resp.headers[1].name, "X");
     }
+}
+
+#[test]
+fn the_routing_host_drops_the_port_and_prefers_the_absolute_form() {
+    let host = |request: &[u8]| {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        match parse_request(request, &mut headers) {
+            Ok(Parsed::Complete(head)) => head.routing_host().to_vec(),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(
+        host(b"GET / HTTP/1.1\r\nHost: Chat.Example.com:8443\r\n\r\n"),
+        b"Chat.Example.com"
+    );
+    assert_eq!(host(b"GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n"), b"[::1]");
+    assert_eq!(
+        host(b"GET http://a.example.com:80/x HTTP/1.1\r\nHost: b.example.com\r\n\r\n"),
+        b"a.example.com"
+    );
+    assert_eq!(host(b"GET / HTTP/1.0\r\n\r\n"), b"");
 }
