@@ -145,7 +145,13 @@ pub async fn serve(
     proxy_protocol: bool,
 ) {
     let _ = client.set_nodelay(true);
-    let mut a = ctx.pool.get();
+    // A TLS handshake reads into a buffer of its own: the request buffer comes after it, so
+    // a connection costs one buffer whatever it sends first.
+    let mut a = if proxy_protocol || !info.tls {
+        ctx.pool.get()
+    } else {
+        Vec::new()
+    };
     if proxy_protocol {
         let started = Instant::now();
         if let Err(why) = take_proxy_header(&ctx, &client, &mut info, &mut a).await {
@@ -181,6 +187,9 @@ pub async fn serve(
             }
         },
     };
+    if a.capacity() == 0 {
+        a = ctx.pool.get();
+    }
     // Taken from the pool once the head is complete, so a slow client holds one buffer.
     let mut b = Vec::new();
     let metrics = ctx.metrics();

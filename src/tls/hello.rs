@@ -77,3 +77,56 @@ impl<'a> Reader<'a> {
         self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rustls::ClientConfig;
+    use rustls::client::ClientConnection;
+    use rustls::pki_types::ServerName;
+
+    use super::*;
+
+    /// The first flight of a real rustls client asking for `name`.
+    fn client_hello(name: &str, sni: bool) -> Vec<u8> {
+        let mut config = ClientConfig::builder()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        config.enable_sni = sni;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let name = ServerName::try_from(name.to_string()).unwrap();
+        let mut client = ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut out = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut out).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn reads_the_name_of_a_real_client_hello_lower_cased() {
+        let hello = client_hello("Chat.Example.COM", true);
+        let mut out = [0u8; 255];
+        assert_eq!(server_name(&hello, &mut out), Some("chat.example.com"));
+    }
+
+    #[test]
+    fn no_name_without_sni_or_before_the_record_is_whole() {
+        let mut out = [0u8; 255];
+        assert_eq!(server_name(&client_hello("a.test", false), &mut out), None);
+        let hello = client_hello("a.test", true);
+        for cut in 0..hello.len() {
+            assert_eq!(server_name(&hello[..cut], &mut out), None, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn anything_but_a_client_hello_has_no_name() {
+        let mut out = [0u8; 255];
+        let mut hello = client_hello("a.test", true);
+        assert!(server_name(b"GET / HTTP/1.1\r\n\r\n", &mut out).is_none());
+        hello[5] = 2; // a ServerHello
+        assert!(server_name(&hello, &mut out).is_none());
+    }
+}
