@@ -496,3 +496,37 @@ async fn idle_tls_tunnels_pin_no_buffers() {
         assert_eq!(back, msg, "tunnel {i}");
     }
 }
+
+/// A request over TLS goes up with `X-Forwarded-Proto: https`, and its response comes back
+/// through the record layer, keep-alive included (two requests on one TLS connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_tls_go_up_as_https_and_keep_alive() {
+    let certs = tempfile::tempdir().unwrap();
+    let pki = make_pki(certs.path(), &["chat.test"]);
+    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello".to_vec();
+    let mut up = common::record_upstream::start(answer, Duration::from_millis(200)).await;
+    let proxy = start_raw(&pki, up.addr, "");
+    let mut tls = tls_connect(&pki, proxy.addr, "chat.test").await;
+    for i in 0..2 {
+        let request = format!("GET /page/{i} HTTP/1.1\r\nHost: chat.test\r\n\r\n");
+        tls.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        while !response.ends_with(b"hello") {
+            let mut buf = [0u8; 1024];
+            let n = tokio::time::timeout(STEP, tls.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&response));
+            response.extend_from_slice(&buf[..n]);
+        }
+        assert!(response.starts_with(b"HTTP/1.1 200 OK\r\n"), "{response:?}");
+        let record = tokio::time::timeout(STEP, up.records.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let head = String::from_utf8_lossy(&record.head);
+        assert!(head.starts_with(&format!("GET /page/{i} ")), "{head}");
+        assert!(head.contains("\r\nX-Forwarded-Proto: https\r\n"), "{head}");
+    }
+}
