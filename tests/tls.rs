@@ -310,24 +310,7 @@ async fn a_renewal_reaches_new_connections_and_leaves_200_open_tunnels_alone() {
 /// head read back.
 async fn raw_tls_tunnel(pki: &Pki, addr: SocketAddr) -> TlsStream<TcpStream> {
     let mut tls = tls_connect(pki, addr, "chat.test").await;
-    let request = common::upgrade_request("/tunnel").replace("Host: test", "Host: chat.test");
-    tls.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        let n = tokio::time::timeout(STEP, tls.read(&mut byte))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            n,
-            1,
-            "closed before 101: {:?}",
-            String::from_utf8_lossy(&head)
-        );
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    common::raw_tunnel::upgrade(&mut tls, "chat.test").await;
     tls
 }
 
@@ -457,12 +440,7 @@ async fn idle_tls_tunnels_pin_no_buffers() {
         &tls_config(&pki, "").replace("workers = 2", "workers = 1"),
         &upstreams("backend", &[up]),
     );
-    #[allow(clippy::disallowed_methods)] // a small /proc read on the test's own runtime
-    let resident = |pid: u32| {
-        let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap();
-        let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-        pages * 4096
-    };
+    let resident = common::resident_bytes;
     let mut held = Vec::new();
     for _ in 0..100 {
         let mut t = raw_tls_tunnel(&pki, proxy.addr).await;

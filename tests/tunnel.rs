@@ -200,12 +200,7 @@ async fn idle_tunnels_pin_no_buffers() {
         &TestConfig::default().workers(1),
         &upstreams("backend", &[up]),
     );
-    #[allow(clippy::disallowed_methods)] // a small /proc read on the test's own runtime
-    let resident = |pid: u32| {
-        let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap();
-        let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-        pages * 4096
-    };
+    let resident = common::resident_bytes;
     // The first tunnels pay for one-time growth (pools, rings); bytes through them cycle
     // the receive buffers.
     let mut held = Vec::new();

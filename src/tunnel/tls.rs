@@ -32,6 +32,15 @@ pub(super) struct TlsTunnel {
     pub(super) closing: bool,
 }
 
+/// The TLS state of tunnel `index` in `slab`: a free function, so the engine's buffers can
+/// be borrowed beside it.
+fn tls_of<P>(slab: &mut [Option<super::Tunnel<P>>], index: u32) -> &mut TlsTunnel {
+    slab[index as usize]
+        .as_mut()
+        .and_then(|t| t.tls.as_deref_mut())
+        .expect("a TLS tunnel")
+}
+
 impl<P> Engine<P> {
     /// The TLS state of tunnel `index`, if it is a TLS tunnel.
     fn tls(&mut self, index: u32) -> Option<&mut TlsTunnel> {
@@ -67,10 +76,7 @@ impl<P> Engine<P> {
     pub(super) fn opened_ring(&mut self, index: u32, id: u16, n: u32) {
         let buffers = self.buffers.as_mut().expect("a buffer ring");
         let bytes = &mut buffers.bytes_mut(id)[..n as usize];
-        let tls = self.slab[index as usize]
-            .as_mut()
-            .and_then(|t| t.tls.as_deref_mut())
-            .expect("a TLS tunnel");
+        let tls = tls_of(&mut self.slab, index);
         let opened = match tls.records.open(bytes) {
             Ok(o) => o,
             Err(e) => {
@@ -104,10 +110,7 @@ impl<P> Engine<P> {
     /// what was read after it).
     pub(super) fn opened_heap(&mut self, index: u32, spill: u32, n: u32) {
         let bytes = &mut self.spill.bytes_mut(spill)[..n as usize];
-        let tls = self.slab[index as usize]
-            .as_mut()
-            .and_then(|t| t.tls.as_deref_mut())
-            .expect("a TLS tunnel");
+        let tls = tls_of(&mut self.slab, index);
         let opened = match tls.records.open(bytes) {
             Ok(o) => o,
             Err(e) => {
@@ -161,77 +164,52 @@ impl<P> Engine<P> {
     /// Upstream -> client: seals `n` bytes of ring buffer `id` into a heap buffer and sends it.
     pub(super) fn seal_ring(&mut self, index: u32, id: u16, n: u32) {
         let spill = self.spill.take();
-        let tls = self.slab[index as usize]
-            .as_mut()
-            .and_then(|t| t.tls.as_deref_mut())
-            .expect("a TLS tunnel");
+        let tls = tls_of(&mut self.slab, index);
         let prefix = tls.records.prefix();
         let buffers = self.buffers.as_mut().expect("a buffer ring");
         let out = self.spill.bytes_mut(spill);
         out[prefix..prefix + n as usize].copy_from_slice(&buffers.bytes_mut(id)[..n as usize]);
         buffers.give_back(id);
-        match tls.records.seal(out, n as usize) {
-            Ok(len) => self.enter(
-                index,
-                1,
-                State::SendingHeap {
-                    spill,
-                    len: len as u32,
-                    sent: 0,
-                },
-            ),
-            Err(e) => {
-                self.spill.put(spill);
-                self.tls_failed(index, e);
-            }
-        }
+        let sealed = tls.records.seal(out, n as usize);
+        self.send_sealed(index, spill, sealed);
     }
 
     /// Upstream -> client: seals the `n` bytes at the start of heap buffer `spill` in place.
     pub(super) fn seal_heap(&mut self, index: u32, spill: u32, n: u32) {
-        let tls = self.slab[index as usize]
-            .as_mut()
-            .and_then(|t| t.tls.as_deref_mut())
-            .expect("a TLS tunnel");
+        let tls = tls_of(&mut self.slab, index);
         let prefix = tls.records.prefix();
         let out = self.spill.bytes_mut(spill);
         out.copy_within(..n as usize, prefix);
-        match tls.records.seal(out, n as usize) {
-            Ok(len) => self.enter(
-                index,
-                1,
-                State::SendingHeap {
-                    spill,
-                    len: len as u32,
-                    sent: 0,
-                },
-            ),
-            Err(e) => {
-                self.spill.put(spill);
-                self.tls_failed(index, e);
-            }
-        }
+        let sealed = tls.records.seal(out, n as usize);
+        self.send_sealed(index, spill, sealed);
     }
 
     /// The upstream ended its stream: `close_notify` to the client, then FIN (see
     /// [`Engine::upstream_sent_all`]).
     pub(super) fn close_notify(&mut self, index: u32) {
         let spill = self.spill.take();
-        let tls = self.slab[index as usize]
-            .as_mut()
-            .and_then(|t| t.tls.as_deref_mut())
-            .expect("a TLS tunnel");
+        let tls = tls_of(&mut self.slab, index);
         tls.closing = true;
-        match tls.records.seal_close_notify(self.spill.bytes_mut(spill)) {
-            Ok(len) => self.enter(
-                index,
-                1,
-                State::SendingHeap {
-                    spill,
-                    len: len as u32,
-                    sent: 0,
-                },
-            ),
+        let sealed = tls.records.seal_close_notify(self.spill.bytes_mut(spill));
+        self.send_sealed(index, spill, sealed);
+    }
+
+    /// Sends the record sealed into heap buffer `spill` to the client, or ends the tunnel if
+    /// sealing failed.
+    fn send_sealed(&mut self, index: u32, spill: u32, sealed: Result<usize, RecordError>) {
+        match sealed {
+            Ok(len) => {
+                let len = len as u32;
+                self.enter(
+                    index,
+                    1,
+                    State::SendingHeap {
+                        spill,
+                        len,
+                        sent: 0,
+                    },
+                );
+            }
             Err(e) => {
                 self.spill.put(spill);
                 self.tls_failed(index, e);

@@ -428,6 +428,14 @@ pub async fn wait_metric(
     }
 }
 
+/// The resident set of process `pid`, in bytes (from `/proc/PID/statm`).
+#[allow(clippy::disallowed_methods)] // a small /proc read on the test's own runtime
+pub fn resident_bytes(pid: u32) -> u64 {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
 /// Waits up to `limit` for `child` to exit; its status, or `None` if it is still running.
 pub async fn wait_child_exit(
     child: &mut Child,

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// Opens a tunnel to `proxy`.
@@ -30,10 +30,15 @@ async fn connect(proxy: SocketAddr, socket: TcpSocket) -> TcpStream {
         .await
         .expect("connected within 10 s")
         .unwrap();
+    upgrade(&mut stream, "test").await;
     stream
-        .write_all(super::upgrade_request("/tunnel").as_bytes())
-        .await
-        .unwrap();
+}
+
+/// Sends the upgrade request for `/tunnel` with `Host: host` on `stream` and reads exactly
+/// the `101` head back, so the bytes after it are the tunnel's own.
+pub async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, host: &str) {
+    let request = super::upgrade_request("/tunnel").replace("Host: test", &format!("Host: {host}"));
+    stream.write_all(request.as_bytes()).await.unwrap();
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut byte = [0u8; 1];
@@ -50,5 +55,4 @@ async fn connect(proxy: SocketAddr, socket: TcpSocket) -> TcpStream {
         head.push(byte[0]);
     }
     assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
-    stream
 }
