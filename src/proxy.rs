@@ -519,8 +519,9 @@ pub(crate) async fn reject(
 /// unread bytes resets the connection, and a reset can destroy the answer before the client
 /// has read it (nginx's lingering close).
 async fn linger(client: &impl Io, scratch: &mut Vec<u8>, limit: Duration) {
-    let _ = client.shutdown(Shutdown::Write);
     let drain = async {
+        // Within the deadline too: a client that does not read could hold the close_notify.
+        client.close_write().await;
         let mut drained = 0usize;
         while drained < 64 * 1024 {
             let mut buf = std::mem::take(scratch);
@@ -534,7 +535,7 @@ async fn linger(client: &impl Io, scratch: &mut Vec<u8>, limit: Duration) {
         }
     };
     with_deadline(Some(limit), drain, || {
-        let _ = client.shutdown(Shutdown::Read);
+        let _ = client.shutdown(Shutdown::Both);
     })
     .await;
 }

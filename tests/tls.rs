@@ -508,3 +508,21 @@ async fn requests_over_tls_go_up_as_https_and_keep_alive() {
         assert!(head.contains("\r\nX-Forwarded-Proto: https\r\n"), "{head}");
     }
 }
+
+/// A refusal over TLS (here 421: a Host the certificate does not cover) ends with
+/// close_notify before the FIN, so the client reads a clean end, not a truncation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_over_tls_ends_with_close_notify() {
+    let (proxy, pki, _certs) = start(&["chat.test"], "");
+    let mut tls = tls_connect(&pki, proxy.addr, "chat.test").await;
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: other.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(STEP, tls.read_to_end(&mut response))
+        .await
+        .expect("closed within 10 s")
+        .expect("a clean end (close_notify), not a truncation");
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 421 "), "{text}");
+}

@@ -31,6 +31,8 @@ pub(crate) trait Io {
     async fn read<T: BoundedBufMut>(&self, buf: T) -> (io::Result<usize>, T);
     async fn write_all<T: BoundedBuf + Deref<Target = [u8]>>(&self, buf: T) -> (io::Result<()>, T);
     fn shutdown(&self, how: Shutdown) -> io::Result<()>;
+    /// Ends the write side: FIN, after `close_notify` on TLS.
+    async fn close_write(&self);
 }
 
 impl Io for Stream {
@@ -45,6 +47,10 @@ impl Io for Stream {
     fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         Stream::shutdown(self, how)
     }
+
+    async fn close_write(&self) {
+        let _ = Stream::shutdown(self, Shutdown::Write);
+    }
 }
 
 impl Io for Client {
@@ -58,6 +64,10 @@ impl Io for Client {
 
     fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         Client::shutdown(self, how)
+    }
+
+    async fn close_write(&self) {
+        Client::close_write(self).await;
     }
 }
 
