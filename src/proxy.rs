@@ -473,6 +473,24 @@ pub async fn turn_away(
     linger: Duration,
     slot: Option<Slot>,
 ) {
+    let end = Closing {
+        trace: Trace::new(info.client),
+        started: Instant::now(),
+        _slot: slot,
+    };
+    if info.tls {
+        // Its first bytes are a ClientHello: a plain HTTP answer would read as a broken TLS
+        // record. It is closed unanswered (as nginx, which answers only after a handshake
+        // wsplice cannot afford for a client it is turning away), counted and logged.
+        warn!(client = %info.client, peer = %info.peer, "closed before the TLS handshake: {err}");
+        let _ = client.shutdown(Shutdown::Both);
+        let reason = format!(
+            "{} unanswered: refused before the TLS handshake",
+            err.status()
+        );
+        end.record(&ctx, 0, None, Some(&reason));
+        return;
+    }
     if err.status() >= 500 {
         warn!(client = %info.client, peer = %info.peer, "{}: {err}", err.status());
     } else {
@@ -481,11 +499,6 @@ pub async fn turn_away(
     let mut scratch = Vec::with_capacity(1024);
     reject(&client, err, &mut scratch, linger).await;
     ctx.metrics().response(err.status());
-    let end = Closing {
-        trace: Trace::new(info.client),
-        started: Instant::now(),
-        _slot: slot,
-    };
     end.log(&ctx, err.status(), None);
 }
 

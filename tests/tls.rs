@@ -526,3 +526,30 @@ async fn a_refusal_over_tls_ends_with_close_notify() {
     let text = String::from_utf8_lossy(&response);
     assert!(text.starts_with("HTTP/1.1 421 "), "{text}");
 }
+
+/// Over a per-client limit on a TLS listener, a client is closed before its handshake,
+/// unanswered (a plain HTTP 429 would read as a broken TLS record), and counted; the client
+/// already in keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_a_limit_on_a_tls_listener_is_closed_unanswered() {
+    let (proxy, pki, _certs) = start(
+        &["chat.test"],
+        "admin = \"127.0.0.1:0\"\n[limits]\nmax_connections_per_ip = 1\n",
+    );
+    let mut first = wss(&pki, proxy.addr, "chat.test").await;
+    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(STEP, tcp.read_to_end(&mut got))
+        .await
+        .expect("closed within 10 s");
+    assert!(
+        got.is_empty(),
+        "no plain-text answer: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    let key = "wsplice_limited_total{limit=\"connections\"}";
+    let n = common::wait_metric(proxy.admin_addr(), key, |v| v >= 1.0, STEP).await;
+    assert!(n >= 1.0, "{key} = {n}");
+    first.send(Message::text("still here")).await.unwrap();
+    assert_eq!(next(&mut first).await, Message::text("still here"));
+}

@@ -177,7 +177,8 @@ async fn accept_loop(ctx: Rc<WorkerContext>, listener: TcpListener, entry: Liste
                 if spare.release()
                     && let Ok((client, peer)) = stream::accept(&listener).await
                 {
-                    let info = ClientInfo::direct(peer, local);
+                    let mut info = ClientInfo::direct(peer, local);
+                    info.tls = entry.tls;
                     let err = HandshakeError::OutOfFiles;
                     let linger = proxy::SHORT_LINGER;
                     let away = proxy::turn_away(ctx.clone(), client, info, err, linger, None);
