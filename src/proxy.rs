@@ -571,7 +571,7 @@ async fn proxy(
     }
     let (res, timed_out) = with_deadline(
         timeouts.handshake,
-        read_request(ctx, client, info, req, out),
+        read_request(ctx, client, info, req, out, &mut trace.client),
         || {
             let _ = client.shutdown(Shutdown::Read);
         },
@@ -713,12 +713,15 @@ async fn write_within(
 /// Reads the request head into `req` (after any bytes of it already there) and writes the
 /// rewritten head into `out`. `Ok(None)`: the client closed (or the handshake deadline shut
 /// it) before a whole head.
+/// `who` is set to the client the head names (a trusted proxy's `X-Forwarded-For`) as soon as
+/// it is known, so a refusal of this request is logged against that client.
 async fn read_request(
     ctx: &WorkerContext,
     client: &Client,
     info: &ClientInfo,
     req: &mut Vec<u8>,
     out: &mut Vec<u8>,
+    who: &mut SocketAddr,
 ) -> Result<Option<Request>, HandshakeError> {
     let max_head = ctx.shared.config.limits.max_request_head;
     let mut scan = HeadScan::default();
@@ -733,6 +736,7 @@ async fn read_request(
                     client: client_of(ctx, info, &head),
                     ..*info
                 };
+                *who = info.client;
                 // Before routing: a refused request costs no upstream work and no byte of it
                 // goes up.
                 if !ctx.shared.client_limits.request(info.client.ip()) {

@@ -703,3 +703,19 @@ async fn the_per_ip_connection_limit_counts_a_trusted_proxys_client() {
     assert_eq!(status_of(other.as_bytes()), 200, "{other}");
     drop(first);
 }
+
+/// A request refused after its head was read (here: over the rate limit) is logged against
+/// the client a trusted proxy's `X-Forwarded-For` names, not the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_from_a_trusted_proxy_is_logged_against_its_client() {
+    let up = upstream("a", None).await;
+    let top = "trusted_proxies = [\"127.0.0.1\"]";
+    let extra = "[limits]\nhandshake_rate_per_ip = \"1/m\"";
+    let (proxy, _admin) = start(PLAIN, top, extra, &group(&[up.addr], "")).await;
+    let request = b"GET /headers HTTP/1.1\r\nHost: test\r\nX-Forwarded-For: 203.0.113.40\r\nConnection: close\r\n\r\n";
+    let first = exchange(proxy.addr, b"", request, true).await;
+    assert_eq!(status_of(first.as_bytes()), 200, "{first}");
+    let second = exchange(proxy.addr, b"", request, true).await;
+    assert_eq!(status_of(second.as_bytes()), 429, "{second}");
+    wait_access(&proxy, &["client=203.0.113.40 ", "status=429"]).await;
+}
