@@ -333,3 +333,58 @@ async fn checks_come_from_one_place_whatever_the_number_of_workers() {
     );
     assert!(checks >= 4, "{checks} checks in {intervals:.1} intervals");
 }
+
+/// A group that sends PROXY headers sends its checks one too (v2 `LOCAL`, as HAProxy's
+/// checks do): a server that refuses connections without the header stays up.
+#[tokio::test]
+async fn checks_to_a_proxy_protocol_group_carry_a_local_header() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let local_checks = Arc::new(AtomicUsize::new(0));
+    let seen = local_checks.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                // A v2 header first, or the connection is refused (closed), as nginx's
+                // `listen ... proxy_protocol` does.
+                let mut fixed = [0u8; 16];
+                if stream.read_exact(&mut fixed).await.is_err()
+                    || &fixed[..12] != b"\r\n\r\n\0\r\nQUIT\n"
+                {
+                    return;
+                }
+                let len = usize::from(u16::from_be_bytes([fixed[14], fixed[15]]));
+                let mut block = vec![0u8; len];
+                if stream.read_exact(&mut block).await.is_err() {
+                    return;
+                }
+                let local = fixed[12] == 0x20;
+                let status = Arc::new(AtomicU16::new(200));
+                let checks = Arc::new(AtomicUsize::new(0));
+                answer(&mut stream, "pp".into(), status, checks.clone()).await;
+                if local && checks.load(Ordering::SeqCst) == 1 {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    let name = addr.to_string();
+    let check =
+        "{ path = \"/healthz\", interval = \"100ms\", timeout = \"1s\", rise = 1, fall = 1 }";
+    let upstreams = format!("{}send_proxy_protocol = \"v2\"\n", group(&[&name], check));
+    let proxy = start(&config(1), &upstreams).await;
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while local_checks.load(Ordering::SeqCst) < 3 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        local_checks.load(Ordering::SeqCst) >= 3,
+        "checks with a LOCAL header"
+    );
+    assert_eq!(scrape_up(&proxy, &name).await, 1.0);
+    task.abort();
+}

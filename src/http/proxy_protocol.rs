@@ -251,6 +251,20 @@ impl Version {
         }
     }
 
+    /// Appends this version's header for a connection of wsplice's own (a health check): v2
+    /// `LOCAL`, v1 `UNKNOWN`, as HAProxy's checks send; nothing when off.
+    pub fn write_local(self, out: &mut Vec<u8>) {
+        match self {
+            Version::Off => {}
+            Version::V1 => out.extend_from_slice(b"PROXY UNKNOWN\r\n"),
+            Version::V2 => {
+                out.extend_from_slice(&V2_SIGNATURE);
+                // Version 2, LOCAL; family unspecified; no addresses.
+                out.extend_from_slice(&[0x20, 0x00, 0, 0]);
+            }
+        }
+    }
+
     /// Appends this version's header for a relayed connection (nothing when off). Addresses
     /// of two families are both written as IPv6, IPv4 ones mapped.
     pub fn write(self, source: SocketAddr, destination: SocketAddr, out: &mut Vec<u8>) {

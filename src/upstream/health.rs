@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use super::UpstreamTable;
 use super::addr::UpstreamAddr;
+use crate::http::proxy_protocol;
 
 /// HAProxy's `inter` default; nginx plus uses 5 s too.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
@@ -239,23 +240,29 @@ where
     T: std::ops::Deref<Target = ArcSwap<UpstreamTable>>,
 {
     loop {
-        let (check, verdict, host) = {
+        let (check, verdict, host, proxy) = {
             let table = tables.load();
             let Some(g) = table.group(&group) else { return };
             let Some(check) = g.check.clone() else { return };
             let Some(i) = g.servers().iter().position(|a| *a == addr) else {
                 return;
             };
-            (check, g.balancer.verdict(i).clone(), g.host(i).to_string())
+            let host = g.host(i).to_string();
+            (
+                check,
+                g.balancer.verdict(i).clone(),
+                host,
+                g.send_proxy_protocol,
+            )
         };
-        let result =
-            match tokio::time::timeout(check.timeout, probe(&addr, &check.probe, &host)).await {
-                Ok(result) => result,
-                Err(_) => Err(format!(
-                    "no answer within {}",
-                    humantime::format_duration(check.timeout)
-                )),
-            };
+        let probe = probe(&addr, &check.probe, &host, proxy);
+        let result = match tokio::time::timeout(check.timeout, probe).await {
+            Ok(result) => result,
+            Err(_) => Err(format!(
+                "no answer within {}",
+                humantime::format_duration(check.timeout)
+            )),
+        };
         if verdict.record(result.is_ok(), check.rise, check.fall) {
             match &result {
                 Ok(()) => info!(
@@ -272,20 +279,27 @@ where
     }
 }
 
-/// One check: Ok when the server is up, else why not.
-async fn probe(addr: &UpstreamAddr, probe: &Probe, host: &str) -> Result<(), String> {
+/// One check: Ok when the server is up, else why not. A group that sends PROXY headers
+/// sends its checks one too (`LOCAL`: the check is wsplice's own), as servers that require
+/// the header would refuse a check without it.
+async fn probe(
+    addr: &UpstreamAddr,
+    probe: &Probe,
+    host: &str,
+    proxy: proxy_protocol::Version,
+) -> Result<(), String> {
     match addr {
         UpstreamAddr::Tcp(a) => {
             let stream = TcpStream::connect(a)
                 .await
                 .map_err(|e| format!("connect: {e}"))?;
-            http(stream, probe, host).await
+            http(stream, probe, host, proxy).await
         }
         UpstreamAddr::Unix(path) => {
             let stream = UnixStream::connect(path)
                 .await
                 .map_err(|e| format!("connect: {e}"))?;
-            http(stream, probe, host).await
+            http(stream, probe, host, proxy).await
         }
     }
 }
@@ -294,17 +308,27 @@ async fn http(
     mut stream: impl AsyncRead + AsyncWrite + Unpin,
     probe: &Probe,
     host: &str,
+    proxy: proxy_protocol::Version,
 ) -> Result<(), String> {
-    let Probe::Http { path } = probe else {
+    let mut request = Vec::new();
+    proxy.write_local(&mut request);
+    if let Probe::Http { path } = probe {
+        request.extend_from_slice(
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: wsplice-health-check\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    if !request.is_empty() {
+        stream
+            .write_all(&request)
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+    }
+    let Probe::Http { .. } = probe else {
         return Ok(());
     };
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: wsplice-health-check\r\nConnection: close\r\n\r\n"
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| format!("send: {e}"))?;
     let mut buf = Vec::with_capacity(256);
     while !buf.contains(&b'\n') && buf.len() < MAX_STATUS_LINE {
         let mut chunk = [0u8; 256];

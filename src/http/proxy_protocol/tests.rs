@@ -270,3 +270,15 @@ fn version_names() {
     assert_eq!(Version::parse("V2"), None);
     assert_eq!(Version::parse("true"), None);
 }
+
+#[test]
+fn a_local_header_of_each_version_reads_back_as_local() {
+    for version in [Version::V1, Version::V2] {
+        let mut out = Vec::new();
+        version.write_local(&mut out);
+        assert_eq!(complete(&out, GET), Header::Local, "{version:?}");
+    }
+    let mut out = Vec::new();
+    Version::Off.write_local(&mut out);
+    assert!(out.is_empty());
+}
