@@ -1,6 +1,7 @@
 //! TLS termination: the pairs of the `[tls]` section loaded and checked, the resolver that
 //! picks one per handshake by SNI, the one long-lived rustls `ServerConfig` every TLS
-//! listener uses, the hot swap of renewed pairs; the ClientHello's server name, and the
+//! listener uses (its resolver also notes each ClientHello's server name for the 421 check),
+//! the hot swap of renewed pairs, and the
 //! record layer an open `wss://` tunnel runs in place in the relay's buffers once rustls has
 //! done the handshake. The handshake itself is driven from `proxy`.
 //!
@@ -9,7 +10,6 @@
 //! rustls negotiated the keys with.
 
 pub mod certificates;
-pub mod hello;
 pub mod record;
 mod reload;
 pub mod sni;

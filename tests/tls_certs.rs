@@ -364,14 +364,25 @@ async fn get_tls(
     sni: &str,
     host: &str,
 ) -> std::io::Result<(Vec<String>, String)> {
+    get_tls_fragmented(addr, sni, host, None).await
+}
+
+/// [`get_tls`] from a client that cuts its records at `fragment` bytes (its ClientHello too).
+async fn get_tls_fragmented(
+    addr: std::net::SocketAddr,
+    sni: &str,
+    host: &str,
+    fragment: Option<usize>,
+) -> std::io::Result<(Vec<String>, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .unwrap()
         .dangerous()
         .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(provider)))
         .with_no_client_auth();
+    config.max_fragment_size = fragment;
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
@@ -432,6 +443,13 @@ async fn sni_picks_the_certificate_and_another_host_gets_421() {
         response.contains("certificate does not cover this Host"),
         "{response}"
     );
+
+    // A ClientHello cut into many records still names its server for the 421 check.
+    let (names, response) = get_tls_fragmented(proxy.addr, "x.b.test", "y.b.test", Some(64))
+        .await
+        .unwrap();
+    assert_eq!(names, ["*.b.test"]);
+    assert!(response.starts_with("HTTP/1.1 200 "), "{response}");
 
     assert!(
         get_tls(proxy.addr, "other.test", "other.test")

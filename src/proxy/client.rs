@@ -17,8 +17,8 @@ use rustls::server::{ServerConfig, UnbufferedServerConnection};
 use rustls::unbuffered::{ConnectionState, EncodeError};
 use tokio_uring::buf::{BoundedBuf, BoundedBufMut};
 
-use crate::tls::hello;
 use crate::tls::record::{MAX_OVERHEAD, MAX_PLAIN, MAX_RECORD, RecordError, TunnelTls};
+use crate::tls::sni;
 use crate::uring::stream::Stream;
 
 /// Ciphertext read ahead: room for the largest record and the start of the next.
@@ -335,27 +335,24 @@ async fn handshake(
     incoming.extend_from_slice(early_bytes);
     let mut outgoing: Vec<u8> = Vec::with_capacity(4096);
     let mut early: Vec<u8> = Vec::new();
-    let mut sni_buf = [0u8; 255];
+    // A name left over from a handshake this thread drove before is not this one's.
+    let _ = sni::take_seen_name();
     let mut sni: Option<Box<str>> = None;
     let mut checked = false;
-    let mut sni_final = false;
     let mut failed: Option<rustls::Error> = None;
     loop {
-        // Before rustls takes the bytes in.
+        // Before rustls takes the bytes in: an HTTP method starts with a letter, a TLS
+        // connection with a handshake record (22).
         if !incoming.is_empty() && !checked {
             checked = true;
-            // A TLS connection starts with a handshake record (22); an HTTP method starts
-            // with a letter.
             if incoming[0].is_ascii_uppercase() {
                 return Err(HandshakeFailure::PlainHttp);
             }
         }
-        if !sni_final && !incoming.is_empty() {
-            sni = hello::server_name(&incoming, &mut sni_buf).map(Box::from);
-            // Once the first record is whole, what it names (or not) is final.
-            sni_final = sni.is_some() || record_complete(&incoming);
-        }
         let status = conn.process_tls_records(&mut incoming);
+        if sni.is_none() {
+            sni = sni::take_seen_name();
+        }
         let discard = status.discard;
         let mut read_more = false;
         let mut transmit = false;
@@ -464,9 +461,4 @@ async fn handshake(
         outgoing: Cell::new(Vec::new()),
         sni,
     })
-}
-
-/// The first TLS record in `bytes` is all there.
-fn record_complete(bytes: &[u8]) -> bool {
-    bytes.len() >= 5 && bytes.len() >= 5 + usize::from(u16::from_be_bytes([bytes[3], bytes[4]]))
 }

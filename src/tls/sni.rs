@@ -110,8 +110,25 @@ impl Resolver {
     }
 }
 
+thread_local! {
+    /// The server name of the last ClientHello this thread's resolver saw (lower case).
+    static SEEN: std::cell::RefCell<Option<Box<str>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The server name the resolver saw in the ClientHello it last chose for, on this thread;
+/// taken once. rustls calls the resolver synchronously inside `process_tls_records`, on the
+/// worker thread that drives that handshake, so the caller reads its own client's name
+/// right after that call (rustls's unbuffered connection exposes no SNI of its own).
+pub fn take_seen_name() -> Option<Box<str>> {
+    SEEN.with(|seen| seen.borrow_mut().take())
+}
+
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let name = hello
+            .server_name()
+            .map(|n| n.to_ascii_lowercase().into_boxed_str());
+        SEEN.with(|seen| *seen.borrow_mut() = name);
         let set = self.current.load();
         if let Some(i) = hello.server_name().and_then(|name| set.find(name)) {
             return Some(set.pairs[i].key.clone());
