@@ -391,7 +391,12 @@ async fn demo_page_shows_its_echoes_in_chromium() {
     let session = open_page(&mut cdp, &page_url).await;
     demo_page_done(&mut cdp, &session, &proxy, &browser).await;
     let url = sizes_both_ways(&mut cdp, &session, &proxy).await;
-    assert!(url.starts_with("ws://"), "{url}");
+    let scheme = if page_url.starts_with("https:") {
+        "wss://"
+    } else {
+        "ws://"
+    };
+    assert!(url.starts_with(scheme), "{url} from {page_url}");
     if demo_url.is_none() {
         let requests = seen.requests.load(Ordering::Relaxed);
         let upgrades = seen.upgrades.load(Ordering::Relaxed);
