@@ -120,14 +120,20 @@ fn ip(last: u8) -> Ipv4Addr {
 /// Starts wsplice on a group of the one name; the test runtime has threads to spare, since
 /// the DNS server must answer while this thread waits for wsplice to listen.
 async fn start(dns: &Dns, port: u16) -> Proxy {
+    start_every(dns, port, "200ms").await
+}
+
+fn upstream_file(port: u16, interval: &str) -> String {
+    format!("[backend]\nservers = [\"app.test:{port}\"]\nresolve_interval = \"{interval}\"\n")
+}
+
+async fn start_every(dns: &Dns, port: u16, interval: &str) -> Proxy {
     let config = format!(
         "resolver = \"{}\"\nadmin = \"127.0.0.1:0\"\n{}",
         dns.addr,
         TestConfig::default().toml()
     );
-    let upstreams =
-        format!("[backend]\nservers = [\"app.test:{port}\"]\nresolve_interval = \"200ms\"\n");
-    let proxy = Proxy::start_raw(&config, &upstreams);
+    let proxy = Proxy::start_raw(&config, &upstream_file(port, interval));
     assert!(proxy.wait_log("admin endpoint on", LIMIT).await);
     proxy
 }
@@ -231,4 +237,22 @@ async fn every_record_of_a_name_is_a_server() {
         "{}",
         proxy.log()
     );
+}
+
+/// A reload that shortens `resolve_interval` brings the next lookup forward: the old, long
+/// deadline does not hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_shortens_resolve_interval_takes_effect_at_once() {
+    let dns = Dns::start(Answer::Records(vec![ip(2)])).await;
+    let (port, _seen) = echoes_on_one_port(2).await;
+    let proxy = start_every(&dns, port, "1h").await;
+    std::fs::write(proxy.upstreams_path(), upstream_file(port, "200ms")).unwrap();
+    assert!(
+        proxy.wait_log("upstreams reloaded", LIMIT).await,
+        "{}",
+        proxy.log()
+    );
+    dns.set(Answer::Records(vec![ip(3)]));
+    let moved = format!("app.test:{port} -> [127.0.0.3:{port}] (was [127.0.0.2:{port}])");
+    assert!(proxy.wait_log(&moved, LIMIT).await, "{}", proxy.log());
 }

@@ -28,6 +28,8 @@ pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
 const DNS_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest sleep between looks at the table, so a reload's new interval is soon used.
 const MAX_TICK: Duration = Duration::from_secs(1);
+/// The longest one name's lookup may take, through either resolver.
+const LOOKUP_LIMIT: Duration = Duration::from_secs(10);
 
 /// A server entry written as `HOST:PORT` with a host name (not an IP literal).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -119,7 +121,9 @@ pub async fn run<T>(tables: Arc<T>, resolver: Option<SocketAddr>)
 where
     T: std::ops::Deref<Target = ArcSwap<UpstreamTable>>,
 {
-    let mut due: HashMap<String, Instant> = HashMap::new();
+    // Per group: when its names are looked up next, and the interval that deadline was set
+    // with (a reload that shortens it brings the next lookup forward).
+    let mut due: HashMap<String, (Instant, Duration)> = HashMap::new();
     let mut failing: HashSet<(String, HostName)> = HashSet::new();
     loop {
         let table = tables.load_full();
@@ -133,12 +137,18 @@ where
             if group.entries().iter().all(|e| e.name.is_none()) {
                 continue;
             }
-            let at = *due.entry(group.name.clone()).or_insert(now + interval);
+            let slot = due
+                .entry(group.name.clone())
+                .or_insert((now + interval, interval));
+            if slot.1 != interval {
+                *slot = (slot.0.min(now + interval), interval);
+            }
+            let at = slot.0;
             if at > now {
                 next = next.min(at);
                 continue;
             }
-            due.insert(group.name.clone(), now + interval);
+            due.insert(group.name.clone(), (now + interval, interval));
             next = next.min(now + interval);
             refresh(&tables, &group.name, resolver, &mut failing).await;
         }
@@ -153,7 +163,10 @@ async fn refresh(
     resolver: Option<SocketAddr>,
     failing: &mut HashSet<(String, HostName)>,
 ) {
-    let names: Vec<(HostName, Vec<UpstreamAddr>)> = match tables.load().group(group) {
+    // The table the lookups start from: if a reload swaps another in meanwhile, this
+    // round's answers are dropped (the reload looked the names up itself).
+    let base = tables.load_full();
+    let names: Vec<(HostName, Vec<UpstreamAddr>)> = match base.group(group) {
         Some(g) => g
             .entries()
             .iter()
@@ -164,7 +177,18 @@ async fn refresh(
     let mut found = Vec::with_capacity(names.len());
     for (name, last) in names {
         let key = (group.to_string(), name.clone());
-        match lookup(&name, resolver).await {
+        // Bounded whatever the resolver: one stuck name must not stall every group.
+        let looked = tokio::time::timeout(LOOKUP_LIMIT, lookup(&name, resolver)).await;
+        let looked = looked.unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no answer within {}",
+                    humantime::format_duration(LOOKUP_LIMIT)
+                ),
+            ))
+        });
+        match looked {
             Ok(addrs) => {
                 if failing.remove(&key) {
                     info!("upstream {group}: {name} resolves again");
@@ -181,16 +205,16 @@ async fn refresh(
             }
         }
     }
-    let current = tables.load_full();
-    let Some((mut new, changes)) = current.with_addresses(group, &found) else {
+    let Some((mut new, changes)) = base.with_addresses(group, &found) else {
         return;
     };
-    new.inherit(&current);
-    let before = tables.compare_and_swap(&current, Arc::new(new));
-    if Arc::ptr_eq(&before, &current) {
+    new.inherit(&base);
+    let before = tables.compare_and_swap(&base, Arc::new(new));
+    if Arc::ptr_eq(&before, &base) {
         info!("upstream {group}: {}", changes.join("; "));
     }
-    // Else a reload swapped the table meanwhile, and looked the names up itself.
+    // Else a reload swapped the table in while the names were looked up: it looked them up
+    // itself, and the next round starts from its table.
 }
 
 /// "127.0.0.2:3000, 127.0.0.3:3000".
