@@ -797,6 +797,11 @@ async fn take_proxy_header(
     let limit = ctx.shared.config.timeouts.handshake;
     match proxy_header::read(client, buf, limit).await {
         Ok(received) => {
+            // The address the client reached is the balancer's: what a PROXY header sent
+            // on upstream names as destination (as HAProxy's accept-proxy + send-proxy).
+            if let Some(destination) = received.destination {
+                info.local = destination;
+            }
             if let Some(source) = received.source {
                 info.client = source;
             }

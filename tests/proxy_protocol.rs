@@ -577,7 +577,8 @@ async fn send_proxy_protocol_v1_names_the_client_to_the_upstream() {
 }
 
 /// `send_proxy_protocol = "v2"` behind a PROXY listener: the upstream's header names the
-/// client the incoming header named.
+/// client and the destination the incoming header named (as HAProxy's accept-proxy +
+/// send-proxy pass them on).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_proxy_protocol_v2_passes_the_proxy_client_on() {
     let mut up = upstream("a", Some(2)).await;
@@ -599,9 +600,9 @@ async fn send_proxy_protocol_v2_passes_the_proxy_client_on() {
     assert_eq!(echoed, Message::binary(vec![1, 2, 3]));
     let seen = up.seen.recv().await.unwrap();
     let mut want = SIGNATURE.to_vec();
-    want.extend_from_slice(&[0x21, 0x11, 0, 12, 203, 0, 113, 9, 127, 0, 0, 1]);
+    want.extend_from_slice(&[0x21, 0x11, 0, 12, 203, 0, 113, 9, 192, 0, 2, 1]);
     want.extend_from_slice(&4000u16.to_be_bytes());
-    want.extend_from_slice(&proxy.addr.port().to_be_bytes());
+    want.extend_from_slice(&443u16.to_be_bytes());
     assert_eq!(seen.header, want);
     assert!(
         seen.head.contains("X-Real-IP: 203.0.113.9\r\n"),

@@ -19,6 +19,9 @@ pub struct Received {
     /// The client the header names; `None` for a `LOCAL` (or `UNKNOWN`) header: the balancer's
     /// own connection, served as the TCP peer.
     pub source: Option<SocketAddr>,
+    /// The address the client connected to (the balancer's listener), for a header that names
+    /// a client.
+    pub destination: Option<SocketAddr>,
     /// Bytes after the header already read: they are at the start of the buffer.
     pub extra: usize,
 }
@@ -68,12 +71,16 @@ async fn read_header(client: &Stream, buf: &mut Vec<u8>) -> Result<Received, Fai
     loop {
         if let Parsed::Complete((header, len)) = proxy_protocol::parse(buf)? {
             buf.drain(..len);
-            let source = match header {
-                Header::Proxy { source, .. } => Some(source),
-                Header::Local => None,
+            let (source, destination) = match header {
+                Header::Proxy {
+                    source,
+                    destination,
+                } => (Some(source), Some(destination)),
+                Header::Local => (None, None),
             };
             return Ok(Received {
                 source,
+                destination,
                 extra: buf.len(),
             });
         }
