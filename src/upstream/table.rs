@@ -81,6 +81,13 @@ impl Group {
                     );
                     break;
                 }
+                // One address is one server, however many entries name it (an address and a
+                // name that resolves to it, two names of one host): its weights add up, and
+                // its health is checked and kept once.
+                if let Some(known) = servers.iter_mut().find(|(a, _)| a == addr) {
+                    known.1 += entry.weight;
+                    continue;
+                }
                 servers.push((addr.clone(), entry.weight));
                 hosts.push(match (&entry.name, addr) {
                     (Some(host), _) => host.to_string().into(),

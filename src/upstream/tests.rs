@@ -423,3 +423,23 @@ fn send_proxy_protocol_parses_and_rejects_other_values() {
     let text = "[backend]\nservers = [\"127.0.0.1:3000\"]\nsend_proxy_protocol = true\n";
     assert_upstream_error(text, 3, "invalid type: boolean `true`, expected a string");
 }
+
+/// A name that resolves to an address also listed is one server, with both weights: one
+/// health verdict, one metric series.
+#[test]
+fn a_name_and_an_address_of_one_server_are_one_server() {
+    let config = parse(MAIN).unwrap();
+    let text =
+        "[backend]\nservers = [\"localhost:3000\", { addr = \"127.0.0.1:3000\", weight = 2 }]\n";
+    let table = parse_upstreams(&config, text).unwrap();
+    let group = table.group("backend").unwrap();
+    let local: UpstreamAddr = "127.0.0.1:3000"
+        .parse::<std::net::SocketAddr>()
+        .unwrap()
+        .into();
+    let at: Vec<usize> = (0..group.servers().len())
+        .filter(|&i| group.servers()[i] == local)
+        .collect();
+    assert_eq!(at.len(), 1, "{:?}", group.servers());
+    assert_eq!(group.balancer.weight(at[0]), 3);
+}
