@@ -273,9 +273,10 @@ impl Summary {
         let o = &self.settings.options;
         let _ = writeln!(
             t,
-            "Fanout: {} connections, {} msgs/s in total (open loop); \"hog\": a busy loop pinned to each proxy CPU. Median of the rounds, worst round in brackets.\n",
+            "Fanout: {} connections, {} msgs/s in total (open loop); \"hog\": a busy loop at nice {} pinned to each proxy CPU. Median of the rounds, worst round in brackets.\n",
             thousands(o.fanout_connections as f64),
-            thousands(o.fanout_rate)
+            thousands(o.fanout_rate),
+            o.hog_nice
         );
         let _ = writeln!(
             t,
