@@ -3,7 +3,8 @@
 # with the usual WebSocket recipe, HAProxy and wsplice, on the same upstream and client, in
 # one run, printed as one table. Installs nginx and haproxy with apt when missing (as root),
 # builds the release binaries, then runs `wsplice-bench compare`.
-#   scripts/bench.sh             5 s cells, 3 rounds, 8,000 idle connections (about 8 minutes)
+#   scripts/bench.sh             5 s cells, 3 rounds, 8,000 idle connections, fanout with and
+#                                without a CPU hog (about 10 minutes)
 #   scripts/bench.sh --quick     1 s cells, 2 rounds, 1,000 idle connections (about 1 minute)
 #   scripts/bench.sh --targets direct,wsplice --cells rr,bulk --proxy-cpus 4-7 --load-cpus 0-3
 # Any other option is passed to `wsplice-bench compare` (see its --help). Results go to

@@ -70,6 +70,9 @@ pub struct Tunnels<P> {
 
 struct Engine<P> {
     ring: IoUring,
+    /// The kernel flags pending completion work in the submission queue
+    /// (IORING_SETUP_TASKRUN_FLAG), so the loop enters only when it has work for the kernel.
+    taskrun_flag: bool,
     buffers: Option<BufferRing>,
     spill: Spill,
     slab: Vec<Option<Tunnel<P>>>,
@@ -124,7 +127,7 @@ impl<P> Tunnels<P> {
         let cq = u32::try_from(in_flight.next_power_of_two())
             .unwrap_or(CQ_MAX)
             .clamp(CQ_MIN, CQ_MAX);
-        let ring = build_ring(cq)?;
+        let (ring, taskrun_flag) = build_ring(cq)?;
         let buffers = match BufferRing::register(&ring, size, count) {
             Ok(b) => Some(b),
             Err(e) => {
@@ -137,6 +140,7 @@ impl<P> Tunnels<P> {
         Ok(Tunnels {
             engine: RefCell::new(Engine {
                 ring,
+                taskrun_flag,
                 buffers,
                 // Heap buffers also hold a whole TLS record, or one sealed with its prefix.
                 spill: Spill::new(
@@ -343,8 +347,15 @@ impl<P> Engine<P> {
     }
 
     /// Submits what is queued. Entering the kernel also runs the completion work it has for
-    /// this thread, so completions are ready to reap after it.
+    /// this thread, so completions are ready to reap after it. Where the kernel flags that
+    /// work, an enter with nothing to submit, no work pending and no overflow is skipped.
     fn submit(&mut self) -> io::Result<usize> {
+        if self.taskrun_flag {
+            let sq = self.ring.submission();
+            if sq.is_empty() && !sq.taskrun() && !sq.cq_overflow() {
+                return Ok(0);
+            }
+        }
         self.ring.submit()
     }
 
@@ -466,19 +477,23 @@ fn parse_user_data(data: u64) -> (u32, usize) {
     ((data >> 1) as u32, (data & 1) as usize)
 }
 
-/// A ring with SINGLE_ISSUER and COOP_TASKRUN (no submit locking, no interrupt to run
-/// completion work: it runs when the thread next enters the kernel), or a plain one.
+/// A ring with SINGLE_ISSUER, COOP_TASKRUN and TASKRUN_FLAG (no submit locking, no interrupt
+/// to run completion work: it runs when the thread next enters the kernel, which the flag
+/// says is needed), or a plain one; `true` with the flag.
 /// (DEFER_TASKRUN measured no better here: 7.01 vs 7.12 µs per rr message, noise.)
-fn build_ring(cq_entries: u32) -> io::Result<IoUring> {
+fn build_ring(cq_entries: u32) -> io::Result<(IoUring, bool)> {
     IoUring::builder()
         .setup_cqsize(cq_entries)
         .setup_single_issuer()
         .setup_coop_taskrun()
+        .setup_taskrun_flag()
         .build(SQ_ENTRIES)
+        .map(|ring| (ring, true))
         .or_else(|_| {
             IoUring::builder()
                 .setup_cqsize(cq_entries)
                 .build(SQ_ENTRIES)
+                .map(|ring| (ring, false))
         })
 }
 

@@ -77,6 +77,12 @@ fn compare_direct_against_wsplice() {
         "compare",
         "--targets",
         "direct,wsplice",
+        "--cells",
+        "rr,rate,pipe,bulk,handshake,idle,fanout",
+        "--fanout-connections",
+        "50",
+        "--fanout-rate",
+        "500",
         "--duration",
         "300ms",
         "--rounds",
@@ -102,13 +108,14 @@ fn compare_direct_against_wsplice() {
     for run in &summary.runs {
         assert_eq!(run.errors, 0, "{}", run.describe());
     }
-    // Five load cells for each target, plus the idle cell for wsplice.
-    assert_eq!(summary.runs.len(), 11);
+    // Six load cells for each target, plus the idle cell for wsplice.
+    assert_eq!(summary.runs.len(), 13);
     let table = summary.markdown();
     assert!(
         table.contains("| direct |") && table.contains("| wsplice |"),
         "{table}"
     );
+    assert!(table.contains("| target | fanout msgs/s |"), "{table}");
     let wsplice_rr = summary
         .runs
         .iter()

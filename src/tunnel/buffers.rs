@@ -1,7 +1,17 @@
 //! The tunnels' buffers: a ring-mapped buffer ring the kernel picks from when bytes arrive,
 //! and heap buffers lent when that ring is empty or a reader is too slow to take a send.
+//!
+//! Where the kernel consumes ring buffers incrementally (IOU_PBUF_RING_INC, 6.12+), a receive
+//! takes only the bytes it got from the current buffer, and the next receive (of any tunnel)
+//! goes on in the same buffer: a 64-byte message holds 64 bytes, not a whole buffer. Without
+//! it, every receive that completes holds a whole buffer until its bytes are sent, so a burst
+//! of more receives than there are buffers (a worker that was off its CPU for a few
+//! milliseconds, with thousands of tunnels) empties the ring, and each receive after that
+//! costs a failed receive, a poll and a heap buffer: the most work exactly when the worker has
+//! the least CPU, which is how a shared CPU made the fanout benchmark collapse.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU16, Ordering};
 
 use io_uring::IoUring;
@@ -11,6 +21,32 @@ use io_uring::types::BufRingEntry;
 pub(super) const GROUP: u16 = 0;
 /// Heap buffers kept for reuse once the kernel ring ran dry.
 const SPILL_KEEP: usize = 16;
+/// `io_uring_register` opcode and flag for a buffer ring consumed incrementally (6.12+).
+const IORING_REGISTER_PBUF_RING: libc::c_uint = 22;
+const IOU_PBUF_RING_INC: u16 = 2;
+/// A completion's flag: its buffer will get more completions (incremental consumption).
+const IORING_CQE_F_BUF_MORE: u32 = 1 << 4;
+
+/// `struct io_uring_buf_reg`, with the `flags` field io-uring 0.6 does not expose.
+#[repr(C)]
+struct BufReg {
+    ring_addr: u64,
+    ring_entries: u32,
+    bgid: u16,
+    flags: u16,
+    resv: [u64; 3],
+}
+
+/// What the engine knows of one ring buffer while the kernel may still fill it.
+#[derive(Clone, Copy, Default)]
+struct Use {
+    /// Where the kernel's next piece of this buffer starts.
+    next: u32,
+    /// Pieces received into it and not yet handed back.
+    out: u16,
+    /// The kernel moved on to the next buffer: once `out` is 0, it can go back.
+    full: bool,
+}
 
 /// Receive buffers lent to the kernel through a ring-mapped buffer ring. The memory is
 /// leaked on purpose: the kernel may hold any buffer until the ring goes away, and a
@@ -21,6 +57,9 @@ pub(super) struct BufferRing {
     tail: u16,
     base: *mut u8,
     pub(super) size: u32,
+    /// Buffers are consumed piece by piece (see the module docs).
+    pub(super) incremental: bool,
+    uses: Box<[Use]>,
 }
 
 impl BufferRing {
@@ -38,11 +77,9 @@ impl BufferRing {
             return Err(io::ErrorKind::OutOfMemory.into());
         }
         let memory = Vec::leak(vec![0u8; size as usize * usize::from(count)]);
-        // SAFETY: `entries` is page-aligned, zeroed, `slots` entries long, and never freed.
-        #[allow(unsafe_code)]
-        unsafe {
-            ring.submitter()
-                .register_buf_ring(entries as u64, slots, GROUP)?;
+        let incremental = register(ring, entries, slots, IOU_PBUF_RING_INC).is_ok();
+        if !incremental {
+            register(ring, entries, slots, 0)?;
         }
         let mut buffers = BufferRing {
             entries,
@@ -50,22 +87,39 @@ impl BufferRing {
             tail: 0,
             base: memory.as_mut_ptr(),
             size,
+            incremental,
+            uses: vec![Use::default(); usize::from(count)].into_boxed_slice(),
         };
         for id in 0..count {
-            buffers.give_back(id);
+            buffers.publish(id);
         }
         Ok(buffers)
     }
 
-    /// Ring buffer `id`'s memory, for the record layer: only while the buffer is ours (from
-    /// its receive's completion until it is given back).
-    pub(super) fn bytes_mut(&mut self, id: u16) -> &mut [u8] {
-        // SAFETY: the memory was initialised at registration and is never freed; the kernel
-        // writes buffer `id` only after it is given back, and `&mut self` keeps this the one
+    /// A receive put `len` bytes into ring buffer `id`; `flags`: its completion's. Returns
+    /// where in the buffer they start. Each piece is handed back once with `give_back`.
+    pub(super) fn received(&mut self, id: u16, len: u32, flags: u32) -> u32 {
+        let more = self.incremental && flags & IORING_CQE_F_BUF_MORE != 0;
+        let used = &mut self.uses[usize::from(id)];
+        let at = used.next;
+        used.next += len;
+        used.out += 1;
+        used.full = !more;
+        debug_assert!(used.next <= self.size, "a piece past its buffer's end");
+        at
+    }
+
+    /// The `len` bytes at `at` that a receive put in ring buffer `id`, for the record layer:
+    /// only while that piece is ours (until it is given back).
+    pub(super) fn piece_mut(&mut self, id: u16, at: u32, len: u32) -> &mut [u8] {
+        assert!(at + len <= self.size, "a piece inside its buffer");
+        // SAFETY: the range lies inside buffer `id` (checked), whose memory was initialised
+        // at registration and is never freed; the kernel writes only past the pieces it
+        // completed (or into a buffer given back), and `&mut self` keeps this the one
         // reference into it until then.
         #[allow(unsafe_code)]
         unsafe {
-            std::slice::from_raw_parts_mut(self.start(id), self.size as usize)
+            std::slice::from_raw_parts_mut(self.start(id).add(at as usize), len as usize)
         }
     }
 
@@ -77,8 +131,21 @@ impl BufferRing {
         }
     }
 
-    /// Hands buffer `id` back to the kernel: one entry and a tail store, no system call.
+    /// Hands a piece of buffer `id` back; the buffer goes back to the kernel with its last
+    /// piece, once the kernel has moved past it.
     pub(super) fn give_back(&mut self, id: u16) {
+        let used = &mut self.uses[usize::from(id)];
+        debug_assert!(used.out > 0, "a piece given back twice");
+        used.out -= 1;
+        if used.out > 0 || !used.full {
+            return;
+        }
+        *used = Use::default();
+        self.publish(id);
+    }
+
+    /// Puts buffer `id` in the ring, whole: one entry and a tail store, no system call.
+    fn publish(&mut self, id: u16) {
         let addr = self.start(id) as u64;
         // SAFETY: `tail & mask` indexes inside the entries; the kernel reads only entries
         // before the published tail, and this one is published after it is written. The
@@ -98,6 +165,35 @@ impl BufferRing {
             let tail = BufRingEntry::tail(self.entries).cast_mut();
             AtomicU16::from_ptr(tail).store(self.tail, Ordering::Release);
         }
+    }
+}
+
+/// Registers `slots` entries at `entries` as buffer group [`GROUP`] of `ring`.
+fn register(ring: &IoUring, entries: *mut BufRingEntry, slots: u16, flags: u16) -> io::Result<()> {
+    let reg = BufReg {
+        ring_addr: entries as u64,
+        ring_entries: u32::from(slots),
+        bgid: GROUP,
+        flags,
+        resv: [0; 3],
+    };
+    // SAFETY: `reg` is a valid io_uring_buf_reg for the call's duration; the entries it names
+    // are page-aligned, zeroed, `slots` long and never freed (the kernel may use them for the
+    // ring's life).
+    #[allow(unsafe_code)]
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_io_uring_register,
+            ring.as_raw_fd(),
+            IORING_REGISTER_PBUF_RING,
+            std::ptr::from_ref(&reg),
+            1,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }
 
@@ -175,6 +271,43 @@ impl Spill {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tail(ring: &BufferRing) -> u16 {
+        // SAFETY: the entries are alive as long as the ring; only the tail is read.
+        #[allow(unsafe_code)]
+        unsafe {
+            AtomicU16::from_ptr(BufRingEntry::tail(ring.entries).cast_mut()).load(Ordering::Acquire)
+        }
+    }
+
+    #[test]
+    fn a_buffer_goes_back_once_the_kernel_is_past_it_and_every_piece_is_back() {
+        let ring = IoUring::new(8).expect("io_uring");
+        let mut buffers = BufferRing::register(&ring, 64, 2).expect("a buffer ring");
+        assert_eq!(tail(&buffers), 2);
+        if !buffers.incremental {
+            assert_eq!(buffers.received(1, 64, 0), 0);
+            buffers.give_back(1);
+            assert_eq!(tail(&buffers), 3);
+            return;
+        }
+        let more = IORING_CQE_F_BUF_MORE;
+        assert_eq!(buffers.received(0, 10, more), 0);
+        assert_eq!(buffers.received(0, 20, more), 10);
+        buffers.give_back(0);
+        buffers.give_back(0);
+        assert_eq!(tail(&buffers), 2, "the kernel may still fill the rest");
+        assert_eq!(buffers.received(0, 34, 0), 30);
+        assert_eq!(buffers.piece_mut(0, 30, 34).len(), 34);
+        assert_eq!(tail(&buffers), 2, "a piece is still out");
+        buffers.give_back(0);
+        assert_eq!(tail(&buffers), 3, "back whole, once");
+        assert_eq!(
+            buffers.received(0, 5, more),
+            0,
+            "a buffer back starts afresh"
+        );
+    }
 
     #[test]
     fn spill_buffers_are_reused_and_only_the_kept_keep_memory() {

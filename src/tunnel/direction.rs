@@ -43,8 +43,9 @@ pub(super) enum State {
     ReceivingHeap { spill: u32, at: u32 },
     /// The ring was empty: a poll for bytes to read, holding no buffer.
     AwaitingReadable,
-    /// A send of bytes `sent..len` of ring buffer `id` that does not wait (MSG_DONTWAIT):
-    /// what the reader cannot take at once moves to a heap buffer.
+    /// A send of bytes `sent..len` of ring buffer `id` (offsets in the buffer: a receive's
+    /// piece need not start at its start) that does not wait (MSG_DONTWAIT): what the reader
+    /// cannot take at once moves to a heap buffer.
     SendingRing { id: u16, len: u32, sent: u32 },
     /// A send of bytes `sent..len` of heap buffer `spill`, waiting for the reader.
     SendingHeap { spill: u32, len: u32, sent: u32 },
@@ -153,21 +154,33 @@ impl<P> Engine<P> {
         match state {
             State::Receiving { polled } => {
                 let id = cqueue::buffer_select(cqe.flags());
+                let buffers = self.buffers.as_mut().expect("a buffer ring");
                 match id {
-                    Some(id) if res > 0 && !aborted => {
-                        self.received(index, d, res as u32);
+                    Some(id) if res > 0 => {
                         let len = res as u32;
-                        match (self.is_tls(index), d) {
-                            (true, 0) => self.opened_ring(index, id, len),
-                            (true, _) => self.seal_ring(index, id, len),
-                            (false, _) => {
-                                self.enter(index, d, State::SendingRing { id, len, sent: 0 });
+                        let at = buffers.received(id, len, cqe.flags());
+                        if aborted {
+                            buffers.give_back(id);
+                        } else {
+                            self.received(index, d, len);
+                            match (self.is_tls(index), d) {
+                                (true, 0) => self.opened_ring(index, id, at, len),
+                                (true, _) => self.seal_ring(index, id, at, len),
+                                (false, _) => {
+                                    let len = at + len;
+                                    self.enter(index, d, State::SendingRing { id, len, sent: at });
+                                }
                             }
                         }
                     }
                     _ => {
-                        if let Some(id) = id {
-                            self.buffers.as_mut().expect("a buffer ring").give_back(id);
+                        // No bytes: the kernel keeps (recycles) a buffer it picked. One it
+                        // still names goes back whole where buffers are never shared.
+                        if let Some(id) = id
+                            && !buffers.incremental
+                        {
+                            buffers.received(id, 0, 0);
+                            buffers.give_back(id);
                         }
                         match res {
                             _ if aborted => {}

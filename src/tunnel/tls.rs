@@ -72,10 +72,10 @@ impl<P> Engine<P> {
         }
     }
 
-    /// Client -> upstream: `n` bytes arrived in ring buffer `id`.
-    pub(super) fn opened_ring(&mut self, index: u32, id: u16, n: u32) {
+    /// Client -> upstream: `n` bytes arrived in ring buffer `id`, at `at`.
+    pub(super) fn opened_ring(&mut self, index: u32, id: u16, at: u32, n: u32) {
         let buffers = self.buffers.as_mut().expect("a buffer ring");
-        let bytes = &mut buffers.bytes_mut(id)[..n as usize];
+        let bytes = buffers.piece_mut(id, at, n);
         let tls = tls_of(&mut self.slab, index);
         let opened = match tls.records.open(bytes) {
             Ok(o) => o,
@@ -93,13 +93,13 @@ impl<P> Engine<P> {
         if tail > 0 {
             let spill = self.spill.take();
             let buffers = self.buffers.as_mut().expect("a buffer ring");
-            let from = &buffers.bytes_mut(id)[opened.consumed..n as usize];
+            let from = &buffers.piece_mut(id, at, n)[opened.consumed..];
             self.spill.bytes_mut(spill)[..tail].copy_from_slice(from);
             self.tls(index).expect("a TLS tunnel").carry = Some((spill, tail as u32));
         }
         if opened.plain > 0 {
-            let len = opened.plain as u32;
-            self.enter(index, 0, State::SendingRing { id, len, sent: 0 });
+            let len = at + opened.plain as u32;
+            self.enter(index, 0, State::SendingRing { id, len, sent: at });
         } else {
             self.buffers.as_mut().expect("a buffer ring").give_back(id);
             self.client_sent_all(index);
@@ -161,14 +161,15 @@ impl<P> Engine<P> {
         }
     }
 
-    /// Upstream -> client: seals `n` bytes of ring buffer `id` into a heap buffer and sends it.
-    pub(super) fn seal_ring(&mut self, index: u32, id: u16, n: u32) {
+    /// Upstream -> client: seals the `n` bytes at `at` of ring buffer `id` into a heap buffer
+    /// and sends it.
+    pub(super) fn seal_ring(&mut self, index: u32, id: u16, at: u32, n: u32) {
         let spill = self.spill.take();
         let tls = tls_of(&mut self.slab, index);
         let prefix = tls.records.prefix();
         let buffers = self.buffers.as_mut().expect("a buffer ring");
         let out = self.spill.bytes_mut(spill);
-        out[prefix..prefix + n as usize].copy_from_slice(&buffers.bytes_mut(id)[..n as usize]);
+        out[prefix..prefix + n as usize].copy_from_slice(buffers.piece_mut(id, at, n));
         buffers.give_back(id);
         let sealed = tls.records.seal(out, n as usize);
         self.send_sealed(index, spill, sealed);

@@ -3,6 +3,7 @@
 //! CPUs, each proxy on the proxy CPUs; runs alternate between contenders cell by cell and
 //! round by round; each proxy's CPU time and memory come from /proc.
 
+pub mod hog;
 pub mod procfs;
 pub mod proxies;
 pub mod table;
@@ -47,11 +48,11 @@ pub struct Options {
         default_value = "direct,nginx,haproxy,wsplice"
     )]
     pub targets: Vec<String>,
-    /// Cells to run: rr, rate, pipe, bulk, handshake, idle.
+    /// Cells to run: rr, rate, pipe, bulk, handshake, idle, fanout, fanout-hog.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "rr,rate,pipe,bulk,handshake,idle"
+        default_value = "rr,rate,pipe,bulk,handshake,idle,fanout,fanout-hog"
     )]
     pub cells: Vec<String>,
     /// Short run: 1 s cells, 2 rounds, 1,000 idle connections (unless set explicitly).
@@ -86,6 +87,16 @@ pub struct Options {
     pub rate_connections: usize,
     #[arg(long, default_value_t = 8)]
     pub pipe_connections: usize,
+    /// Open connections of the fanout cells (most of them quiet at any moment).
+    #[arg(long, default_value_t = 4000)]
+    pub fanout_connections: usize,
+    /// Fixed total send rate of the fanout cells, spread over all their connections.
+    #[arg(long, default_value_t = 20_000.0)]
+    pub fanout_rate: f64,
+    /// Niceness of the `fanout-hog` cell's busy loop: -5 takes about three quarters of the
+    /// CPU from a proxy at 0 (needs root; else it runs at 0 and takes half).
+    #[arg(long, default_value_t = -5, allow_hyphen_values = true)]
+    pub hog_nice: i32,
     #[arg(long, default_value_t = 32)]
     pub pipe_depth: usize,
     #[arg(long, default_value_t = 4)]
@@ -102,6 +113,9 @@ pub struct Options {
     pub idle_hold: Duration,
     #[arg(long, default_value = "target/release/wsplice")]
     pub wsplice_bin: PathBuf,
+    /// The wsplice binary of the `baseline` target (an older build, for before/after).
+    #[arg(long, default_value = "wsplice-baseline")]
+    pub baseline_bin: PathBuf,
     #[arg(long, default_value = "nginx")]
     pub nginx_bin: PathBuf,
     #[arg(long, default_value = "haproxy")]
@@ -120,16 +134,22 @@ pub enum Cell {
     Bulk,
     Handshake,
     Idle,
+    /// Open loop over many mostly quiet connections (the chat/broadcast pattern).
+    Fanout,
+    /// `Fanout` while a busy loop shares the proxy's CPUs (any busy host).
+    FanoutHog,
 }
 
 impl Cell {
-    pub const ALL: [Cell; 6] = [
+    pub const ALL: [Cell; 8] = [
         Cell::Rr,
         Cell::Rate,
         Cell::Pipe,
         Cell::Bulk,
         Cell::Handshake,
         Cell::Idle,
+        Cell::Fanout,
+        Cell::FanoutHog,
     ];
 
     pub fn name(self) -> &'static str {
@@ -140,6 +160,8 @@ impl Cell {
             Cell::Bulk => "bulk",
             Cell::Handshake => "handshake",
             Cell::Idle => "idle",
+            Cell::Fanout => "fanout",
+            Cell::FanoutHog => "fanout-hog",
         }
     }
 
@@ -148,7 +170,9 @@ impl Cell {
             .into_iter()
             .find(|c| c.name() == name)
             .ok_or_else(|| {
-                format!("unknown cell {name:?}: choose from rr, rate, pipe, bulk, handshake, idle")
+                format!(
+                    "unknown cell {name:?}: choose from rr, rate, pipe, bulk, handshake, idle, fanout, fanout-hog"
+                )
             })
     }
 }
@@ -213,6 +237,18 @@ pub fn run(options: &Options) -> Result<Summary, CompareError> {
     let machine = Machine::probe();
     sys::pin_current_thread(&settings.load_cpus)?;
     let nofile = sys::raise_nofile()?;
+    let fanout = settings
+        .cells
+        .iter()
+        .any(|c| matches!(c, Cell::Fanout | Cell::FanoutHog));
+    if fanout && (2 * options.fanout_connections as u64 + 256 > nofile) {
+        return Err(CompareError::Setup(format!(
+            "{} fanout connections need {} open files here (client + upstream), the limit is {nofile}; use --fanout-connections {}",
+            options.fanout_connections,
+            2 * options.fanout_connections + 256,
+            nofile.saturating_sub(256) / 2
+        )));
+    }
     if settings.cells.contains(&Cell::Idle) && (2 * settings.idle as u64 + 256 > nofile) {
         return Err(CompareError::Setup(format!(
             "{} idle connections need {} open files here (client + upstream), the limit is {nofile}; use --idle {}",
@@ -234,6 +270,7 @@ pub fn run(options: &Options) -> Result<Summary, CompareError> {
         nginx: options.nginx_bin.clone(),
         haproxy: options.haproxy_bin.clone(),
         wsplice: options.wsplice_bin.clone(),
+        baseline: options.baseline_bin.clone(),
     };
     let mut targets = Vec::new();
     for &kind in &settings.targets {
@@ -395,6 +432,11 @@ fn load_cell(
         duration: s.duration,
         warmup: s.warmup,
     };
+    // Started before the connections open, so the proxy shares its CPUs for the whole cell.
+    let hog = match cell {
+        Cell::FanoutHog => Some(hog::Hog::start(&s.proxy_cpus, o.hog_nice)),
+        _ => None,
+    };
     let result: Result<Report, LoadError> = rt.block_on(async {
         match cell {
             Cell::Rr => {
@@ -413,9 +455,16 @@ fn load_cell(
             }
             Cell::Bulk => bulk::run(&load(o.bulk_connections), o.bulk_chunk, &mut probe).await,
             Cell::Handshake => handshake::run(&load(o.handshake_connections), &mut probe).await,
+            Cell::Fanout | Cell::FanoutHog => {
+                let pace = echo::Pace::Rate {
+                    per_second: o.fanout_rate,
+                };
+                echo::run(&load(o.fanout_connections), o.size, pace, &mut probe).await
+            }
             Cell::Idle => unreachable!("the idle cell has its own runner"),
         }
     });
+    drop(hog);
     if let Some(tree) = tree {
         tree.settle(Duration::from_secs(5));
     }

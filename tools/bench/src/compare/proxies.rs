@@ -25,6 +25,8 @@ pub enum Kind {
     Nginx,
     Haproxy,
     Wsplice,
+    /// A second wsplice binary (`--baseline-bin`), for before/after figures in one run.
+    Baseline,
 }
 
 impl Kind {
@@ -34,8 +36,9 @@ impl Kind {
             "nginx" => Ok(Kind::Nginx),
             "haproxy" => Ok(Kind::Haproxy),
             "wsplice" => Ok(Kind::Wsplice),
+            "baseline" => Ok(Kind::Baseline),
             other => Err(format!(
-                "unknown target {other:?}: choose from direct, nginx, haproxy, wsplice"
+                "unknown target {other:?}: choose from direct, nginx, haproxy, wsplice, baseline"
             )),
         }
     }
@@ -46,6 +49,7 @@ impl Kind {
             Kind::Nginx => "nginx",
             Kind::Haproxy => "haproxy",
             Kind::Wsplice => "wsplice",
+            Kind::Baseline => "baseline",
         }
     }
 }
@@ -61,6 +65,7 @@ pub struct Setup {
     pub nginx: PathBuf,
     pub haproxy: PathBuf,
     pub wsplice: PathBuf,
+    pub baseline: PathBuf,
 }
 
 /// A started contender: where the client connects, and the process to measure.
@@ -117,7 +122,7 @@ impl Target {
                 let args = vec!["-db".into(), "-f".into(), path_arg(&conf)];
                 (&setup.haproxy, args, version_of(&setup.haproxy, "-v"))
             }
-            Kind::Wsplice => {
+            Kind::Wsplice | Kind::Baseline => {
                 write(
                     d,
                     "upstreams.toml",
@@ -125,11 +130,12 @@ impl Target {
                 )?;
                 let conf = write(d, "wsplice.toml", &wsplice_conf(setup, addr))?;
                 let args = vec!["--config".into(), path_arg(&conf)];
-                (
-                    &setup.wsplice,
-                    args,
-                    version_of(&setup.wsplice, "--version"),
-                )
+                let bin = if kind == Kind::Wsplice {
+                    &setup.wsplice
+                } else {
+                    &setup.baseline
+                };
+                (bin, args, version_of(bin, "--version"))
             }
             Kind::Direct => unreachable!("handled above"),
         };
@@ -383,6 +389,7 @@ mod tests {
             nginx: "nginx".into(),
             haproxy: "haproxy".into(),
             wsplice: "wsplice".into(),
+            baseline: "wsplice".into(),
         }
     }
 

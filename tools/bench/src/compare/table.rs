@@ -222,6 +222,14 @@ const BULK_CPU: Metric = (Cell::Bulk, Run::cpu_per_op);
 const HANDSHAKES: Metric = (Cell::Handshake, |r| Some(r.value));
 const HANDSHAKE_CPU: Metric = (Cell::Handshake, Run::cpu_per_op);
 const IDLE_RSS: Metric = (Cell::Idle, |r| Some(r.value));
+const FANOUT: Metric = (Cell::Fanout, |r| Some(r.value));
+const FANOUT_P50: Metric = (Cell::Fanout, |r| Some(r.p50_us));
+const FANOUT_P99: Metric = (Cell::Fanout, |r| Some(r.p99_us));
+const FANOUT_CPU: Metric = (Cell::Fanout, Run::cpu_per_op);
+const HOG: Metric = (Cell::FanoutHog, |r| Some(r.value));
+const HOG_P50: Metric = (Cell::FanoutHog, |r| Some(r.p50_us));
+const HOG_P99: Metric = (Cell::FanoutHog, |r| Some(r.p99_us));
+const HOG_CPU: Metric = (Cell::FanoutHog, Run::cpu_per_op);
 
 impl Summary {
     /// The median over rounds of `metric` for `target`, if it was measured.
@@ -242,6 +250,64 @@ impl Summary {
         } else {
             values[mid]
         })
+    }
+
+    /// The worst round of `metric` for `target`: the lowest rate (`lowest`) or the highest
+    /// latency.
+    pub fn worst(&self, target: Kind, (cell, f): Metric, lowest: bool) -> Option<f64> {
+        let values = self
+            .runs
+            .iter()
+            .filter(|r| r.target == target && r.cell == cell)
+            .filter_map(f);
+        if lowest {
+            values.min_by(f64::total_cmp)
+        } else {
+            values.max_by(f64::total_cmp)
+        }
+    }
+
+    /// The fanout cells' own table: median and worst round, since a collapse shows in one
+    /// round of several.
+    fn fanout_markdown(&self, t: &mut String) {
+        let o = &self.settings.options;
+        let _ = writeln!(
+            t,
+            "Fanout: {} connections, {} msgs/s in total (open loop); \"hog\": a busy loop at nice {} pinned to each proxy CPU. Median of the rounds, worst round in brackets.\n",
+            thousands(o.fanout_connections as f64),
+            thousands(o.fanout_rate),
+            o.hog_nice
+        );
+        let _ = writeln!(
+            t,
+            "| target | fanout msgs/s | p50 / p99 µs | proxy CPU µs/msg | with hog: msgs/s (worst) | p50 µs (worst) | p99 µs (worst) | proxy CPU µs/msg |"
+        );
+        let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        for &(kind, _) in &self.versions {
+            let get = |metric| self.median(kind, metric);
+            let worst = |metric, lowest| self.worst(kind, metric, lowest);
+            let with_worst = |m: Option<f64>, w: Option<f64>| match (m, w) {
+                (Some(m), Some(w)) => format!("{} ({})", thousands(m), thousands(w)),
+                _ => "–".into(),
+            };
+            let latency = match (get(FANOUT_P50), get(FANOUT_P99)) {
+                (Some(p50), Some(p99)) => format!("{} / {}", thousands(p50), thousands(p99)),
+                _ => "–".into(),
+            };
+            let _ = writeln!(
+                t,
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                kind.name(),
+                opt(get(FANOUT), thousands),
+                latency,
+                opt(get(FANOUT_CPU), |v| format!("{v:.2}")),
+                with_worst(get(HOG), worst(HOG, true)),
+                with_worst(get(HOG_P50), worst(HOG_P50, false)),
+                with_worst(get(HOG_P99), worst(HOG_P99, false)),
+                opt(get(HOG_CPU), |v| format!("{v:.2}")),
+            );
+        }
+        t.push('\n');
     }
 
     fn errors(&self, target: Kind) -> u64 {
@@ -329,6 +395,13 @@ impl Summary {
             t,
             "\nProxy CPU = utime + stime of all the proxy's processes during the window (read from each process's CPU-time clock: the figure /proc/PID/stat gives in 10 ms ticks, to the µs), per verified echo, each of which crosses the proxy both ways. RSS per idle connection = (RSS of all its processes, /proc/PID/statm, with the idle connections open - RSS before) / connections.\n"
         );
+        if self
+            .runs
+            .iter()
+            .any(|r| matches!(r.cell, Cell::Fanout | Cell::FanoutHog))
+        {
+            self.fanout_markdown(&mut t);
+        }
         let checks = self.checks();
         if !checks.is_empty() {
             let _ = writeln!(t, "Targets (issue 4), wsplice against nginx in this run:\n");
@@ -415,6 +488,22 @@ impl Summary {
                 ),
             ));
         }
+        if let (Some(worst), Some(w99), Some(n99)) =
+            (self.worst(Kind::Wsplice, HOG, true), w(HOG_P99), n(HOG_P99))
+        {
+            let rate = self.settings.options.fanout_rate;
+            checks.push((
+                worst >= 0.98 * rate && w99 <= n99,
+                format!(
+                    "with a CPU hog, no round below 98% of {} msgs/s and median p99 at most nginx's: wsplice worst round {} msgs/s, median p99 {} µs (worst {}), nginx {} µs",
+                    thousands(rate),
+                    thousands(worst),
+                    thousands(w99),
+                    opt(self.worst(Kind::Wsplice, HOG_P99, false), thousands),
+                    thousands(n99)
+                ),
+            ));
+        }
         checks
     }
 
@@ -445,7 +534,7 @@ impl Summary {
     }
 
     pub fn summary_csv(&self) -> String {
-        let columns: [(&str, Metric); 12] = [
+        let columns: [(&str, Metric); 20] = [
             ("rr_msgs_per_s", RATE),
             ("rr_cpu_us_per_msg", RR_CPU),
             ("rate_p50_us", RATE_P50),
@@ -458,6 +547,14 @@ impl Summary {
             ("handshakes_per_s", HANDSHAKES),
             ("handshake_cpu_us", HANDSHAKE_CPU),
             ("rss_bytes_per_idle_conn", IDLE_RSS),
+            ("fanout_msgs_per_s", FANOUT),
+            ("fanout_p50_us", FANOUT_P50),
+            ("fanout_p99_us", FANOUT_P99),
+            ("fanout_cpu_us_per_msg", FANOUT_CPU),
+            ("hog_msgs_per_s", HOG),
+            ("hog_p50_us", HOG_P50),
+            ("hog_p99_us", HOG_P99),
+            ("hog_cpu_us_per_msg", HOG_CPU),
         ];
         let mut c = String::from("target");
         for (name, _) in &columns {
