@@ -175,9 +175,20 @@ pub fn run(config: Config, table: UpstreamTable, tls: Option<Tls>) -> Result<(),
             tokio::select! {
                 _ = hup.recv() => {
                     info!("SIGHUP: reloading {}", shared.config.upstreams_path.display());
-                    reload::reload(&shared.config, &shared.table, &shared.reloads, Trigger::Signal);
-                    if let Some(tls) = &shared.tls {
-                        tls.reload(Trigger::Signal);
+                    // On a thread of its own: looking host names up may take seconds (a
+                    // DNS outage), and a SIGTERM meanwhile must still stop at once. Reloads
+                    // run one at a time (the reload lock).
+                    let s = shared.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("wsplice-reload".into())
+                        .spawn(move || {
+                            reload::reload(&s.config, &s.table, &s.reloads, Trigger::Signal);
+                            if let Some(tls) = &s.tls {
+                                tls.reload(Trigger::Signal);
+                            }
+                        });
+                    if let Err(e) = spawned {
+                        warn!("SIGHUP: cannot start the reload thread: {e}");
                     }
                 }
                 _ = term.recv() => break "SIGTERM",
