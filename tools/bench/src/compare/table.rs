@@ -135,6 +135,12 @@ impl Run {
                 run.p99_us = report.micros(0.99);
                 run.errors = report.errors;
                 run.first_error = report.first_error;
+                if run.ops == 0 && run.errors == 0 && !cell.is_idle() {
+                    // A window with nothing in it measured nothing (on a shared machine, a
+                    // client that got no CPU for the whole window): not a zero for the median.
+                    run.errors = 1;
+                    run.first_error = Some("nothing counted in the window".into());
+                }
             }
             Err(e) => {
                 run.errors = 1;
@@ -233,12 +239,14 @@ const WSS_BULK_CPU: Metric = (Cell::WssBulk, Run::cpu_per_op);
 const WSS_IDLE_RSS: Metric = (Cell::WssIdle, |r| Some(r.value));
 
 impl Summary {
-    /// The median over rounds of `metric` for `target`, if it was measured.
+    /// The median over rounds of `metric` for `target`, if it was measured: over the runs
+    /// without errors (the errors column counts the others, and the list below the table
+    /// names them).
     pub fn median(&self, target: Kind, (cell, f): Metric) -> Option<f64> {
         let mut values: Vec<f64> = self
             .runs
             .iter()
-            .filter(|r| r.target == target && r.cell == cell)
+            .filter(|r| r.target == target && r.cell == cell && r.errors == 0)
             .filter_map(f)
             .collect();
         if values.is_empty() {
