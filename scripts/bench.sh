@@ -7,6 +7,8 @@
 #                                without a CPU hog (about 10 minutes)
 #   scripts/bench.sh --quick     1 s cells, 2 rounds, 1,000 idle connections (about 1 minute)
 #   scripts/bench.sh --targets direct,wsplice --cells rr,bulk --proxy-cpus 4-7 --load-cpus 0-3
+#   scripts/bench.sh --cells tls --targets nginx,haproxy,wsplice   the TLS cells (wss-rr,
+#     wss-rr-many, tls-handshakes, wss-bulk, wss-idle): same certificate, TLS 1.3, one cipher
 # Any other option is passed to `wsplice-bench compare` (see its --help). Results go to
 # bench-results/DATE/ (table.md, summary.csv, runs.csv).
 set -euo pipefail

@@ -1,6 +1,7 @@
 //! The load tool (tools/bench) through the real wsplice binary: rr, bulk and idle verify
 //! every echo and every byte through the proxy, and a short `compare` of direct against
-//! wsplice produces its table and CSV files with no errors.
+//! wsplice produces its table and CSV files with no errors, for the plain cells and for the
+//! TLS ones (and against nginx and HAProxy's TLS configs where they are installed).
 
 mod common;
 
@@ -18,6 +19,7 @@ fn load(target: std::net::SocketAddr, connections: usize) -> Load {
         connections,
         duration: Duration::from_millis(400),
         warmup: Duration::from_millis(100),
+        tls: None,
     }
 }
 
@@ -131,4 +133,91 @@ fn compare_direct_against_wsplice() {
     }
     let summary_csv = String::from_utf8(std::fs::read(dir.join("summary.csv")).unwrap()).unwrap();
     assert_eq!(summary_csv.lines().count(), 3, "{summary_csv}");
+}
+
+/// `compare` with the TLS cells only, a fraction of a second each; every run must be clean.
+fn compare_tls(targets: &str, extra: &[&str]) -> compare::table::Summary {
+    let results = tempfile::tempdir().unwrap();
+    let cpus = allowed_cpus();
+    let mut args = vec![
+        "compare",
+        "--targets",
+        targets,
+        "--cells",
+        "tls",
+        "--duration",
+        "300ms",
+        "--rounds",
+        "1",
+        "--wss-idle",
+        "50",
+        "--wss-rr-many-connections",
+        "20",
+        "--idle-hold",
+        "100ms",
+        "--load-cpus",
+        &cpus,
+        "--proxy-cpus",
+        &cpus,
+        "--workers",
+        "1",
+        "--wsplice-bin",
+        common::BIN,
+        "--results",
+        results.path().to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let options = <compare::Options as clap::Parser>::try_parse_from(args).unwrap();
+    let summary = compare::run(&options).unwrap();
+    for run in &summary.runs {
+        assert_eq!(run.errors, 0, "{}", run.describe());
+        assert!(run.cell.is_tls(), "{}", run.describe());
+        if !run.cell.is_idle() {
+            // (The idle cell's RSS figure may be below zero with this few connections.)
+            assert!(run.value > 0.0, "{}", run.describe());
+            assert!(run.cpu_per_op().unwrap() > 0.0, "{}", run.describe());
+        }
+    }
+    summary
+}
+
+#[test]
+fn compare_tls_cells_through_wsplice() {
+    let summary = compare_tls("direct,wsplice", &[]);
+    // Four load cells and the idle one, for wsplice only: direct has no TLS.
+    assert_eq!(summary.runs.len(), 5, "{:?}", summary.runs);
+    assert!(
+        summary
+            .runs
+            .iter()
+            .all(|r| r.target == compare::proxies::Kind::Wsplice)
+    );
+    let table = summary.markdown();
+    assert!(table.contains("| wsplice |"), "{table}");
+    assert!(table.contains("TLS handshakes/s"), "{table}");
+    assert!(!table.contains("| direct |"), "{table}");
+    assert!(!table.contains("rr msgs/s | rr proxy CPU"), "{table}");
+}
+
+/// The nginx and HAProxy TLS configs, where both are installed (CI may have neither).
+#[test]
+fn compare_tls_cells_through_nginx_and_haproxy_when_installed() {
+    let find = |name: &str| {
+        ["/usr/sbin", "/usr/bin", "/usr/local/sbin"]
+            .iter()
+            .map(|d| std::path::Path::new(d).join(name))
+            .find(|p| p.is_file())
+    };
+    let (Some(nginx), Some(haproxy)) = (find("nginx"), find("haproxy")) else {
+        eprintln!("nginx or haproxy not installed: skipped");
+        return;
+    };
+    let (nginx, haproxy) = (nginx.display().to_string(), haproxy.display().to_string());
+    let summary = compare_tls(
+        "nginx,haproxy",
+        &["--nginx-bin", &nginx, "--haproxy-bin", &haproxy],
+    );
+    assert_eq!(summary.runs.len(), 10, "{:?}", summary.runs);
+    let checks = summary.tls_checks();
+    assert!(checks.is_empty(), "no wsplice, no targets: {checks:?}");
 }

@@ -1,16 +1,21 @@
-//! The client side of one benchmark connection: connect, upgrade (checking the `101` and its
-//! `Sec-WebSocket-Accept`), then read server frames out of one reused buffer.
+//! The client side of one benchmark connection: connect (over TLS in the wss cells),
+//! upgrade (checking the `101` and its `Sec-WebSocket-Accept`), then read server frames out
+//! of one reused buffer.
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio_rustls::client::TlsStream;
 
+use crate::tls;
 use crate::ws::{self, Header, Rng};
 
 /// Upgrades in flight at once while opening many connections, so a proxy's listen backlog
@@ -25,6 +30,8 @@ pub enum LoadError {
     Connect { addr: SocketAddr, source: io::Error },
     #[error("{0}")]
     Io(#[from] io::Error),
+    #[error("TLS handshake: {0}")]
+    Tls(String),
     #[error("upgrade refused or invalid: {0}")]
     Upgrade(String),
     #[error("protocol: {0}")]
@@ -40,21 +47,144 @@ pub enum LoadError {
 /// An upgraded connection and the bytes that followed the `101` head.
 #[derive(Debug)]
 pub struct Conn {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub reader: FrameReader,
 }
 
-/// Connects to `addr` and upgrades `path`; checks the status and the accept key.
-pub async fn connect(addr: SocketAddr, path: &str, rng: &mut Rng) -> Result<Conn, LoadError> {
-    let mut stream = TcpStream::connect(addr)
+/// A connection's byte stream: plain TCP, or TLS over it (the wss cells).
+#[derive(Debug)]
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// The read half of a [`Stream::split`].
+#[derive(Debug)]
+pub enum ReadHalf<'a> {
+    Plain(tokio::net::tcp::ReadHalf<'a>),
+    Tls(tokio::io::ReadHalf<&'a mut TlsStream<TcpStream>>),
+}
+
+/// The write half of a [`Stream::split`].
+#[derive(Debug)]
+pub enum WriteHalf<'a> {
+    Plain(tokio::net::tcp::WriteHalf<'a>),
+    Tls(tokio::io::WriteHalf<&'a mut TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    /// Halves to read and write at once from one task. A plain stream splits for free (as
+    /// before TLS came); a TLS stream's halves take turns on one session.
+    pub fn split(&mut self) -> (ReadHalf<'_>, WriteHalf<'_>) {
+        match self {
+            Stream::Plain(s) => {
+                let (r, w) = s.split();
+                (ReadHalf::Plain(r), WriteHalf::Plain(w))
+            }
+            Stream::Tls(s) => {
+                let (r, w) = tokio::io::split(&mut **s);
+                (ReadHalf::Tls(r), WriteHalf::Tls(w))
+            }
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(_))
+    }
+}
+
+/// Forwards the poll functions of a two-variant enum to whichever variant it holds.
+macro_rules! forward_io {
+    ($name:ident $(<$l:lifetime>)?) => {
+        impl$(<$l>)? AsyncRead for $name$(<$l>)? {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $name::Plain(s) => Pin::new(s).poll_read(cx, buf),
+                    $name::Tls(s) => Pin::new(s).poll_read(cx, buf),
+                }
+            }
+        }
+    };
+    (write $name:ident $(<$l:lifetime>)?) => {
+        impl$(<$l>)? AsyncWrite for $name$(<$l>)? {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                match self.get_mut() {
+                    $name::Plain(s) => Pin::new(s).poll_write(cx, buf),
+                    $name::Tls(s) => Pin::new(s).poll_write(cx, buf),
+                }
+            }
+
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $name::Plain(s) => Pin::new(s).poll_flush(cx),
+                    $name::Tls(s) => Pin::new(s).poll_flush(cx),
+                }
+            }
+
+            fn poll_shutdown(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+            ) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $name::Plain(s) => Pin::new(s).poll_shutdown(cx),
+                    $name::Tls(s) => Pin::new(s).poll_shutdown(cx),
+                }
+            }
+        }
+    };
+}
+
+forward_io!(Stream);
+forward_io!(write Stream);
+forward_io!(ReadHalf<'a>);
+forward_io!(write WriteHalf<'a>);
+
+/// Writes all of `bytes` and, over TLS, pushes out the records rustls may still hold (a
+/// plain socket's flush does nothing), so the peer has everything before an answer is
+/// awaited.
+pub async fn send<W: AsyncWrite + Unpin>(stream: &mut W, bytes: &[u8]) -> io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
+}
+
+/// Connects to `addr` (with a TLS handshake first when `tls` is given) and upgrades `path`;
+/// checks the status and the accept key.
+pub async fn connect(
+    addr: SocketAddr,
+    tls: Option<&tls::Client>,
+    path: &str,
+    rng: &mut Rng,
+) -> Result<Conn, LoadError> {
+    let tcp = TcpStream::connect(addr)
         .await
         .map_err(|source| LoadError::Connect { addr, source })?;
-    stream.set_nodelay(true)?;
+    tcp.set_nodelay(true)?;
+    let (mut stream, host) = match tls {
+        None => (Stream::Plain(tcp), addr.to_string()),
+        Some(tls) => {
+            let stream = tls
+                .handshake(tcp)
+                .await
+                .map_err(|e| LoadError::Tls(e.to_string()))?;
+            (
+                Stream::Tls(Box::new(stream)),
+                format!("{}:{}", tls.host, addr.port()),
+            )
+        }
+    };
     let key = rng.key();
     let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
-    stream.write_all(request.as_bytes()).await?;
+    send(&mut stream, request.as_bytes()).await?;
 
     let mut reader = FrameReader::new(4096);
     let head_len = loop {
@@ -102,6 +232,7 @@ pub async fn connect(addr: SocketAddr, path: &str, rng: &mut Rng) -> Result<Conn
 /// Opens `n` upgraded connections, [`OPEN_CONCURRENCY`] at a time, each within `timeout`.
 pub async fn open_many(
     addr: SocketAddr,
+    tls: Option<&tls::Client>,
     path: &str,
     n: usize,
     timeout: Duration,
@@ -111,10 +242,12 @@ pub async fn open_many(
     for i in 0..n {
         let permits = permits.clone();
         let path = path.to_string();
+        let tls = tls.cloned();
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await.expect("never closed");
             let mut rng = Rng::new(0x5EED ^ i as u64);
-            match tokio::time::timeout(timeout, connect(addr, &path, &mut rng)).await {
+            match tokio::time::timeout(timeout, connect(addr, tls.as_ref(), &path, &mut rng)).await
+            {
                 Ok(conn) => conn.map(|c| (i, c)),
                 Err(_) => Err(LoadError::Timeout("opening a connection")),
             }

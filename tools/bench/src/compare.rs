@@ -2,6 +2,13 @@
 //! ceiling), nginx, HAProxy and wsplice, in one run. The client and upstream run on the load
 //! CPUs, each proxy on the proxy CPUs; runs alternate between contenders cell by cell and
 //! round by round; each proxy's CPU time and memory come from /proc.
+//!
+//! The TLS cells (wss-rr, wss-rr-many, tls-handshakes, wss-bulk, wss-idle) run after the
+//! plain ones, against a second set of proxies started with a TLS listener only: the same
+//! ECDSA P-256 certificate (made at start into the run's directory), TLS 1.3 only, and the
+//! same cipher suite on all three (TLS_AES_128_GCM_SHA256, the only one the client offers,
+//! with X25519 the only key exchange); the client never resumes a session. "direct" has no
+//! TLS cells: the upstream speaks plain ws.
 
 pub mod hog;
 pub mod procfs;
@@ -18,7 +25,7 @@ use crate::client::LoadError;
 use crate::load::{Load, bulk, echo, handshake, idle};
 use crate::report::{NoProbe, Probe, Report};
 use crate::upstream::Upstream;
-use crate::{sys, ws};
+use crate::{sys, tls, ws};
 use procfs::ProcTree;
 use proxies::{Kind, Setup, Target};
 use table::{Machine, Run, Summary};
@@ -48,7 +55,8 @@ pub struct Options {
         default_value = "direct,nginx,haproxy,wsplice"
     )]
     pub targets: Vec<String>,
-    /// Cells to run: rr, rate, pipe, bulk, handshake, idle, fanout, fanout-hog.
+    /// Cells to run: rr, rate, pipe, bulk, handshake, idle, fanout, fanout-hog; over TLS:
+    /// wss-rr, wss-rr-many, tls-handshakes, wss-bulk, wss-idle ("tls" names all five).
     #[arg(
         long,
         value_delimiter = ',',
@@ -83,6 +91,9 @@ pub struct Options {
     /// Fixed total send rate for the open-loop latency cell, messages per second.
     #[arg(long, default_value_t = 10_000.0)]
     pub rate: f64,
+    /// Connections of the wss-rr-many cell (wss-rr uses --rr-connections).
+    #[arg(long, default_value_t = 200)]
+    pub wss_rr_many_connections: usize,
     #[arg(long, default_value_t = 50)]
     pub rate_connections: usize,
     #[arg(long, default_value_t = 8)]
@@ -108,6 +119,9 @@ pub struct Options {
     /// Idle upgraded connections held for the memory cell [default: 8000, --quick 1000].
     #[arg(long)]
     pub idle: Option<usize>,
+    /// Idle TLS tunnels held for the wss-idle cell [default: 4000, --quick 1000].
+    #[arg(long)]
+    pub wss_idle: Option<usize>,
     /// How long the idle connections are held before memory is read.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
     pub idle_hold: Duration,
@@ -138,10 +152,18 @@ pub enum Cell {
     Fanout,
     /// `Fanout` while a busy loop shares the proxy's CPUs (any busy host).
     FanoutHog,
+    /// rr over TLS, --rr-connections.
+    WssRr,
+    /// rr over TLS, --wss-rr-many-connections.
+    WssRrMany,
+    /// Full TLS handshakes (no resumption), then the upgrade and the close handshake.
+    TlsHandshakes,
+    WssBulk,
+    WssIdle,
 }
 
 impl Cell {
-    pub const ALL: [Cell; 8] = [
+    pub const ALL: [Cell; 13] = [
         Cell::Rr,
         Cell::Rate,
         Cell::Pipe,
@@ -150,7 +172,34 @@ impl Cell {
         Cell::Idle,
         Cell::Fanout,
         Cell::FanoutHog,
+        Cell::WssRr,
+        Cell::WssRrMany,
+        Cell::TlsHandshakes,
+        Cell::WssBulk,
+        Cell::WssIdle,
     ];
+    pub const TLS: [Cell; 5] = [
+        Cell::WssRr,
+        Cell::WssRrMany,
+        Cell::TlsHandshakes,
+        Cell::WssBulk,
+        Cell::WssIdle,
+    ];
+
+    /// Whether the cell runs over TLS (against the TLS listeners).
+    pub fn is_tls(self) -> bool {
+        Cell::TLS.contains(&self)
+    }
+
+    /// Whether the cell's figure is MB/s (and its CPU per MB).
+    pub fn is_bulk(self) -> bool {
+        matches!(self, Cell::Bulk | Cell::WssBulk)
+    }
+
+    /// Whether the cell holds idle connections and reads memory (run first, fresh).
+    pub fn is_idle(self) -> bool {
+        matches!(self, Cell::Idle | Cell::WssIdle)
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -162,16 +211,28 @@ impl Cell {
             Cell::Idle => "idle",
             Cell::Fanout => "fanout",
             Cell::FanoutHog => "fanout-hog",
+            Cell::WssRr => "wss-rr",
+            Cell::WssRrMany => "wss-rr-many",
+            Cell::TlsHandshakes => "tls-handshakes",
+            Cell::WssBulk => "wss-bulk",
+            Cell::WssIdle => "wss-idle",
         }
     }
 
-    fn parse(name: &str) -> Result<Cell, String> {
+    /// One cell by name, or "tls" for all the TLS cells.
+    fn parse(name: &str) -> Result<Vec<Cell>, String> {
+        if name == "tls" {
+            return Ok(Cell::TLS.to_vec());
+        }
         Cell::ALL
             .into_iter()
             .find(|c| c.name() == name)
+            .map(|c| vec![c])
             .ok_or_else(|| {
+                let names: Vec<&str> = Cell::ALL.iter().map(|c| c.name()).collect();
                 format!(
-                    "unknown cell {name:?}: choose from rr, rate, pipe, bulk, handshake, idle, fanout, fanout-hog"
+                    "unknown cell {name:?}: choose from {}, or tls",
+                    names.join(", ")
                 )
             })
     }
@@ -189,6 +250,7 @@ pub struct Settings {
     pub proxy_cpus: Vec<usize>,
     pub workers: usize,
     pub idle: usize,
+    pub wss_idle: usize,
     pub options: Options,
 }
 
@@ -201,12 +263,14 @@ impl Settings {
             .map(|t| Kind::parse(t))
             .collect::<Result<Vec<_>, _>>()
             .map_err(setup)?;
-        let cells = options
-            .cells
-            .iter()
-            .map(|c| Cell::parse(c))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(setup)?;
+        let mut cells: Vec<Cell> = Vec::new();
+        for name in &options.cells {
+            for cell in Cell::parse(name).map_err(setup)? {
+                if !cells.contains(&cell) {
+                    cells.push(cell);
+                }
+            }
+        }
         let duration = options
             .duration
             .unwrap_or(Duration::from_secs(if options.quick { 1 } else { 5 }));
@@ -226,6 +290,9 @@ impl Settings {
             idle: options
                 .idle
                 .unwrap_or(if options.quick { 1000 } else { 8000 }),
+            wss_idle: options
+                .wss_idle
+                .unwrap_or(if options.quick { 1000 } else { 4000 }),
             options: options.clone(),
         })
     }
@@ -249,20 +316,24 @@ pub fn run(options: &Options) -> Result<Summary, CompareError> {
             nofile.saturating_sub(256) / 2
         )));
     }
-    if settings.cells.contains(&Cell::Idle) && (2 * settings.idle as u64 + 256 > nofile) {
-        return Err(CompareError::Setup(format!(
-            "{} idle connections need {} open files here (client + upstream), the limit is {nofile}; use --idle {}",
-            settings.idle,
-            2 * settings.idle + 256,
-            nofile.saturating_sub(256) / 2
-        )));
+    for (cell, idle, flag) in [
+        (Cell::Idle, settings.idle, "--idle"),
+        (Cell::WssIdle, settings.wss_idle, "--wss-idle"),
+    ] {
+        if settings.cells.contains(&cell) && (2 * idle as u64 + 256 > nofile) {
+            return Err(CompareError::Setup(format!(
+                "{idle} idle connections need {} open files here (client + upstream), the limit is {nofile}; use {flag} {}",
+                2 * idle + 256,
+                nofile.saturating_sub(256) / 2
+            )));
+        }
     }
     let upstream = Upstream::start(
         SocketAddr::from(([127, 0, 0, 1], 0)),
         settings.load_cpus.len(),
     )?;
     let rt = crate::runtime(settings.load_cpus.len())?;
-    let setup = Setup {
+    let mut setup = Setup {
         upstream: upstream.addr,
         cpus: settings.proxy_cpus.clone(),
         workers: settings.workers,
@@ -271,45 +342,48 @@ pub fn run(options: &Options) -> Result<Summary, CompareError> {
         haproxy: options.haproxy_bin.clone(),
         wsplice: options.wsplice_bin.clone(),
         baseline: options.baseline_bin.clone(),
+        tls: None,
     };
-    let mut targets = Vec::new();
-    for &kind in &settings.targets {
-        let target = Target::start(kind, &setup)?;
-        check_echo(&rt, &target)?;
-        eprintln!(
-            "compare: {} ready on {} {}",
-            kind.name(),
-            target.addr,
-            target.version
-        );
-        targets.push(target);
-    }
 
     let mut runs = Vec::new();
-    if settings.cells.contains(&Cell::Idle) {
-        // First, while every proxy is fresh, so no earlier run's memory is reused.
-        for target in targets.iter().filter(|t| t.process.is_some()) {
-            let run = idle_cell(&rt, target, &settings);
-            eprintln!("compare: {}", run.describe());
-            runs.push(run);
-        }
+    let mut versions = Vec::new();
+    let (tls_cells, plain_cells): (Vec<Cell>, Vec<Cell>) =
+        settings.cells.iter().partition(|c| c.is_tls());
+    if !plain_cells.is_empty() {
+        phase(
+            &rt,
+            &setup,
+            &settings,
+            &plain_cells,
+            None,
+            &mut runs,
+            &mut versions,
+        )?;
     }
-    for round in 0..settings.rounds {
-        let order = order(targets.len(), round);
-        for &cell in settings.cells.iter().filter(|&&c| c != Cell::Idle) {
-            for &i in &order {
-                let run = load_cell(&rt, &targets[i], cell, round, &settings);
-                eprintln!("compare: round {} {}", round + 1, run.describe());
-                runs.push(run);
-            }
-        }
+    if !tls_cells.is_empty() {
+        // The run's directory for the certificate: nginx's workers must be able to read it.
+        let certs = tempfile::Builder::new()
+            .prefix("wsplice-bench-tls-")
+            .tempdir()?;
+        std::fs::set_permissions(
+            certs.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )?;
+        let files = tls::make_certificates(certs.path()).map_err(CompareError::Setup)?;
+        let client = tls::Client::new(&files.ca, tls::SERVER_NAME).map_err(CompareError::Setup)?;
+        setup.tls = Some(files);
+        phase(
+            &rt,
+            &setup,
+            &settings,
+            &tls_cells,
+            Some(&client),
+            &mut runs,
+            &mut versions,
+        )?;
     }
-
-    let versions = targets
-        .iter()
-        .map(|t| (t.kind, t.version.clone()))
-        .collect();
-    drop(targets);
+    // The contenders in the order asked for.
+    versions.sort_by_key(|(kind, _)| settings.targets.iter().position(|t| t == kind));
     drop(upstream);
     let summary = Summary {
         machine,
@@ -321,6 +395,60 @@ pub fn run(options: &Options) -> Result<Summary, CompareError> {
     println!("{}", summary.markdown());
     println!("results: {}", dir.display());
     Ok(summary)
+}
+
+/// Starts every contender (with a TLS listener only when `tls` is given), runs `cells` on
+/// them (the idle ones first, while each proxy is fresh), and stops them. Each contender
+/// started is added to `started` with its version.
+fn phase(
+    rt: &tokio::runtime::Runtime,
+    setup: &Setup,
+    settings: &Settings,
+    cells: &[Cell],
+    tls: Option<&tls::Client>,
+    runs: &mut Vec<Run>,
+    started: &mut Vec<(Kind, String)>,
+) -> Result<(), CompareError> {
+    let mut targets = Vec::new();
+    for &kind in &settings.targets {
+        if tls.is_some() && kind == Kind::Direct {
+            eprintln!("compare: direct has no TLS cells (the upstream speaks plain ws)");
+            continue;
+        }
+        let target = Target::start(kind, setup)?;
+        check_echo(rt, &target, tls)?;
+        eprintln!(
+            "compare: {} ready on {}{} {}",
+            kind.name(),
+            target.addr,
+            if tls.is_some() { " (TLS)" } else { "" },
+            target.version
+        );
+        if !started.iter().any(|(k, _)| *k == kind) {
+            started.push((kind, target.version.clone()));
+        }
+        targets.push(target);
+    }
+
+    for &cell in cells.iter().filter(|c| c.is_idle()) {
+        // First, while every proxy is fresh, so no earlier run's memory is reused.
+        for target in targets.iter().filter(|t| t.process.is_some()) {
+            let run = idle_cell(rt, target, cell, settings, tls);
+            eprintln!("compare: {}", run.describe());
+            runs.push(run);
+        }
+    }
+    for round in 0..settings.rounds {
+        let order = order(targets.len(), round);
+        for &cell in cells.iter().filter(|c| !c.is_idle()) {
+            for &i in &order {
+                let run = load_cell(rt, &targets[i], cell, round, settings, tls);
+                eprintln!("compare: round {} {}", round + 1, run.describe());
+                runs.push(run);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Round 0 runs the contenders in the given order; later rounds reverse and rotate it, so no
@@ -336,12 +464,17 @@ fn order(n: usize, round: usize) -> Vec<usize> {
     order
 }
 
-fn check_echo(rt: &tokio::runtime::Runtime, target: &Target) -> Result<(), CompareError> {
+fn check_echo(
+    rt: &tokio::runtime::Runtime,
+    target: &Target,
+    tls: Option<&tls::Client>,
+) -> Result<(), CompareError> {
     let load = Load {
         target: target.addr,
         connections: 1,
         duration: Duration::ZERO,
         warmup: Duration::ZERO,
+        tls: tls.cloned(),
     };
     let broken = |why: String| {
         let log = target
@@ -361,7 +494,7 @@ fn check_echo(rt: &tokio::runtime::Runtime, target: &Target) -> Result<(), Compa
         return Err(broken(report.first_error.unwrap_or_default()));
     }
     let mut rng = ws::Rng::new(1);
-    rt.block_on(handshake::once(target.addr, &mut rng))
+    rt.block_on(handshake::once(target.addr, tls, &mut rng))
         .map_err(|e| broken(e.to_string()))
 }
 
@@ -419,6 +552,7 @@ fn load_cell(
     cell: Cell,
     round: usize,
     s: &Settings,
+    tls: Option<&tls::Client>,
 ) -> Run {
     let o = &s.options;
     let tree = target.process.as_ref().map(|p| p.tree);
@@ -431,6 +565,7 @@ fn load_cell(
         connections,
         duration: s.duration,
         warmup: s.warmup,
+        tls: tls.cloned(),
     };
     // Started before the connections open, so the proxy shares its CPUs for the whole cell.
     let hog = match cell {
@@ -439,7 +574,7 @@ fn load_cell(
     };
     let result: Result<Report, LoadError> = rt.block_on(async {
         match cell {
-            Cell::Rr => {
+            Cell::Rr | Cell::WssRr => {
                 let pace = echo::Pace::Closed { depth: 1 };
                 echo::run(&load(o.rr_connections), o.size, pace, &mut probe).await
             }
@@ -453,15 +588,24 @@ fn load_cell(
                 };
                 echo::run(&load(o.pipe_connections), o.size, pace, &mut probe).await
             }
-            Cell::Bulk => bulk::run(&load(o.bulk_connections), o.bulk_chunk, &mut probe).await,
-            Cell::Handshake => handshake::run(&load(o.handshake_connections), &mut probe).await,
+            Cell::WssRrMany => {
+                let pace = echo::Pace::Closed { depth: 1 };
+                let load = load(o.wss_rr_many_connections);
+                echo::run(&load, o.size, pace, &mut probe).await
+            }
+            Cell::Bulk | Cell::WssBulk => {
+                bulk::run(&load(o.bulk_connections), o.bulk_chunk, &mut probe).await
+            }
+            Cell::Handshake | Cell::TlsHandshakes => {
+                handshake::run(&load(o.handshake_connections), &mut probe).await
+            }
             Cell::Fanout | Cell::FanoutHog => {
                 let pace = echo::Pace::Rate {
                     per_second: o.fanout_rate,
                 };
                 echo::run(&load(o.fanout_connections), o.size, pace, &mut probe).await
             }
-            Cell::Idle => unreachable!("the idle cell has its own runner"),
+            Cell::Idle | Cell::WssIdle => unreachable!("the idle cells have their own runner"),
         }
     });
     drop(hog);
@@ -480,31 +624,36 @@ fn load_cell(
     run
 }
 
-fn idle_cell(rt: &tokio::runtime::Runtime, target: &Target, s: &Settings) -> Run {
+fn idle_cell(
+    rt: &tokio::runtime::Runtime,
+    target: &Target,
+    cell: Cell,
+    s: &Settings,
+    tls: Option<&tls::Client>,
+) -> Run {
+    let count = if cell == Cell::WssIdle {
+        s.wss_idle
+    } else {
+        s.idle
+    };
     let tree = target.process.as_ref().expect("a proxy").tree;
     tree.settle(Duration::from_secs(5));
     let before = tree.rss_bytes();
     let mut probe = RssProbe { tree, rss: 0 };
     let load = Load {
         target: target.addr,
-        connections: s.idle,
+        connections: count,
         duration: s.options.idle_hold,
         warmup: Duration::ZERO,
+        tls: tls.cloned(),
     };
     let result = rt.block_on(idle::run(&load, s.options.idle_hold, &mut probe));
     tree.settle(Duration::from_secs(10));
-    let per_conn = (probe.rss as f64 - before as f64) / s.idle.max(1) as f64;
-    let mut run = Run::from_report(
-        target.kind,
-        Cell::Idle,
-        0,
-        result,
-        None,
-        s.options.idle_hold,
-    );
+    let per_conn = (probe.rss as f64 - before as f64) / count.max(1) as f64;
+    let mut run = Run::from_report(target.kind, cell, 0, result, None, s.options.idle_hold);
     run.value = per_conn;
-    if run.errors == 0 && run.ops < s.idle as u64 {
-        run.errors = s.idle as u64 - run.ops;
+    if run.errors == 0 && run.ops < count as u64 {
+        run.errors = count as u64 - run.ops;
         run.first_error = Some("idle connections that no longer echoed".into());
     }
     run

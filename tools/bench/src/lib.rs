@@ -11,6 +11,8 @@
 //!   counting inside a [`report::Window`] and reporting a [`report::Report`].
 //! - [`compare`]: the side-by-side run (direct, nginx, HAProxy, wsplice) that pins the proxy
 //!   to its own CPUs, reads its CPU time and memory from /proc, and writes the table.
+//! - [`tls`]: the certificate the TLS cells give every proxy, and the client's TLS settings
+//!   (TLS 1.3, one cipher suite, no resumption).
 //! - [`sys`]: CPU pinning, the open-files limit and signals (the crate's only unsafe code).
 
 pub mod client;
@@ -18,6 +20,7 @@ pub mod compare;
 pub mod load;
 pub mod report;
 pub mod sys;
+pub mod tls;
 pub mod upstream;
 pub mod ws;
 

@@ -32,6 +32,8 @@ pub struct Load {
     pub connections: usize,
     pub duration: Duration,
     pub warmup: Duration,
+    /// wss: a TLS handshake before each upgrade (None: plain ws).
+    pub tls: Option<crate::tls::Client>,
 }
 
 /// Waits for every connection task while the probe is driven at the window's edges.

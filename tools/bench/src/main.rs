@@ -98,18 +98,30 @@ struct LoadArgs {
     duration: Duration,
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
     warmup: Duration,
+    /// wss: trust the CA certificate(s) in this PEM file and run a TLS handshake (TLS 1.3,
+    /// TLS_AES_128_GCM_SHA256, X25519, never resumed) before each upgrade.
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// The name to send as SNI and `Host` with --tls-ca.
+    #[arg(long, default_value = wsplice_bench::tls::SERVER_NAME)]
+    tls_name: String,
     #[command(flatten)]
     threads: Threads,
 }
 
 impl LoadArgs {
-    fn load(&self) -> Load {
-        Load {
+    fn load(&self) -> Result<Load, String> {
+        let tls = match &self.tls_ca {
+            Some(ca) => Some(wsplice_bench::tls::Client::new(ca, &self.tls_name)?),
+            None => None,
+        };
+        Ok(Load {
             target: self.target,
             connections: self.connections,
             duration: self.duration,
             warmup: self.warmup,
-        }
+            tls,
+        })
     }
 }
 
@@ -161,15 +173,15 @@ fn run(command: Command) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 Some(per_second) => echo::Pace::Rate { per_second },
                 None => echo::Pace::Closed { depth: 1 },
             };
-            rt.block_on(echo::run(&load.load(), size, pace, probe))?
+            rt.block_on(echo::run(&load.load()?, size, pace, probe))?
         }
         Command::Pipe { load, size, depth } => {
             let pace = echo::Pace::Closed { depth };
-            rt.block_on(echo::run(&load.load(), size, pace, probe))?
+            rt.block_on(echo::run(&load.load()?, size, pace, probe))?
         }
-        Command::Handshake { load } => rt.block_on(handshake::run(&load.load(), probe))?,
-        Command::Bulk { load, chunk } => rt.block_on(bulk::run(&load.load(), chunk, probe))?,
-        Command::Idle { load, hold } => rt.block_on(idle::run(&load.load(), hold, probe))?,
+        Command::Handshake { load } => rt.block_on(handshake::run(&load.load()?, probe))?,
+        Command::Bulk { load, chunk } => rt.block_on(bulk::run(&load.load()?, chunk, probe))?,
+        Command::Idle { load, hold } => rt.block_on(idle::run(&load.load()?, hold, probe))?,
         Command::Compare(_) => unreachable!("handled above"),
     };
     println!("{report}");

@@ -20,6 +20,7 @@ fn load(target: SocketAddr, connections: usize) -> Load {
         connections,
         duration: Duration::from_millis(300),
         warmup: Duration::from_millis(50),
+        tls: None,
     }
 }
 

@@ -1,6 +1,8 @@
 //! The contenders: "direct" (no proxy, the ceiling), nginx with the usual WebSocket recipe,
 //! HAProxy in tunnel mode, and wsplice, each started from a generated config in its own
 //! directory, confined to the proxy CPUs, and stopped (with its children) when dropped.
+//! With [`Setup::tls`], each listens with TLS instead: the same certificate, TLS 1.3 only and
+//! TLS_AES_128_GCM_SHA256 on all three.
 
 use std::fmt::Write as _;
 use std::fs::{self, File};
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 use super::CompareError;
 use super::procfs::ProcTree;
 use crate::sys;
+use crate::tls::CertFiles;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -66,6 +69,8 @@ pub struct Setup {
     pub haproxy: PathBuf,
     pub wsplice: PathBuf,
     pub baseline: PathBuf,
+    /// Listen with TLS (and only with TLS), with this certificate.
+    pub tls: Option<CertFiles>,
 }
 
 /// A started contender: where the client connects, and the process to measure.
@@ -310,7 +315,7 @@ pub fn nginx_conf(setup: &Setup, addr: SocketAddr, dir: &Path) -> String {
         default upgrade; '' close;
     }}
     server {{
-        listen {addr};
+        listen {addr}{ssl};{tls}
         location / {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
@@ -322,7 +327,17 @@ pub fn nginx_conf(setup: &Setup, addr: SocketAddr, dir: &Path) -> String {
     }}
 }}
 ",
-        up = setup.upstream
+        up = setup.upstream,
+        ssl = if setup.tls.is_some() { " ssl" } else { "" },
+        tls = setup.tls.as_ref().map_or(String::new(), |t| format!(
+            "
+        ssl_certificate {};
+        ssl_certificate_key {};
+        ssl_protocols TLSv1.3;
+        ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256;",
+            t.chain.display(),
+            t.key.display()
+        ))
     );
     c
 }
@@ -344,20 +359,35 @@ defaults
     timeout tunnel 3600s
 
 frontend bench
-    bind {addr}
+    bind {addr}{tls}
     default_backend upstream
 
 backend upstream
     server up {up}
 ",
         workers = setup.workers,
-        up = setup.upstream
+        up = setup.upstream,
+        tls = setup.tls.as_ref().map_or(String::new(), |t| format!(
+            " ssl crt {} ssl-min-ver TLSv1.3 ciphersuites TLS_AES_128_GCM_SHA256",
+            t.combined.display()
+        ))
     )
 }
 
 pub fn wsplice_conf(setup: &Setup, addr: SocketAddr) -> String {
+    let (listen, tls) = match &setup.tls {
+        None => (format!("\"{addr}\""), String::new()),
+        Some(t) => (
+            format!("{{ addr = \"{addr}\", tls = true }}"),
+            format!(
+                "\n[tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\nmin_version = \"1.3\"\n",
+                t.chain.display(),
+                t.key.display()
+            ),
+        ),
+    };
     format!(
-        "listen = [\"{addr}\"]
+        "listen = [{listen}]
 workers = {workers}
 upstreams = \"upstreams.toml\"
 
@@ -366,7 +396,7 @@ idle = \"1h\"
 
 [limits]
 max_connections = {max}
-
+{tls}
 [[route]]
 path = \"/\"
 upstream = \"backend\"
@@ -390,6 +420,7 @@ mod tests {
             haproxy: "haproxy".into(),
             wsplice: "wsplice".into(),
             baseline: "wsplice".into(),
+            tls: None,
         }
     }
 
@@ -417,5 +448,45 @@ mod tests {
         let wsplice = wsplice_conf(&setup(), addr);
         assert!(wsplice.contains("workers = 1"));
         assert!(wsplice.contains("max_connections = 9000"));
+        assert!(!nginx.contains("ssl") && !haproxy.contains("ssl") && !wsplice.contains("tls"));
+    }
+
+    #[test]
+    fn tls_configs_name_the_same_certificate_version_and_cipher() {
+        let addr = "127.0.0.1:8443".parse().unwrap();
+        let setup = Setup {
+            tls: Some(CertFiles {
+                chain: "/r/cert.pem".into(),
+                key: "/r/key.pem".into(),
+                combined: "/r/cert+key.pem".into(),
+                ca: "/r/ca.pem".into(),
+            }),
+            ..setup()
+        };
+        let nginx = nginx_conf(&setup, addr, Path::new("/tmp/x"));
+        for line in [
+            "listen 127.0.0.1:8443 ssl;",
+            "ssl_certificate /r/cert.pem;",
+            "ssl_certificate_key /r/key.pem;",
+            "ssl_protocols TLSv1.3;",
+            "ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256;",
+        ] {
+            assert!(nginx.contains(line), "nginx config lacks {line}");
+        }
+        let haproxy = haproxy_conf(&setup, addr);
+        assert!(haproxy.contains(
+            "bind 127.0.0.1:8443 ssl crt /r/cert+key.pem ssl-min-ver TLSv1.3 ciphersuites TLS_AES_128_GCM_SHA256\n"
+        ), "{haproxy}");
+        let wsplice = wsplice_conf(&setup, addr);
+        for line in [
+            "listen = [{ addr = \"127.0.0.1:8443\", tls = true }]",
+            "certificates = [{ cert = \"/r/cert.pem\", key = \"/r/key.pem\" }]",
+            "min_version = \"1.3\"",
+        ] {
+            assert!(
+                wsplice.contains(line),
+                "wsplice config lacks {line}:\n{wsplice}"
+            );
+        }
     }
 }

@@ -121,12 +121,12 @@ impl Run {
         };
         match result {
             Ok(report) => {
-                run.value = if cell == Cell::Bulk {
+                run.value = if cell.is_bulk() {
                     report.mb_per_second()
                 } else {
                     report.per_second()
                 };
-                run.ops = if cell == Cell::Bulk {
+                run.ops = if cell.is_bulk() {
                     report.bytes
                 } else {
                     report.messages
@@ -135,6 +135,12 @@ impl Run {
                 run.p99_us = report.micros(0.99);
                 run.errors = report.errors;
                 run.first_error = report.first_error;
+                if run.ops == 0 && run.errors == 0 && !cell.is_idle() {
+                    // A window with nothing in it measured nothing (on a shared machine, a
+                    // client that got no CPU for the whole window): not a zero for the median.
+                    run.errors = 1;
+                    run.first_error = Some("nothing counted in the window".into());
+                }
             }
             Err(e) => {
                 run.errors = 1;
@@ -146,7 +152,7 @@ impl Run {
 
     /// Proxy CPU µs per message or handshake (per MB for bulk).
     pub fn cpu_per_op(&self) -> Option<f64> {
-        let units = if self.cell == Cell::Bulk {
+        let units = if self.cell.is_bulk() {
             self.ops as f64 / 1e6
         } else {
             self.ops as f64
@@ -177,13 +183,13 @@ impl Run {
             self.cell.name(),
             self.value
         );
-        if self.p99_us > 0.0 && self.cell != Cell::Idle {
+        if self.p99_us > 0.0 && !self.cell.is_idle() {
             let _ = write!(s, ", p50 {:.1} us, p99 {:.1} us", self.p50_us, self.p99_us);
         }
         if let (Some(per), Some(pct)) = (self.cpu_per_op(), self.cpu_percent()) {
             let _ = write!(s, ", proxy {per:.2} CPU-us/op at {pct:.0}% CPU");
         }
-        if self.cell != Cell::Idle {
+        if !self.cell.is_idle() {
             let _ = write!(s, ", client+upstream {:.0}% CPU", self.load_percent());
         }
         if self.errors > 0 {
@@ -230,14 +236,25 @@ const HOG: Metric = (Cell::FanoutHog, |r| Some(r.value));
 const HOG_P50: Metric = (Cell::FanoutHog, |r| Some(r.p50_us));
 const HOG_P99: Metric = (Cell::FanoutHog, |r| Some(r.p99_us));
 const HOG_CPU: Metric = (Cell::FanoutHog, Run::cpu_per_op);
+const WSS_RR: Metric = (Cell::WssRr, |r| Some(r.value));
+const WSS_RR_CPU: Metric = (Cell::WssRr, Run::cpu_per_op);
+const WSS_MANY: Metric = (Cell::WssRrMany, |r| Some(r.value));
+const WSS_MANY_CPU: Metric = (Cell::WssRrMany, Run::cpu_per_op);
+const TLS_HANDSHAKES: Metric = (Cell::TlsHandshakes, |r| Some(r.value));
+const TLS_HANDSHAKE_CPU: Metric = (Cell::TlsHandshakes, Run::cpu_per_op);
+const WSS_BULK: Metric = (Cell::WssBulk, |r| Some(r.value));
+const WSS_BULK_CPU: Metric = (Cell::WssBulk, Run::cpu_per_op);
+const WSS_IDLE_RSS: Metric = (Cell::WssIdle, |r| Some(r.value));
 
 impl Summary {
-    /// The median over rounds of `metric` for `target`, if it was measured.
+    /// The median over rounds of `metric` for `target`, if it was measured: over the runs
+    /// without errors (the errors column counts the others, and the list below the table
+    /// names them).
     pub fn median(&self, target: Kind, (cell, f): Metric) -> Option<f64> {
         let mut values: Vec<f64> = self
             .runs
             .iter()
-            .filter(|r| r.target == target && r.cell == cell)
+            .filter(|r| r.target == target && r.cell == cell && r.errors == 0)
             .filter_map(f)
             .collect();
         if values.is_empty() {
@@ -342,11 +359,34 @@ impl Summary {
         let _ = writeln!(t, "Versions: {}.", versions.join(", "));
         let _ = writeln!(
             t,
-            "Each cell {} s after {} ms warm-up, {} round(s) in alternating order, median shown. {}-byte messages; rr {} connections, rate {} connections at {} msgs/s in total, pipe {} connections x {} in flight, bulk {} connections ({} KiB writes), handshake {} loops, idle {} connections held {} s{}.\n",
+            "Each cell {} s after {} ms warm-up, {} round(s) in alternating order, median shown; {}-byte messages.\n",
             s.duration.as_secs_f64(),
             s.warmup.as_millis(),
             s.rounds,
             o.size,
+        );
+        if s.cells.iter().any(|c| !c.is_tls()) {
+            self.plain_table(&mut t);
+        }
+        if s.cells.iter().any(|c| c.is_tls()) {
+            self.tls_table(&mut t);
+        }
+        let failed: Vec<&Run> = self.runs.iter().filter(|r| r.errors > 0).collect();
+        if !failed.is_empty() {
+            let _ = writeln!(t, "Errors:\n");
+            for r in failed {
+                let _ = writeln!(t, "- {}", r.describe());
+            }
+        }
+        t
+    }
+
+    fn plain_table(&self, t: &mut String) {
+        let s = &self.settings;
+        let o = &s.options;
+        let _ = writeln!(
+            t,
+            "Plain cells: rr {} connections, rate {} connections at {} msgs/s in total, pipe {} connections x {} in flight, bulk {} connections ({} KiB writes), handshake {} loops, idle {} connections held {} s{}.\n",
             o.rr_connections,
             o.rate_connections,
             thousands(o.rate),
@@ -400,7 +440,7 @@ impl Summary {
             .iter()
             .any(|r| matches!(r.cell, Cell::Fanout | Cell::FanoutHog))
         {
-            self.fanout_markdown(&mut t);
+            self.fanout_markdown(t);
         }
         let checks = self.checks();
         if !checks.is_empty() {
@@ -410,14 +450,129 @@ impl Summary {
             }
             t.push('\n');
         }
-        let failed: Vec<&Run> = self.runs.iter().filter(|r| r.errors > 0).collect();
-        if !failed.is_empty() {
-            let _ = writeln!(t, "Errors:\n");
-            for r in failed {
-                let _ = writeln!(t, "- {}", r.describe());
+    }
+
+    /// The TLS cells' table and the targets of issue 12.
+    fn tls_table(&self, t: &mut String) {
+        let s = &self.settings;
+        let o = &s.options;
+        let _ = writeln!(
+            t,
+            "TLS cells: every proxy with the same ECDSA P-256 certificate, TLS 1.3 only, TLS_AES_128_GCM_SHA256 with X25519 (the only suite and group the client offers), full handshakes (the client never resumes). wss-rr {} and {} connections, tls-handshakes {} loops, wss-bulk {} connections ({} KiB writes), wss-idle {} connections held {} s{}.\n",
+            o.rr_connections,
+            o.wss_rr_many_connections,
+            o.handshake_connections,
+            o.bulk_connections,
+            o.bulk_chunk / 1024,
+            thousands(s.wss_idle as f64),
+            o.idle_hold.as_secs_f64(),
+            if s.wss_idle < 4000 {
+                " (fewer than the 4,000 of the target)"
+            } else {
+                ""
+            }
+        );
+        let (few, many) = (o.rr_connections, o.wss_rr_many_connections);
+        let _ = writeln!(
+            t,
+            "| target | wss rr msgs/s ({few}) | proxy CPU µs/msg ({few}) | wss rr msgs/s ({many}) | proxy CPU µs/msg ({many}) | TLS handshakes/s | proxy CPU µs/handshake | wss bulk MB/s | wss bulk proxy CPU µs/MB | RSS per idle TLS tunnel | errors |"
+        );
+        let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for &(kind, _) in self.versions.iter().filter(|(k, _)| *k != Kind::Direct) {
+            let get = |metric| self.median(kind, metric);
+            let errors: u64 = self
+                .runs
+                .iter()
+                .filter(|r| r.target == kind && r.cell.is_tls())
+                .map(|r| r.errors)
+                .sum();
+            let _ = writeln!(
+                t,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                kind.name(),
+                opt(get(WSS_RR), thousands),
+                opt(get(WSS_RR_CPU), |v| format!("{v:.2}")),
+                opt(get(WSS_MANY), thousands),
+                opt(get(WSS_MANY_CPU), |v| format!("{v:.2}")),
+                opt(get(TLS_HANDSHAKES), thousands),
+                opt(get(TLS_HANDSHAKE_CPU), |v| format!("{v:.0}")),
+                opt(get(WSS_BULK), |v| format!("{v:.0}")),
+                opt(get(WSS_BULK_CPU), |v| format!("{v:.0}")),
+                opt(get(WSS_IDLE_RSS), bytes),
+                errors
+            );
+        }
+        t.push('\n');
+        let checks = self.tls_checks();
+        if !checks.is_empty() {
+            let _ = writeln!(
+                t,
+                "Targets (issue 12, TLS), wsplice against nginx in this run:\n"
+            );
+            for (met, line) in checks {
+                let _ = writeln!(t, "- {} {line}", if met { "met:" } else { "MISSED:" });
+            }
+            t.push('\n');
+        }
+    }
+
+    /// Issue 12's TLS targets, each with whether it was met and the figures behind it.
+    pub fn tls_checks(&self) -> Vec<(bool, String)> {
+        let mut checks = Vec::new();
+        let w = |metric| self.median(Kind::Wsplice, metric);
+        let n = |metric| self.median(Kind::Nginx, metric);
+        let h = |metric| self.median(Kind::Haproxy, metric);
+        let versus = |metric, f: &dyn Fn(f64) -> String| {
+            h(metric).map_or(String::new(), |v| format!(", HAProxy {}", f(v)))
+        };
+        for (metric, connections) in [
+            (WSS_RR_CPU, self.settings.options.rr_connections),
+            (WSS_MANY_CPU, self.settings.options.wss_rr_many_connections),
+        ] {
+            if let (Some(w), Some(n)) = (w(metric), n(metric)) {
+                checks.push((
+                    w <= 0.9 * n,
+                    format!(
+                        "proxy CPU per wss message <= 0.9x nginx at {connections} connections: wsplice {w:.2} µs = {:.2}x nginx ({n:.2} µs){}",
+                        w / n,
+                        versus(metric, &|v| format!("{v:.2} µs"))
+                    ),
+                ));
             }
         }
-        t
+        if let (Some(w), Some(n)) = (w(TLS_HANDSHAKES), n(TLS_HANDSHAKES)) {
+            checks.push((
+                w >= n,
+                format!(
+                    "TLS handshakes/s >= nginx: wsplice {} = {:.2}x nginx ({}){}{}",
+                    thousands(w),
+                    w / n,
+                    thousands(n),
+                    versus(TLS_HANDSHAKES, &thousands),
+                    match (w_cpu(self, Kind::Wsplice), w_cpu(self, Kind::Nginx)) {
+                        (Some(wc), Some(nc)) => format!(
+                            "; proxy CPU per handshake {wc:.0} vs {nc:.0} µs ({:.2}x)",
+                            wc / nc
+                        ),
+                        _ => String::new(),
+                    }
+                ),
+            ));
+        }
+        if let (Some(w), Some(n)) = (w(WSS_IDLE_RSS), n(WSS_IDLE_RSS)) {
+            checks.push((
+                w <= 0.25 * n && self.settings.wss_idle >= 4000,
+                format!(
+                    "RSS per idle TLS tunnel <= 0.25x nginx: wsplice {} = {:.2}x nginx ({}) at {}{}",
+                    bytes(w),
+                    w / n,
+                    bytes(n),
+                    thousands(self.settings.wss_idle as f64),
+                    versus(WSS_IDLE_RSS, &bytes)
+                ),
+            ));
+        }
+        checks
     }
 
     /// The issue's targets, each with whether it was met and the figures behind it.
@@ -534,7 +689,7 @@ impl Summary {
     }
 
     pub fn summary_csv(&self) -> String {
-        let columns: [(&str, Metric); 20] = [
+        let columns: [(&str, Metric); 29] = [
             ("rr_msgs_per_s", RATE),
             ("rr_cpu_us_per_msg", RR_CPU),
             ("rate_p50_us", RATE_P50),
@@ -555,6 +710,15 @@ impl Summary {
             ("hog_p50_us", HOG_P50),
             ("hog_p99_us", HOG_P99),
             ("hog_cpu_us_per_msg", HOG_CPU),
+            ("wss_rr_msgs_per_s", WSS_RR),
+            ("wss_rr_cpu_us_per_msg", WSS_RR_CPU),
+            ("wss_rr_many_msgs_per_s", WSS_MANY),
+            ("wss_rr_many_cpu_us_per_msg", WSS_MANY_CPU),
+            ("tls_handshakes_per_s", TLS_HANDSHAKES),
+            ("tls_handshake_cpu_us", TLS_HANDSHAKE_CPU),
+            ("wss_bulk_mb_per_s", WSS_BULK),
+            ("wss_bulk_cpu_us_per_mb", WSS_BULK_CPU),
+            ("rss_bytes_per_idle_tls_tunnel", WSS_IDLE_RSS),
         ];
         let mut c = String::from("target");
         for (name, _) in &columns {
@@ -593,6 +757,10 @@ impl Summary {
         fs::write(dir.join("runs.csv"), self.runs_csv())?;
         Ok(dir)
     }
+}
+
+fn w_cpu(summary: &Summary, kind: Kind) -> Option<f64> {
+    summary.median(kind, TLS_HANDSHAKE_CPU)
 }
 
 fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {

@@ -17,7 +17,14 @@ const POLL: Duration = Duration::from_millis(5);
 
 /// Runs bulk load with writes of `chunk` bytes; `bytes` in the report is the confirmed volume.
 pub async fn run(load: &Load, chunk: usize, probe: &mut dyn Probe) -> Result<Report, LoadError> {
-    let conns = open_many(load.target, "/sink", load.connections, OPEN_TIMEOUT).await?;
+    let conns = open_many(
+        load.target,
+        load.tls.as_ref(),
+        "/sink",
+        load.connections,
+        OPEN_TIMEOUT,
+    )
+    .await?;
     let window = Window::after(load.warmup, load.duration);
     let mut tasks = JoinSet::new();
     for conn in conns {
@@ -56,6 +63,11 @@ async fn stream(conn: Conn, chunk: usize, window: Window) -> Result<u64, LoadErr
                 Err(_) => return Err(LoadError::Timeout("writing bulk bytes")),
             }
             sent += chunk as u64;
+        }
+        // Over TLS the last records may still sit in the session: the sink must get them.
+        match tokio::time::timeout_at(give_up, wr.flush()).await {
+            Ok(flushed) => flushed?,
+            Err(_) => return Err(LoadError::Timeout("writing bulk bytes")),
         }
         total.store(sent, Ordering::Release);
         Ok::<_, LoadError>(())

@@ -7,11 +7,10 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
 use tokio::task::JoinSet;
 
 use super::{GRACE, Load, OPEN_TIMEOUT, gather};
-use crate::client::{Conn, LoadError, open_many};
+use crate::client::{Conn, LoadError, open_many, send};
 use crate::report::{Latencies, Probe, Recorder, Report, Tally, Window};
 use crate::ws::{Header, Messages, OP_BINARY, Rng};
 
@@ -35,7 +34,14 @@ pub async fn run(
     pace: Pace,
     probe: &mut dyn Probe,
 ) -> Result<Report, LoadError> {
-    let conns = open_many(load.target, "/echo", load.connections, OPEN_TIMEOUT).await?;
+    let conns = open_many(
+        load.target,
+        load.tls.as_ref(),
+        "/echo",
+        load.connections,
+        OPEN_TIMEOUT,
+    )
+    .await?;
     let window = Window::after(load.warmup, load.duration);
     let latencies = Latencies::default();
     let mut tasks = JoinSet::new();
@@ -131,7 +137,7 @@ impl Task {
             self.send(&mut out);
             sent_at.push_back(now);
         }
-        stream.write_all(&out).await?;
+        send(&mut stream, &out).await?;
         loop {
             let mut got = 0;
             let done = Instant::now();
@@ -151,7 +157,7 @@ impl Task {
                     self.send(&mut out);
                     sent_at.push_back(now);
                 }
-                stream.write_all(&out).await?;
+                send(&mut stream, &out).await?;
             }
             // A read is cancel-safe in tokio: ending it at the window's end loses nothing.
             match tokio::time::timeout_at(self.window.end.into(), reader.fill(&mut stream)).await {
@@ -216,7 +222,7 @@ impl Task {
                         owed.push_back((due, start));
                         due += interval;
                     }
-                    wr.write_all(&out).await?;
+                    send(&mut wr, &out).await?;
                 }
                 _ = tokio::time::sleep_until(give_up) => {
                     return Err(LoadError::Timeout("for echoes still owed after the window"));

@@ -1,13 +1,13 @@
-//! Handshake load: each of `connections` loops connects, upgrades (checking the accept key),
-//! sends a close frame, waits for the upstream's close frame and its end of stream.
+//! Handshake load: each of `connections` loops connects (with a full TLS handshake in the TLS
+//! cell: the client never resumes), upgrades (checking the accept key), sends a close frame,
+//! waits for the upstream's close frame and its end of stream.
 
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
 use tokio::task::JoinSet;
 
 use super::{Load, gather};
-use crate::client::{LoadError, connect};
+use crate::client::{LoadError, connect, send};
 use crate::report::{Latencies, Probe, Report, Tally, Window};
 use crate::ws::{OP_CLOSE, Rng, write_client_frame};
 
@@ -23,13 +23,15 @@ pub async fn run(load: &Load, probe: &mut dyn Probe) -> Result<Report, LoadError
     let mut tasks = JoinSet::new();
     for i in 0..load.connections {
         let target = load.target;
+        let tls = load.tls.clone();
         let mut recorder = latencies.recorder();
         tasks.spawn(async move {
             let mut rng = Rng::new(0xC0FFEE + i as u64);
             let mut tally = Tally::default();
             while Instant::now() < window.end {
                 let start = Instant::now();
-                match tokio::time::timeout(ONE_TIMEOUT, once(target, &mut rng)).await {
+                match tokio::time::timeout(ONE_TIMEOUT, once(target, tls.as_ref(), &mut rng)).await
+                {
                     Ok(Ok(())) => {
                         let done = Instant::now();
                         if window.contains(done) {
@@ -57,11 +59,15 @@ pub async fn run(load: &Load, probe: &mut dyn Probe) -> Result<Report, LoadError
 }
 
 /// One connection's life: upgrade, close handshake, end of stream.
-pub async fn once(target: std::net::SocketAddr, rng: &mut Rng) -> Result<(), LoadError> {
-    let mut conn = connect(target, "/echo", rng).await?;
+pub async fn once(
+    target: std::net::SocketAddr,
+    tls: Option<&crate::tls::Client>,
+    rng: &mut Rng,
+) -> Result<(), LoadError> {
+    let mut conn = connect(target, tls, "/echo", rng).await?;
     let mut out = Vec::with_capacity(8);
     write_client_frame(&mut out, OP_CLOSE, &NORMAL_CLOSURE, rng.mask());
-    conn.stream.write_all(&out).await?;
+    send(&mut conn.stream, &out).await?;
     let (h, payload) = conn.reader.read_frame(&mut conn.stream).await?;
     if h.opcode != OP_CLOSE || payload != NORMAL_CLOSURE {
         return Err(LoadError::Protocol(format!(
@@ -70,8 +76,15 @@ pub async fn once(target: std::net::SocketAddr, rng: &mut Rng) -> Result<(), Loa
         )));
     }
     loop {
-        if conn.reader.fill(&mut conn.stream).await? == 0 {
-            return Ok(());
+        match conn.reader.fill(&mut conn.stream).await {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            // A TLS peer may close the socket after the close frame without a close_notify
+            // alert: the WebSocket close handshake already ended the stream cleanly.
+            Err(e) if conn.stream.is_tls() && e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
         }
         if !conn.reader.pending().is_empty() {
             return Err(LoadError::Protocol("bytes after the close frame".into()));

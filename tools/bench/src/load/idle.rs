@@ -5,19 +5,25 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::{Load, OPEN_TIMEOUT};
-use crate::client::{LoadError, OPEN_CONCURRENCY, open_many};
+use crate::client::{LoadError, OPEN_CONCURRENCY, open_many, send};
 use crate::report::{Latencies, Probe, Report, Tally, Window};
 use crate::ws::{Messages, OP_BINARY, Rng};
 
 /// Runs idle load; `load.duration` is ignored in favour of `hold`. `messages` in the report
 /// counts connections that echoed after the hold.
 pub async fn run(load: &Load, hold: Duration, probe: &mut dyn Probe) -> Result<Report, LoadError> {
-    let conns = open_many(load.target, "/echo", load.connections, OPEN_TIMEOUT).await?;
+    let conns = open_many(
+        load.target,
+        load.tls.as_ref(),
+        "/echo",
+        load.connections,
+        OPEN_TIMEOUT,
+    )
+    .await?;
     Window::after(Duration::ZERO, hold).drive(probe).await;
 
     let latencies = Latencies::default();
@@ -34,7 +40,7 @@ pub async fn run(load: &Load, hold: Duration, probe: &mut dyn Probe) -> Result<R
             messages.write_frame(&mut out, 0, Rng::new(i as u64).mask());
             let start = Instant::now();
             let echoed = async {
-                conn.stream.write_all(&out).await?;
+                send(&mut conn.stream, &out).await?;
                 let (h, payload) = conn.reader.read_frame(&mut conn.stream).await?;
                 if h.opcode != OP_BINARY || !messages.matches(payload, 0) {
                     return Err(LoadError::Mismatch {
