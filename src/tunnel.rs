@@ -143,10 +143,13 @@ impl<P> Tunnels<P> {
                 taskrun_flag,
                 buffers,
                 // Heap buffers also hold a whole TLS record, or one sealed with its prefix.
+                // Up to as many kept as the ring has buffers: what the worker keeps at its
+                // busiest is then at most what its ring holds anyway.
                 spill: Spill::new(
                     (size as usize)
                         .max(MAX_RECORD)
                         .max(MAX_PREFIX + size as usize + MAX_OVERHEAD),
+                    usize::from(count),
                 ),
                 // Reserved up front: address space only until tunnels fill it, and no
                 // reallocation (a copy, and a freed block) while connections pile in.
