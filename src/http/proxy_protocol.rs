@@ -173,6 +173,14 @@ fn parse_v2(buf: &[u8]) -> Result<Parsed<(Header, usize)>, Error> {
     if total > MAX_HEADER {
         return Err(Error::V2("longer than 4 KiB of addresses and TLVs"));
     }
+    if local {
+        // The balancer's own connection: whatever the block holds is discarded, family and
+        // length included (specification, section 2.2, as HAProxy reads it).
+        if buf.len() < total {
+            return Ok(Parsed::Incomplete);
+        }
+        return Ok(Parsed::Complete((Header::Local, total)));
+    }
     // The address block's size for the family: INET, INET6, UNIX.
     let addresses = match family {
         1 => 12,
@@ -188,9 +196,6 @@ fn parse_v2(buf: &[u8]) -> Result<Parsed<(Header, usize)>, Error> {
     }
     let block = &buf[V2_FIXED..total];
     check_tlvs(&block[addresses..])?;
-    if local {
-        return Ok(Parsed::Complete((Header::Local, total)));
-    }
     let header = match family {
         1 => {
             let ip = |at: usize| Ipv4Addr::from(<[u8; 4]>::try_from(&block[at..at + 4]).unwrap());

@@ -282,3 +282,18 @@ fn a_local_header_of_each_version_reads_back_as_local() {
     Version::Off.write_local(&mut out);
     assert!(out.is_empty());
 }
+
+#[test]
+fn a_v2_local_header_is_served_whatever_its_address_block() {
+    // A family without its addresses, and a block of garbage: both are discarded for LOCAL.
+    assert_eq!(complete(&v2(0, 0x11, &[]), GET), Header::Local);
+    assert_eq!(complete(&v2(0, 0x21, &[0xff; 7]), GET), Header::Local);
+    let header = v2(0, 0x11, &[]);
+    for cut in 0..header.len() {
+        assert_eq!(
+            parse(&header[..cut]),
+            Ok(Parsed::Incomplete),
+            "cut at {cut}"
+        );
+    }
+}
