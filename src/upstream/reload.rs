@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, Guard};
 use tracing::{error, info};
 
 use super::UpstreamTable;
@@ -60,6 +60,9 @@ pub fn reload(
 ) -> bool {
     let path = &config.upstreams_path;
     let mut last = stats.last.lock().unwrap_or_else(|e| e.into_inner());
+    // The table this reload starts from, before the file's names are looked up: a table
+    // re-resolution swaps in from here on is one this reload must not undo.
+    let base = table.load_full();
     let text = match read_file(path) {
         Ok(text) => text,
         Err(e) => {
@@ -75,11 +78,9 @@ pub fn reload(
     last.text = Some(text);
     last.unresolved = matches!(&outcome, Err(refused) if refused.unresolved);
     match outcome {
-        Ok(mut new) => {
-            let old = table.load();
-            new.inherit(&old);
+        Ok(parsed) => {
+            let (old, new) = install(table, &base, parsed);
             let changes = describe_changes(&old, &new);
-            table.store(Arc::new(new));
             stats.succeeded.fetch_add(1, Ordering::Relaxed);
             let version = stats.version.fetch_add(1, Ordering::Relaxed) + 1;
             stats.last_success_unix.store(unix_now(), Ordering::Relaxed);
@@ -102,6 +103,29 @@ pub fn reload(
             );
             false
         }
+    }
+}
+
+/// Swaps `parsed`, read while `base` was current, in over the current table, inheriting
+/// from the table it replaces; returns that table and the new one. Re-resolution may swap
+/// tables in meanwhile: the reload wins, and a name it moved keeps that answer (as recent as
+/// the reload's own lookup), so the outcome is that of a reload started after it.
+pub fn install(
+    tables: &ArcSwap<UpstreamTable>,
+    base: &Arc<UpstreamTable>,
+    parsed: UpstreamTable,
+) -> (Arc<UpstreamTable>, Arc<UpstreamTable>) {
+    let mut current = tables.load_full();
+    loop {
+        // Built afresh each try: state inherited from a table that lost the race must not stay.
+        let mut new = parsed.with_moves(base, &current);
+        new.inherit(&current);
+        let new = Arc::new(new);
+        let before = tables.compare_and_swap(&current, new.clone());
+        if Arc::ptr_eq(&before, &current) {
+            return (current, new);
+        }
+        current = Guard::into_inner(before);
     }
 }
 

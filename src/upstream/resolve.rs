@@ -11,7 +11,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, Guard};
 use hickory_resolver::Resolver;
 use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
@@ -163,8 +163,6 @@ async fn refresh(
     resolver: Option<SocketAddr>,
     failing: &mut HashSet<(String, HostName)>,
 ) {
-    // The table the lookups start from: if a reload swaps another in meanwhile, this
-    // round's answers are dropped (the reload looked the names up itself).
     let base = tables.load_full();
     let names: Vec<(HostName, Vec<UpstreamAddr>)> = match base.group(group) {
         Some(g) => g
@@ -205,16 +203,32 @@ async fn refresh(
             }
         }
     }
-    let Some((mut new, changes)) = base.with_addresses(group, &found) else {
-        return;
-    };
-    new.inherit(&base);
-    let before = tables.compare_and_swap(&base, Arc::new(new));
-    if Arc::ptr_eq(&before, &base) {
-        info!("upstream {group}: {}", changes.join("; "));
+    swap_addresses(tables, base, group, &found);
+}
+
+/// Swaps in the current table with group `group`'s names standing for `found`, if that
+/// moves any. A reload may swap its table in while the names were looked up: the answers
+/// are then applied to its table, as recent as its own lookups, not dropped. Returns what
+/// moved, empty when nothing did.
+pub fn swap_addresses(
+    tables: &ArcSwap<UpstreamTable>,
+    base: Arc<UpstreamTable>,
+    group: &str,
+    found: &[(HostName, Vec<UpstreamAddr>)],
+) -> Vec<String> {
+    let mut current = base;
+    loop {
+        let Some((mut new, changes)) = current.with_addresses(group, found) else {
+            return Vec::new();
+        };
+        new.inherit(&current);
+        let before = tables.compare_and_swap(&current, Arc::new(new));
+        if Arc::ptr_eq(&before, &current) {
+            info!("upstream {group}: {}", changes.join("; "));
+            return changes;
+        }
+        current = Guard::into_inner(before);
     }
-    // Else a reload swapped the table in while the names were looked up: it looked them up
-    // itself, and the next round starts from its table.
 }
 
 /// "127.0.0.2:3000, 127.0.0.3:3000".

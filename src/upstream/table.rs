@@ -278,37 +278,66 @@ impl UpstreamTable {
         group: &str,
         found: &[(HostName, Vec<UpstreamAddr>)],
     ) -> Option<(UpstreamTable, Vec<String>)> {
+        let moved = |e: &Entry| {
+            let name = e.name.as_ref();
+            found.iter().any(|(n, a)| Some(n) == name && *a != e.addrs)
+        };
+        if !self.group(group)?.entries.iter().any(moved) {
+            return None;
+        }
         let mut changes = Vec::new();
+        let table = self.rebuilt(|g, entries| {
+            if g.name != group {
+                return;
+            }
+            for entry in entries {
+                let Some(name) = &entry.name else { continue };
+                let Some((_, addrs)) = found.iter().find(|(n, _)| n == name) else {
+                    continue;
+                };
+                if *addrs != entry.addrs {
+                    changes.push(format!(
+                        "{name} -> [{}] (was [{}])",
+                        resolve::list(addrs),
+                        resolve::list(&entry.addrs)
+                    ));
+                    entry.addrs = addrs.clone();
+                }
+            }
+        });
+        Some((table, changes))
+    }
+
+    /// A fresh copy of this table (no state inherited yet) in which each host name that
+    /// re-resolution moved between `base` and `current` (same group, same name, other
+    /// addresses) stands for its addresses in `current`.
+    pub fn with_moves(&self, base: &UpstreamTable, current: &UpstreamTable) -> UpstreamTable {
+        let addrs = |table: &UpstreamTable, group: &str, name: &HostName| {
+            let entries = &table.group(group)?.entries;
+            let entry = entries.iter().find(|e| e.name.as_ref() == Some(name))?;
+            Some(entry.addrs.clone())
+        };
+        self.rebuilt(|g, entries| {
+            for entry in entries {
+                let Some(name) = &entry.name else { continue };
+                if let Some(now) = addrs(current, &g.name, name)
+                    && addrs(base, &g.name, name).as_ref() != Some(&now)
+                {
+                    entry.addrs = now;
+                }
+            }
+        })
+    }
+
+    /// This table built again with fresh balancer state, each group from its entries as
+    /// `edit` leaves them.
+    fn rebuilt(&self, mut edit: impl FnMut(&Group, &mut Vec<Entry>)) -> UpstreamTable {
         let groups = self
             .groups
             .iter()
             .map(|g| {
                 let mut entries = g.entries.clone();
-                if g.name == group {
-                    for entry in &mut entries {
-                        let Some(name) = &entry.name else { continue };
-                        let Some((_, addrs)) = found.iter().find(|(n, _)| n == name) else {
-                            continue;
-                        };
-                        if *addrs != entry.addrs {
-                            changes.push(format!(
-                                "{name} -> [{}] (was [{}])",
-                                resolve::list(addrs),
-                                resolve::list(&entry.addrs)
-                            ));
-                            entry.addrs = addrs.clone();
-                        }
-                    }
-                }
-                (g, entries)
-            })
-            .collect::<Vec<_>>();
-        if changes.is_empty() {
-            return None;
-        }
-        let groups = groups
-            .into_iter()
-            .map(|(g, entries)| {
+                edit(g, &mut entries);
                 let mut built = Group::build(
                     &g.name,
                     entries,
@@ -321,11 +350,10 @@ impl UpstreamTable {
                 built
             })
             .collect();
-        let table = UpstreamTable {
+        UpstreamTable {
             groups,
             route_groups: self.route_groups.clone(),
-        };
-        Some((table, changes))
+        }
     }
 }
 

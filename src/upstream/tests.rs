@@ -443,3 +443,62 @@ fn a_name_and_an_address_of_one_server_are_one_server() {
     assert_eq!(at.len(), 1, "{:?}", group.servers());
     assert_eq!(group.balancer.weight(at[0]), 3);
 }
+
+fn tcp(addr: &str) -> UpstreamAddr {
+    addr.parse::<std::net::SocketAddr>().unwrap().into()
+}
+
+/// A re-resolution swapped in while a reload reads the file is not undone by the reload's
+/// swap: the reload's table keeps the moved address and inherits the open count from the
+/// table it replaces, as a reload started after the re-resolution would.
+#[test]
+fn a_reload_keeps_a_re_resolution_swapped_in_while_it_ran() {
+    let config = parse(MAIN).unwrap();
+    let text = "[backend]\nservers = [\"localhost:3000\", \"127.0.0.1:4000\"]\n";
+    let tables = ArcSwap::from_pointee(parse_upstreams(&config, text).unwrap());
+    let base = tables.load_full();
+    let name = base.group("backend").unwrap().entries()[0].name.clone();
+    let found = [(name.unwrap(), vec![tcp("127.0.0.9:3000")])];
+    let changes = resolve::swap_addresses(&tables, base.clone(), "backend", &found);
+    assert_eq!(changes.len(), 1);
+    let between = tables.load_full();
+    let _open = between.group("backend").unwrap().balancer.open(0);
+
+    let parsed = parse_upstreams(&config, text).unwrap();
+    let (old, new) = reload::install(&tables, &base, parsed);
+    assert!(
+        Arc::ptr_eq(&old, &between),
+        "inherits from the table it replaced"
+    );
+    assert!(Arc::ptr_eq(&new, &tables.load_full()));
+    let group = new.group("backend").unwrap();
+    assert_eq!(
+        group.servers(),
+        &[tcp("127.0.0.9:3000"), tcp("127.0.0.1:4000")]
+    );
+    assert_eq!(group.balancer.open_connections(0), 1);
+}
+
+/// A reload swapped in while a group's names were looked up does not make re-resolution
+/// drop its answers (nor overwrite the reload): they are applied to the reload's table.
+#[test]
+fn a_re_resolution_applies_its_answers_to_a_table_reloaded_while_it_ran() {
+    let config = parse(MAIN).unwrap();
+    let text = "[backend]\nservers = [\"localhost:3000\", \"127.0.0.1:4000\"]\n";
+    let tables = ArcSwap::from_pointee(parse_upstreams(&config, text).unwrap());
+    let base = tables.load_full();
+    let name = base.group("backend").unwrap().entries()[0].name.clone();
+
+    let reloaded = "[backend]\nservers = [\"localhost:3000\", \"127.0.0.1:4001\"]\n";
+    let reloaded = parse_upstreams(&config, reloaded).unwrap();
+    reload::install(&tables, &base, reloaded);
+
+    let found = [(name.unwrap(), vec![tcp("127.0.0.9:3000")])];
+    let changes = resolve::swap_addresses(&tables, base, "backend", &found);
+    assert_eq!(changes.len(), 1);
+    let table = tables.load();
+    assert_eq!(
+        table.group("backend").unwrap().servers(),
+        &[tcp("127.0.0.9:3000"), tcp("127.0.0.1:4001")]
+    );
+}
