@@ -22,9 +22,9 @@ use crate::http::{
 use crate::observe::access_log;
 use crate::observe::metrics::{Limit, ProxyRefusal, TlsHandshake, Upgrade};
 use crate::tunnel::{RelayError, Report, Side};
-use crate::upstream::UpstreamAddr;
 use crate::upstream::balancer::Affinity;
 use crate::upstream::balancer::least_conn::Open;
+use crate::upstream::{UpstreamAddr, UpstreamTable};
 use crate::uring::deadline::with_deadline;
 use crate::uring::stream::Stream;
 
@@ -54,6 +54,9 @@ struct Request {
     persistent: bool,
     /// What the head brings to the upstream choice (hash key, sticky cookie).
     affinity: Affinity,
+    /// The upstream table the request was routed with: one load per request, and the
+    /// affinity and the server choice read the same groups.
+    table: Arc<UpstreamTable>,
     /// The client this request is from, as wsplice reports it (see [`ClientInfo::client`]).
     client: SocketAddr,
 }
@@ -601,7 +604,7 @@ async fn proxy(
             .map_err(HandshakeError::BadBody)?,
     };
 
-    let table = ctx.shared.table.load_full();
+    let table = request.table;
     let group = table.group_for_route(request.route);
     let affinity = &request.affinity;
     let connected = connect_group(group, affinity, timeouts.connect, &ctx.shared.metrics).await?;
@@ -849,16 +852,16 @@ fn route_request(
         origin::allowed(&policy.allowed_origins, policy.require_origin, head.headers)
             .map_err(HandshakeError::OriginRefused)?;
     }
-    let affinity = ctx
-        .shared
-        .table
-        .load()
-        .group_for_route(route)
-        .balancer
-        .affinity(&head, &out[path], info.client.ip());
+    let table = ctx.shared.table.load_full();
+    let affinity =
+        table
+            .group_for_route(route)
+            .balancer
+            .affinity(&head, &out[path], info.client.ip());
     head.write_fields(info, out);
     Ok(Request {
         affinity,
+        table,
         head_len: head.len,
         upgrade,
         route,
