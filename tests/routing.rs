@@ -129,6 +129,8 @@ async fn encoded_separators_and_backslashes_are_refused_before_any_upstream() {
         ("/websocket\\..\\admin", "backslash in the path"),
         ("/websocket/..;/admin", "dot segment with parameters"),
         ("/websocket/%zz", "'%' not followed by two hex digits"),
+        ("/websocket/a%00.html", "encoded control character"),
+        ("/websocket%0D%0AX-A:%201", "encoded control character"),
         (
             "http://x/websocket%2F..%2Fadmin",
             "encoded slash or backslash",

@@ -62,7 +62,9 @@ impl<'b> Target<'b> {
 
 /// The paths refused outright, because upstreams disagree on what they mean: a `\` or an
 /// encoded `/` or `\` (one segment or two?), a `%` not followed by two hex digits, and a
-/// dot segment with parameters (`..;x`, which Tomcat-style servers resolve as `..`).
+/// dot segment with parameters (`..;x`, which Tomcat-style servers resolve as `..`). An
+/// encoded control character is refused too (nginx answers `%00` with 400): decoded, a NUL
+/// ends a C string early and a CR or LF splits a line an upstream logs or forwards.
 pub(crate) fn check(path: &[u8]) -> Result<(), &'static str> {
     for segment in path.split(|&b| b == b'/') {
         let mut rest = segment;
@@ -72,6 +74,9 @@ pub(crate) fn check(path: &[u8]) -> Result<(), &'static str> {
                 b'%' => match decode(after) {
                     Some(b'/' | b'\\') => {
                         return Err("encoded slash or backslash (%2F, %5C) in the path");
+                    }
+                    Some(c) if c.is_ascii_control() => {
+                        return Err("encoded control character (%00 to %1F, %7F) in the path");
                     }
                     Some(_) => {}
                     None => return Err("'%' not followed by two hex digits in the path"),

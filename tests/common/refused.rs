@@ -63,6 +63,7 @@ pub fn catalogue() -> Vec<(&'static str, Vec<u8>, u16)> {
         ("control character in a value", get("X-A: a\x01b\r\n"), 400),
         ("DEL in a value", get("X-A: a\x7fb\r\n"), 400),
         ("NUL in the target", b"GET /a\0b HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(), 400),
+        ("encoded NUL in the target", b"GET /a%00b HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(), 400),
         ("non-ASCII in the target", "GET /caf\u{e9} HTTP/1.1\r\nHost: a\r\n\r\n".as_bytes().to_vec(), 400),
         ("two spaces in the request line", b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(), 400),
         ("HTTP/2.0 request line", b"GET / HTTP/2.0\r\nHost: a\r\n\r\n".to_vec(), 400),

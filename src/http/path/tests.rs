@@ -131,6 +131,25 @@ fn refuses_separators_upstreams_disagree_on() {
     }
 }
 
+/// nginx refuses `%00` with 400; every other encoded control character goes with it, so
+/// no upstream decodes a NUL, CR or LF out of a path wsplice let through.
+#[test]
+fn refuses_encoded_control_characters() {
+    for path in [
+        "/a%00",
+        "/%00/b",
+        "/a%0d%0aX-A:%201",
+        "/a%0A",
+        "/a%1f",
+        "/a%7F",
+        "/a%09",
+    ] {
+        let err = check(path.as_bytes()).expect_err(path);
+        assert!(err.contains("encoded control character"), "{path}: {err}");
+    }
+    assert_eq!(check(b"/a%20%7E%80%FF"), Ok(()));
+}
+
 #[test]
 fn accepts_what_only_looks_odd() {
     for path in ["/a;b/c", "/g;x=1/../y", "/...", "/a.;b", "/%25", "/a%2C"] {
