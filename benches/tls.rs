@@ -7,76 +7,21 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, ServerConnection};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, ServerConnection};
 use wsplice::config::{CertificatePaths, MinVersion, TlsSettings, UnknownSni};
-use wsplice::tls::{Tls, aead};
+use wsplice::tls::{Tls, aead, testing};
 
 const RECORD: usize = 16 * 1024;
 
-/// The client side trusts the bench's self-signed certificate without a chain but still
-/// checks the handshake signature, so the server's signing is exercised as with a browser.
-#[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
+/// The client trusts the bench's self-signed certificate without a chain but still checks
+/// the handshake signature ([`testing::AnyCertificate`]), so the server signs as it would
+/// for a browser.
 fn handshake(client: &Arc<ClientConfig>, server: &Arc<rustls::ServerConfig>, buf: &mut Vec<u8>) {
     let name = ServerName::try_from("bench.example.com").unwrap();
     let mut c = ClientConnection::new(client.clone(), name).unwrap();
     let mut s = ServerConnection::new(server.clone()).unwrap();
-    while c.is_handshaking() || s.is_handshaking() {
-        buf.clear();
-        while c.wants_write() {
-            c.write_tls(buf).unwrap();
-        }
-        let mut rd = &buf[..];
-        while !rd.is_empty() {
-            s.read_tls(&mut rd).unwrap();
-            s.process_new_packets().unwrap();
-        }
-        buf.clear();
-        while s.wants_write() {
-            s.write_tls(buf).unwrap();
-        }
-        let mut rd = &buf[..];
-        while !rd.is_empty() {
-            c.read_tls(&mut rd).unwrap();
-            c.process_new_packets().unwrap();
-        }
-    }
+    testing::handshake(&mut c, &mut s, buf).unwrap();
 }
 
 fn bench(c: &mut Criterion) {
@@ -99,14 +44,7 @@ fn bench(c: &mut Criterion) {
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
     let provider = Arc::new(provider);
-    let client = Arc::new(
-        ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-            .with_no_client_auth(),
-    );
+    let client = Arc::new(testing::client_config(provider, &[&rustls::version::TLS13]).unwrap());
     let mut buf = Vec::with_capacity(8192);
     c.bench_function("tls13_handshake_p256_x25519_client_and_server", |b| {
         b.iter(|| handshake(&client, &server, &mut buf))

@@ -13,6 +13,8 @@ pub mod certificates;
 pub mod record;
 mod reload;
 pub mod sni;
+#[doc(hidden)]
+pub mod testing;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

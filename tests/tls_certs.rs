@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Proxy, run_wsplice, wait_metric};
+use common::{Proxy, certificate_expiry_key, run_wsplice, wait_certificate_expiry, wait_metric};
 use rcgen::{CertificateParams, KeyPair};
 
 const UPSTREAMS: &str = "[backend]\nservers = [\"127.0.0.1:3000\"]\n";
@@ -168,12 +168,8 @@ async fn certificates_reload_on_change_and_are_counted() {
         proxy.log()
     );
     let admin = proxy.admin_addr();
-    let expiry = format!(
-        "wsplice_certificate_expiry_timestamp_seconds{{file=\"{}\",name=\"chat.example.com\"}}",
-        a.0.display()
-    );
-    let at = wait_metric(admin, &expiry, |v| v > 0.0, Duration::from_secs(5)).await;
-    assert_eq!(at as i64, NOT_AFTER);
+    let served = wait_certificate_expiry(&proxy, &a.0, "chat.example.com", NOT_AFTER).await;
+    assert_eq!(served, NOT_AFTER);
     let ok = "wsplice_certificate_reloads_total{result=\"ok\"}";
     let failed = "wsplice_certificate_reloads_total{result=\"failed\"}";
     let first = common::scrape(admin).await;
@@ -191,7 +187,10 @@ async fn certificates_reload_on_change_and_are_counted() {
     );
     // The old pair is still the one in use.
     assert_eq!(
-        common::scrape(admin).await.get(&expiry).copied(),
+        common::scrape(admin)
+            .await
+            .get(&certificate_expiry_key(&a.0, "chat.example.com"))
+            .copied(),
         Some(NOT_AFTER as f64)
     );
 
@@ -200,14 +199,8 @@ async fn certificates_reload_on_change_and_are_counted() {
     rewrite(&a.0, &renewed.0);
     let n = wait_metric(admin, ok, |v| v >= 1.0, Duration::from_secs(10)).await;
     assert!(n >= 1.0, "{}", proxy.log());
-    let until = wait_metric(
-        admin,
-        &expiry,
-        |v| v as i64 != NOT_AFTER,
-        Duration::from_secs(5),
-    )
-    .await;
-    assert_eq!(until as i64, 1_956_528_000, "2032-01-01");
+    let until = wait_certificate_expiry(&proxy, &a.0, "chat.example.com", 1_956_528_000).await;
+    assert_eq!(until, 1_956_528_000, "2032-01-01: {}", proxy.log());
 }
 
 #[tokio::test]
@@ -231,16 +224,6 @@ async fn sighup_reloads_certificates_too() {
         wait_metric(admin, ok, |v| v >= 1.0, Duration::from_secs(10)).await,
         1.0
     );
-}
-
-/// Waits until the expiry gauge of the certificate at `file` named `name` reads `until`.
-async fn wait_expiry(proxy: &Proxy, file: &Path, name: &str, until: i64) -> i64 {
-    let key = format!(
-        "wsplice_certificate_expiry_timestamp_seconds{{file=\"{}\",name=\"{name}\"}}",
-        file.display()
-    );
-    let admin = proxy.admin_addr();
-    wait_metric(admin, &key, |v| v as i64 == until, Duration::from_secs(10)).await as i64
 }
 
 /// certbot's layout: `live/NAME/{fullchain,privkey}.pem` are symlinks into `archive/NAME/`,
@@ -273,7 +256,7 @@ async fn a_certbot_renewal_is_seen_through_its_symlinks() {
             .await
     );
     assert_eq!(
-        wait_expiry(&proxy, &paths.0, "chat.example.com", NOT_AFTER).await,
+        wait_certificate_expiry(&proxy, &paths.0, "chat.example.com", NOT_AFTER).await,
         NOT_AFTER
     );
 
@@ -282,7 +265,7 @@ async fn a_certbot_renewal_is_seen_through_its_symlinks() {
     std::fs::write(archive.join("privkey2.pem"), &renewed.1).unwrap();
     link("fullchain.pem", "fullchain2.pem");
     link("privkey.pem", "privkey2.pem");
-    let until = wait_expiry(&proxy, &paths.0, "chat.example.com", 1_956_528_000).await;
+    let until = wait_certificate_expiry(&proxy, &paths.0, "chat.example.com", 1_956_528_000).await;
     assert_eq!(until, 1_956_528_000, "{}", proxy.log());
 }
 
@@ -311,50 +294,13 @@ async fn a_kubernetes_secret_update_is_seen() {
             .await
     );
     assert_eq!(
-        wait_expiry(&proxy, &paths.0, "chat.example.com", NOT_AFTER).await,
+        wait_certificate_expiry(&proxy, &paths.0, "chat.example.com", NOT_AFTER).await,
         NOT_AFTER
     );
 
     publish("..2026_02", &pair(&["chat.example.com"], (2032, 1, 1)));
-    let until = wait_expiry(&proxy, &paths.0, "chat.example.com", 1_956_528_000).await;
+    let until = wait_certificate_expiry(&proxy, &paths.0, "chat.example.com", 1_956_528_000).await;
     assert_eq!(until, 1_956_528_000, "{}", proxy.log());
-}
-
-/// Accepts any server certificate (these are self-signed); the handshake signature is still
-/// checked.
-#[derive(Debug)]
-struct AnyCertificate(std::sync::Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &rustls::pki_types::CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &rustls::pki_types::CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 /// `GET /` over TLS with server name `sni` and `Host: host`: the names of the certificate
@@ -376,12 +322,8 @@ async fn get_tls_fragmented(
 ) -> std::io::Result<(Vec<String>, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(provider)))
-        .with_no_client_auth();
+    let mut config =
+        wsplice::tls::testing::client_config(provider, rustls::DEFAULT_VERSIONS).unwrap();
     config.max_fragment_size = fragment;
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(addr).await?;

@@ -117,6 +117,14 @@ pub struct Opened {
     pub closed: bool,
 }
 
+impl Opened {
+    /// Of the `n` bytes opened, those of a record still arriving, to keep for the next
+    /// read: none once the client closed, as nothing after `close_notify` counts.
+    pub fn tail(&self, n: usize) -> usize {
+        if self.closed { 0 } else { n - self.consumed }
+    }
+}
+
 /// The TLS state an open tunnel carries: both directions' keys and what rustls needs to
 /// derive the next ones.
 pub struct TunnelTls {

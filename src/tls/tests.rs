@@ -7,9 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use rcgen::{CertificateParams, KeyPair, SignatureAlgorithm};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, ServerConnection};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConnection, ServerConnection};
 
 use super::*;
 use crate::config::{CertificatePaths, UnknownSni};
@@ -343,93 +342,27 @@ fn a_reload_takes_good_pairs_and_keeps_the_old_for_bad_ones() {
     assert!(expiry[1].1.ends_with("c1.pem"));
 }
 
-/// Accepts any server certificate (these are self-signed) but checks the handshake
-/// signature, and remembers nothing: the test reads the chosen certificate off the
-/// connection.
-#[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// Runs a handshake in memory; the server's certificate (first SAN) or the error.
 fn handshake(
     tls: &Tls,
     sni: &str,
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> Result<(Vec<String>, ServerConnection), rustls::Error> {
-    let p = Arc::new(provider());
-    let mut client = ClientConfig::builder_with_provider(p.clone())
-        .with_protocol_versions(versions)?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(p)))
-        .with_no_client_auth();
+    let mut client = testing::client_config(Arc::new(provider()), versions)?;
     client.alpn_protocols = vec![b"http/1.1".to_vec()];
     let mut c = ClientConnection::new(
         Arc::new(client),
         ServerName::try_from(sni.to_string()).unwrap(),
     )?;
     let mut s = ServerConnection::new(tls.server_config())?;
-    let mut buf = Vec::new();
-    for _ in 0..10 {
-        buf.clear();
-        while c.wants_write() {
-            c.write_tls(&mut buf).unwrap();
-        }
-        let mut rd = &buf[..];
-        while !rd.is_empty() {
-            s.read_tls(&mut rd).unwrap();
-            s.process_new_packets()?;
-        }
-        buf.clear();
-        while s.wants_write() {
-            s.write_tls(&mut buf).unwrap();
-        }
-        let mut rd = &buf[..];
-        while !rd.is_empty() {
-            c.read_tls(&mut rd).unwrap();
-            c.process_new_packets()?;
-        }
-        if !c.is_handshaking() && !s.is_handshaking() {
-            let leaf = &c.peer_certificates().unwrap()[0];
-            let names = webpki::EndEntityCert::try_from(leaf)
-                .unwrap()
-                .valid_dns_names()
-                .map(String::from)
-                .collect();
-            return Ok((names, s));
-        }
-    }
-    panic!("handshake did not finish");
+    testing::handshake(&mut c, &mut s, &mut Vec::new())?;
+    let leaf = &c.peer_certificates().unwrap()[0];
+    let names = webpki::EndEntityCert::try_from(leaf)
+        .unwrap()
+        .valid_dns_names()
+        .map(String::from)
+        .collect();
+    Ok((names, s))
 }
 
 #[test]

@@ -85,11 +85,7 @@ impl<P> Engine<P> {
             }
         };
         tls.peer_closed = opened.closed;
-        let tail = if opened.closed {
-            0
-        } else {
-            n as usize - opened.consumed
-        };
+        let tail = opened.tail(n as usize);
         if tail > 0 {
             let spill = self.spill.take();
             let buffers = self.buffers.as_mut().expect("a buffer ring");
@@ -119,11 +115,7 @@ impl<P> Engine<P> {
             }
         };
         tls.peer_closed = opened.closed;
-        let tail = if opened.closed {
-            0
-        } else {
-            n as usize - opened.consumed
-        };
+        let tail = opened.tail(n as usize);
         if opened.plain == 0 {
             if tail > 0 {
                 let buf = self.spill.bytes_mut(spill);

@@ -428,6 +428,22 @@ pub async fn wait_metric(
     }
 }
 
+/// The series of the expiry gauge of the certificate read from `file` that names `name`.
+pub fn certificate_expiry_key(file: &Path, name: &str) -> String {
+    format!(
+        "wsplice_certificate_expiry_timestamp_seconds{{file=\"{}\",name=\"{name}\"}}",
+        file.display()
+    )
+}
+
+/// Waits (up to 10 s) until `proxy` serves the certificate from `file` naming `name` that
+/// expires at `until` (Unix seconds), as its expiry gauge says; returns the last reading.
+pub async fn wait_certificate_expiry(proxy: &Proxy, file: &Path, name: &str, until: i64) -> i64 {
+    let key = certificate_expiry_key(file, name);
+    let limit = Duration::from_secs(10);
+    wait_metric(proxy.admin_addr(), &key, |v| v as i64 == until, limit).await as i64
+}
+
 /// The resident set of process `pid`, in bytes (from `/proc/PID/statm`).
 #[allow(clippy::disallowed_methods)] // a small /proc read on the test's own runtime
 pub fn resident_bytes(pid: u32) -> u64 {
