@@ -36,10 +36,12 @@ use crate::observe::metrics::WorkerMetrics;
 
 mod buffers;
 mod direction;
+mod handoff;
 mod report;
 mod splice;
 mod tls;
 
+pub use handoff::{Detached, DetachedDirection};
 pub use report::{End, RelayError, Report, Side};
 
 use crate::tls::record::{MAX_OVERHEAD, MAX_PREFIX, MAX_RECORD, TunnelTls};
@@ -78,6 +80,9 @@ struct Engine<P> {
     slab: Vec<Option<Tunnel<P>>>,
     free: Vec<u32>,
     ended: Vec<(P, Report)>,
+    /// Tunnels are being handed to another process (see `handoff`).
+    detaching: bool,
+    detached: Vec<Detached<P>>,
     cqes: Vec<cqueue::Entry>,
     /// Entries the submission queue had no room for while the kernel refused to take any.
     backlog: Vec<squeue::Entry>,
@@ -156,6 +161,8 @@ impl<P> Tunnels<P> {
                 slab: Vec::with_capacity(max_connections),
                 free: Vec::new(),
                 ended: Vec::new(),
+                detaching: false,
+                detached: Vec::new(),
                 cqes: Vec::with_capacity(256),
                 pipes_left: pipes,
                 metrics,
@@ -203,16 +210,19 @@ impl<P> Tunnels<P> {
             None => (None, Vec::new()),
         };
         let tunnel = Tunnel { tls, ..tunnel };
-        let index = match engine.free.pop() {
-            Some(i) => {
-                engine.slab[i as usize] = Some(tunnel);
-                i
+        let index = engine.insert(tunnel);
+        if engine.parks(index) {
+            // Handing over: it leaves as it is, nothing read yet.
+            let tunnel = engine.tunnel(index);
+            tunnel.dirs[0].state = State::Parked;
+            tunnel.dirs[1].state = State::Parked;
+            engine.detach(index);
+            drop(engine);
+            if let Some(loop_task) = self.parked.take() {
+                loop_task.wake();
             }
-            None => {
-                engine.slab.push(Some(tunnel));
-                (engine.slab.len() - 1) as u32
-            }
-        };
+            return Ok(());
+        }
         if engine.is_tls(index) {
             engine.carry_in(index, &tail);
             engine.read_client_tls(index);
@@ -240,23 +250,32 @@ impl<P> Tunnels<P> {
     }
 
     /// The relay loop: handles completions, hands each ended tunnel's payload and report to
-    /// `on_end`, and sleeps in between until the ring has completions (its descriptor polled
+    /// `on_end` and each tunnel detached for a handoff to `on_detach`, and sleeps in between until the ring has completions (its descriptor polled
     /// by the runtime's epoll, as tokio-uring polls its own ring's). Runs for the worker's life.
-    pub async fn run(self: Rc<Self>, mut on_end: impl FnMut(P, Report)) -> io::Result<()> {
+    pub async fn run(
+        self: Rc<Self>,
+        mut on_end: impl FnMut(P, Report),
+        mut on_detach: impl FnMut(Detached<P>),
+    ) -> io::Result<()> {
         let ring = RingFd(self.engine.borrow().ring.as_raw_fd());
         // SAFETY: the ring's descriptor stays open as long as `self`, which this loop holds.
         #[allow(unsafe_code)]
         let ready = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE)? };
         let mut ended = Vec::new();
+        let mut detached = Vec::new();
         loop {
             let turn = {
                 let mut engine = self.engine.borrow_mut();
                 let turn = engine.turn();
                 std::mem::swap(&mut ended, &mut engine.ended);
+                std::mem::swap(&mut detached, &mut engine.detached);
                 turn
             };
             for (payload, report) in ended.drain(..) {
                 on_end(payload, report);
+            }
+            for tunnel in detached.drain(..) {
+                on_detach(tunnel);
             }
             match turn {
                 // Readiness is cleared before the next turn looks, so a completion that
@@ -327,7 +346,9 @@ impl<P> Engine<P> {
             }
             for i in 0..self.cqes.len() {
                 let cqe = self.cqes[i].clone();
-                self.complete(&cqe);
+                if cqe.user_data() != handoff::CANCEL {
+                    self.complete(&cqe);
+                }
             }
             handled += self.cqes.len();
             if handled >= TURN_BUDGET {
@@ -386,10 +407,19 @@ impl<P> Engine<P> {
             .expect("completion for a closed tunnel")
     }
 
+    /// Finishes tunnel `index` once both directions are over, or hands it over once both
+    /// rest (see `handoff`).
     fn finish_if_done(&mut self, index: u32) {
         let tunnel = self.tunnel(index);
-        if tunnel.dirs.iter().all(|d| matches!(d.state, State::Done)) {
+        let [a, b] = [&tunnel.dirs[0].state, &tunnel.dirs[1].state];
+        if matches!((a, b), (State::Done, State::Done)) {
             self.finish(index);
+        } else if a.rests() && b.rests() {
+            if tunnel.aborted {
+                self.finish(index);
+            } else {
+                self.detach(index);
+            }
         }
     }
 
@@ -401,6 +431,11 @@ impl<P> Engine<P> {
             self.spill.put(spill);
         }
         self.pipes_left += tunnel.dirs.iter().filter(|d| d.pipe.is_some()).count();
+        for dir in &tunnel.dirs {
+            if let State::ParkedHeap { spill, .. } = dir.state {
+                self.spill.put(spill);
+            }
+        }
         let end = if tunnel.idled {
             End::Idle
         } else if let Some(e) = tunnel.error {

@@ -84,10 +84,13 @@ pub fn spawn(
                     tunnels: tunnels.clone(),
                 });
                 let owner = ctx.clone();
-                let relay = tunnels.clone().run(move |end, report| {
-                    fault::inject_panic("tunnel-loop-panic");
-                    end.finish(&owner, report)
-                });
+                let relay = tunnels.clone().run(
+                    move |end, report| {
+                        fault::inject_panic("tunnel-loop-panic");
+                        end.finish(&owner, report)
+                    },
+                    |_| unreachable!("tunnels are detached only for a handoff, not started here yet"),
+                );
                 tokio_uring::spawn(async move {
                     let e = match fault::injected_error("tunnel-loop-error") {
                         Some(e) => e,

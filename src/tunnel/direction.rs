@@ -52,9 +52,20 @@ pub(super) enum State {
     /// Spliced: a poll of the source (`POLLIN`, pipe empty) or of the destination
     /// (`POLLOUT`, pipe not yet written on).
     Spliced { events: libc::c_short },
+    /// Nothing in flight, for a handoff: the tunnel leaves once both directions rest.
+    Parked,
+    /// Parked holding bytes `sent..len` of heap buffer `spill`, read and not yet written on.
+    ParkedHeap { spill: u32, len: u32, sent: u32 },
     /// Nothing in flight: the direction ended (end of stream, error, abort), or its
     /// completion is being handled.
     Done,
+}
+
+impl State {
+    /// Nothing in flight: ended or parked.
+    pub(super) fn rests(&self) -> bool {
+        matches!(self, State::Done | State::Parked | State::ParkedHeap { .. })
+    }
 }
 
 impl Direction {
@@ -72,6 +83,9 @@ impl<P> Engine<P> {
     /// Puts direction `d` of tunnel `index` in `state` and submits the one operation that
     /// state stands for: the only place tunnel entries are built.
     pub(super) fn enter(&mut self, index: u32, d: usize, state: State) {
+        if self.parks(index) {
+            return self.park(index, d, state);
+        }
         let tunnel = self.slab[index as usize].as_mut().expect("open tunnel");
         let src = tunnel.fds[d].as_raw_fd();
         let dst = tunnel.fds[1 - d].as_raw_fd();
@@ -117,7 +131,9 @@ impl<P> Engine<P> {
                 let fd = if events == libc::POLLIN { src } else { dst };
                 opcode::PollAdd::new(Fd(fd), events as u32).build()
             }
-            State::Done => unreachable!("`Done` has no operation to submit"),
+            State::Done | State::Parked | State::ParkedHeap { .. } => {
+                unreachable!("no operation to submit")
+            }
         };
         let dir = &mut tunnel.dirs[d];
         debug_assert!(matches!(dir.state, State::Done), "two operations in flight");
@@ -148,9 +164,15 @@ impl<P> Engine<P> {
     pub(super) fn complete(&mut self, cqe: &cqueue::Entry) {
         let (index, d) = parse_user_data(cqe.user_data());
         let res = cqe.result();
+        let cancelled = res == -libc::ECANCELED && self.parks(index);
         let tunnel = self.tunnel(index);
         let state = std::mem::replace(&mut tunnel.dirs[d].state, State::Done);
         let aborted = tunnel.aborted;
+        if cancelled {
+            // Cancelled for a handoff before it did anything: it parks as it stood.
+            self.park(index, d, state);
+            return self.finish_if_done(index);
+        }
         match state {
             State::Receiving { polled } => {
                 let id = cqueue::buffer_select(cqe.flags());
@@ -248,7 +270,9 @@ impl<P> Engine<P> {
                 tunnel.fail(side_of(waited_on), io::Error::from_raw_os_error(-res));
             }
             State::Spliced { .. } => self.splice(index, d, true),
-            State::Done => unreachable!("a completion for a direction with nothing in flight"),
+            State::Done | State::Parked | State::ParkedHeap { .. } => {
+                unreachable!("a completion for a direction with nothing in flight")
+            }
         }
         self.finish_if_done(index);
     }

@@ -137,6 +137,17 @@ impl<P> Engine<P> {
     }
 }
 
+impl Pipe {
+    /// A pipe handed over with `held` bytes in it.
+    pub(super) fn from_parts(read: OwnedFd, write: OwnedFd, held: usize) -> Self {
+        Pipe { read, write, held }
+    }
+
+    pub(super) fn into_parts(self) -> (OwnedFd, OwnedFd, usize) {
+        (self.read, self.write, self.held)
+    }
+}
+
 fn new_pipe() -> io::Result<Pipe> {
     let mut fds = [0; 2];
     // SAFETY: pipe2(2) writes two descriptors into the array we pass.

@@ -1,0 +1,245 @@
+//! Taking plain tunnels out of one process's engine and resuming them in another's, for a
+//! binary upgrade that cuts no tunnel.
+//!
+//! A tunnel can leave only at rest: no operation in flight, every byte read but not yet
+//! written held where it can be handed on. [`Tunnels::detach_all`] cancels what each plain
+//! tunnel has in flight; from then on, a direction entering its next state parks instead of
+//! submitting (see `Engine::enter`), keeping the bytes that state would have sent. Once both
+//! directions rest, the tunnel leaves the slab as a [`Detached`], its descriptors unclosed.
+//! [`Tunnels::adopt`] puts one into this engine: held bytes are sent first, a spliced
+//! direction keeps its pipe (and what is in it), an ended direction stays ended.
+//!
+//! `wss://` tunnels never leave: their record layer's keys and sequence numbers stay in
+//! this process, which relays them until they end.
+
+use std::os::fd::OwnedFd;
+
+use io_uring::opcode;
+
+use super::direction::State;
+use super::splice::Pipe;
+use super::{Engine, Tunnel, Tunnels, user_data};
+
+/// `user_data` of the cancellations that detaching submits; their completions are ignored.
+pub(super) const CANCEL: u64 = 1 << 63;
+
+/// A plain tunnel out of the engine, with nothing in flight.
+pub struct Detached<P> {
+    /// [client, upstream].
+    pub fds: [OwnedFd; 2],
+    /// [client->upstream, upstream->client].
+    pub dirs: [DetachedDirection; 2],
+    /// Idle sweeps in a row that found no bytes read (the idle deadline carries over).
+    pub quiet: u8,
+    pub payload: P,
+}
+
+/// One direction of a detached tunnel.
+#[derive(Default)]
+pub struct DetachedDirection {
+    /// Bytes moved so far, for the access log.
+    pub bytes: u64,
+    /// Its source reached end of stream, passed on as a half-close: it reads no more.
+    pub ended: bool,
+    /// Bytes read and not yet written on, to be written first.
+    pub held: Vec<u8>,
+    /// A spliced direction's pipe `[read, write]` and the bytes in it not yet written on
+    /// (written after `held`, which is then empty anyway: a spliced direction reads into a
+    /// buffer only with its pipe empty).
+    pub pipe: Option<([OwnedFd; 2], usize)>,
+}
+
+impl<P> Tunnels<P> {
+    /// Starts handing every plain tunnel over: cancels what each has in flight. Each comes
+    /// to rest within a completion or two and is passed to `run`'s `on_detach`; so is every
+    /// plain tunnel opened from now on, at once. `wss://` tunnels stay.
+    pub fn detach_all(&self) {
+        let mut engine = self.engine.borrow_mut();
+        engine.detaching = true;
+        for index in 0..engine.slab.len() {
+            let Some(tunnel) = &engine.slab[index] else {
+                continue;
+            };
+            if tunnel.tls.is_some() {
+                continue;
+            }
+            let busy = [0, 1].map(|d| !matches!(tunnel.dirs[d].state, State::Done));
+            for d in (0..2).filter(|&d| busy[d]) {
+                let cancel = opcode::AsyncCancel::new(user_data(index as u32, d)).build();
+                engine.push(cancel.user_data(CANCEL));
+            }
+        }
+        let _ = engine.submit();
+        drop(engine);
+        if let Some(loop_task) = self.parked.take() {
+            loop_task.wake();
+        }
+    }
+
+    /// Whether tunnels are being handed over (see [`Tunnels::detach_all`]).
+    pub fn detaching(&self) -> bool {
+        self.engine.borrow().detaching
+    }
+
+    /// Resumes a tunnel another process detached. `Err` gives it back when this engine
+    /// cannot hold its bytes (a heap buffer smaller than the other process's).
+    pub fn adopt(&self, tunnel: Detached<P>) -> Result<(), Detached<P>> {
+        let mut engine = self.engine.borrow_mut();
+        if tunnel.dirs.iter().any(|d| d.held.len() > engine.spill.size) {
+            return Err(tunnel);
+        }
+        let Detached {
+            fds,
+            mut dirs,
+            quiet,
+            payload,
+        } = tunnel;
+        let mut entry = Tunnel {
+            fds,
+            dirs: [dirs[0].bytes, dirs[1].bytes].map(super::Direction::new),
+            active: false,
+            quiet,
+            aborted: false,
+            idled: false,
+            error: None,
+            tls: None,
+            payload,
+        };
+        for (dir, from) in entry.dirs.iter_mut().zip(&mut dirs) {
+            if let Some(([read, write], held)) = from.pipe.take() {
+                dir.pipe = Some(Box::new(Pipe::from_parts(read, write, held)));
+                engine.pipes_left = engine.pipes_left.saturating_sub(1);
+            }
+        }
+        let index = engine.insert(entry);
+        for (d, from) in dirs.into_iter().enumerate() {
+            let spliced = engine.tunnel(index).dirs[d].pipe.as_ref().map(|p| p.held);
+            if from.ended {
+                continue;
+            }
+            if !from.held.is_empty() {
+                let spill = engine.spill.take();
+                let len = from.held.len();
+                engine.spill.bytes_mut(spill)[..len].copy_from_slice(&from.held);
+                let len = len as u32;
+                engine.enter(
+                    index,
+                    d,
+                    State::SendingHeap {
+                        spill,
+                        len,
+                        sent: 0,
+                    },
+                );
+            } else if let Some(held) = spliced {
+                let events = if held == 0 {
+                    libc::POLLIN
+                } else {
+                    libc::POLLOUT
+                };
+                engine.enter(index, d, State::Spliced { events });
+            } else {
+                engine.read(index, d);
+            }
+        }
+        let _ = engine.submit();
+        Ok(())
+    }
+}
+
+impl<P> Engine<P> {
+    /// Whether direction entries of tunnel `index` park instead of being submitted.
+    pub(super) fn parks(&self, index: u32) -> bool {
+        self.detaching
+            && self.slab[index as usize]
+                .as_ref()
+                .is_some_and(|t| t.tls.is_none() && !t.aborted)
+    }
+
+    /// Direction `d` would enter `state`, but the tunnel is leaving: the direction rests
+    /// instead, keeping the bytes `state` would have sent in a heap buffer.
+    pub(super) fn park(&mut self, index: u32, d: usize, state: State) {
+        let parked = match state {
+            State::Receiving { .. } | State::AwaitingReadable | State::Spliced { .. } => {
+                State::Parked
+            }
+            State::ReceivingHeap { spill, at } => {
+                debug_assert_eq!(at, 0, "only TLS reads append");
+                self.spill.put(spill);
+                State::Parked
+            }
+            State::SendingHeap { spill, len, sent } => State::ParkedHeap { spill, len, sent },
+            State::SendingRing { id, len, sent } => {
+                let spill = self.spill.take();
+                let buffers = self.buffers.as_mut().expect("a buffer ring");
+                let rest = buffers.piece_mut(id, sent, len - sent);
+                let n = rest.len();
+                self.spill.bytes_mut(spill)[..n].copy_from_slice(rest);
+                buffers.give_back(id);
+                State::ParkedHeap {
+                    spill,
+                    len: n as u32,
+                    sent: 0,
+                }
+            }
+            State::Parked | State::ParkedHeap { .. } | State::Done => {
+                unreachable!("not an operation")
+            }
+        };
+        self.tunnel(index).dirs[d].state = parked;
+    }
+
+    /// Tunnel `index` rests in both directions (at least one parked) and is not failing:
+    /// it leaves the slab for `on_detach`, its descriptors open.
+    pub(super) fn detach(&mut self, index: u32) {
+        let tunnel = self.slab[index as usize].take().expect("open tunnel");
+        self.free.push(index);
+        let Tunnel {
+            fds,
+            dirs,
+            quiet,
+            payload,
+            ..
+        } = tunnel;
+        let dirs = dirs.map(|dir| {
+            let mut out = DetachedDirection {
+                bytes: dir.bytes,
+                ended: matches!(dir.state, State::Done),
+                ..DetachedDirection::default()
+            };
+            if let State::ParkedHeap { spill, len, sent } = dir.state {
+                out.held = self.spill.bytes_mut(spill)[sent as usize..len as usize].to_vec();
+                self.spill.put(spill);
+            }
+            if let Some(pipe) = dir.pipe {
+                self.pipes_left += 1;
+                let (read, write, held) = pipe.into_parts();
+                out.pipe = Some(([read, write], held));
+            }
+            out
+        });
+        self.detached.push(Detached {
+            fds,
+            dirs,
+            quiet,
+            payload,
+        });
+    }
+
+    /// Puts `tunnel` in a free slot of the slab.
+    pub(super) fn insert(&mut self, tunnel: Tunnel<P>) -> u32 {
+        match self.free.pop() {
+            Some(i) => {
+                self.slab[i as usize] = Some(tunnel);
+                i
+            }
+            None => {
+                self.slab.push(Some(tunnel));
+                (self.slab.len() - 1) as u32
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
