@@ -16,7 +16,7 @@ use crate::report::Probe;
 use crate::sys;
 
 const EVENT: &str = "raw_syscalls:sys_enter";
-const ACK_TIMEOUT: Duration = Duration::from_secs(3);
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Whether `perf` can count [`EVENT`] here (installed, allowed, tracepoint present): a
 /// one-off count of `true`.
