@@ -4,11 +4,15 @@
 # one run, printed as one table. Installs nginx and haproxy with apt when missing (as root),
 # builds the release binaries, then runs `wsplice-bench compare`.
 #   scripts/bench.sh             5 s cells, 3 rounds, 8,000 idle connections, fanout with and
-#                                without a CPU hog (about 10 minutes)
-#   scripts/bench.sh --quick     1 s cells, 2 rounds, 1,000 idle connections (about 1 minute)
+#                                without a CPU hog, rr at 2,000 connections (about 12 minutes)
+#   scripts/bench.sh --quick     1 s cells, 2 rounds, 1,000 idle connections (about 2 minutes)
 #   scripts/bench.sh --targets direct,wsplice --cells rr,bulk --proxy-cpus 4-7 --load-cpus 0-3
 #   scripts/bench.sh --cells tls --targets nginx,haproxy,wsplice   the TLS cells (wss-rr,
 #     wss-rr-many, tls-handshakes, wss-bulk, wss-idle): same certificate, TLS 1.3, one cipher
+#   scripts/bench.sh --targets nginx,wsplice --cells rr,rr-many,fanout --rr-connections 200
+#                                issue 15's cost table: CPU per message as user + kernel, system
+#                                calls per message (perf, in a separate 1 s window; n/a without
+#                                it), p99 at 200 and at 2,000 connections (rr-many)
 # Any other option is passed to `wsplice-bench compare` (see its --help). Results go to
 # bench-results/DATE/ (table.md, summary.csv, runs.csv).
 set -euo pipefail

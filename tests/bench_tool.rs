@@ -1,7 +1,8 @@
 //! The load tool (tools/bench) through the real wsplice binary: rr, bulk and idle verify
 //! every echo and every byte through the proxy, and a short `compare` of direct against
 //! wsplice produces its table and CSV files with no errors, for the plain cells and for the
-//! TLS ones (and against nginx and HAProxy's TLS configs where they are installed).
+//! TLS ones (and against nginx and HAProxy's TLS configs where they are installed), with the
+//! cost table's user/kernel split and system calls (n/a, not a failure, without perf).
 
 mod common;
 
@@ -80,7 +81,11 @@ fn compare_direct_against_wsplice() {
         "--targets",
         "direct,wsplice",
         "--cells",
-        "rr,rate,pipe,bulk,handshake,idle,fanout",
+        "rr,rr-many,rate,pipe,bulk,handshake,idle,fanout",
+        "--rr-many-connections",
+        "40",
+        "--syscall-window",
+        "200ms",
         "--fanout-connections",
         "50",
         "--fanout-rate",
@@ -110,8 +115,8 @@ fn compare_direct_against_wsplice() {
     for run in &summary.runs {
         assert_eq!(run.errors, 0, "{}", run.describe());
     }
-    // Six load cells for each target, plus the idle cell for wsplice.
-    assert_eq!(summary.runs.len(), 13);
+    // Seven load cells for each target, plus the idle cell for wsplice.
+    assert_eq!(summary.runs.len(), 15);
     let table = summary.markdown();
     assert!(
         table.contains("| direct |") && table.contains("| wsplice |"),
@@ -124,6 +129,17 @@ fn compare_direct_against_wsplice() {
         .find(|r| r.target == compare::proxies::Kind::Wsplice && r.cell == compare::Cell::Rr)
         .unwrap();
     assert!(wsplice_rr.value > 0.0 && wsplice_rr.cpu_per_op().unwrap() > 0.0);
+    assert_cost_table(&summary, &table);
+    let rr_many = summary
+        .runs
+        .iter()
+        .find(|r| r.target == compare::proxies::Kind::Wsplice && r.cell == compare::Cell::RrMany)
+        .unwrap();
+    assert!(
+        rr_many.value > 0.0 && rr_many.p99_us > 0.0,
+        "{}",
+        rr_many.describe()
+    );
 
     let dirs: Vec<_> = std::fs::read_dir(results.path()).unwrap().collect();
     assert_eq!(dirs.len(), 1);
@@ -133,6 +149,93 @@ fn compare_direct_against_wsplice() {
     }
     let summary_csv = String::from_utf8(std::fs::read(dir.join("summary.csv")).unwrap()).unwrap();
     assert_eq!(summary_csv.lines().count(), 3, "{summary_csv}");
+    for column in [
+        "rr_many_p99_us",
+        "rr_user_us_per_msg",
+        "rr_syscalls_per_msg",
+    ] {
+        assert!(summary_csv.contains(column), "{column}: {summary_csv}");
+    }
+    let runs_csv = String::from_utf8(std::fs::read(dir.join("runs.csv")).unwrap()).unwrap();
+    assert!(runs_csv.starts_with("target,cell,round,value,ops,p50_us,p99_us,proxy_cpu_us,cpu_us_per_op,proxy_cpu_percent,load_cpu_percent,errors,first_error,"), "{runs_csv}");
+}
+
+/// The cost table has a row per load cell and contender; wsplice's CPU splits into user and
+/// kernel parts that add up, and its system calls are counted wherever perf can count them.
+fn assert_cost_table(summary: &compare::table::Summary, table: &str) {
+    assert!(
+        table.contains("| cell | target | ops/s | p50 / p99 µs | proxy CPU µs/op | user µs/op | kernel µs/op | syscalls/op |"),
+        "{table}"
+    );
+    let perf = compare::syscalls::available(std::path::Path::new("perf")).is_ok();
+    let rows: Vec<&str> = table
+        .lines()
+        .filter(|l| l.starts_with("| rr | wsplice |"))
+        .collect();
+    assert_eq!(rows.len(), 1, "{table}");
+    assert_eq!(rows[0].ends_with("| n/a |"), !perf, "{table}");
+    for run in summary
+        .runs
+        .iter()
+        .filter(|r| r.target == compare::proxies::Kind::Wsplice && !r.cell.is_idle())
+    {
+        if let (Some(cpu), Some(user), Some(kernel)) =
+            (run.cpu_per_op(), run.user_per_op(), run.kernel_per_op())
+        {
+            assert!(
+                (user + kernel - cpu).abs() < 1e-6 * cpu.max(1.0),
+                "{}",
+                run.describe()
+            );
+            assert!(user >= 0.0 && kernel >= 0.0, "{}", run.describe());
+        }
+        if perf {
+            assert!(run.syscalls_per_op().is_some(), "{}", run.describe());
+        }
+    }
+}
+
+/// Without perf, the syscalls column says n/a and the comparison still succeeds.
+#[test]
+fn compare_without_perf_says_na() {
+    let results = tempfile::tempdir().unwrap();
+    let cpus = allowed_cpus();
+    let args = [
+        "compare",
+        "--targets",
+        "wsplice",
+        "--cells",
+        "rr",
+        "--duration",
+        "200ms",
+        "--rounds",
+        "1",
+        "--load-cpus",
+        &cpus,
+        "--proxy-cpus",
+        &cpus,
+        "--workers",
+        "1",
+        "--wsplice-bin",
+        common::BIN,
+        "--perf-bin",
+        "/nonexistent/perf",
+        "--results",
+        results.path().to_str().unwrap(),
+    ];
+    let options = <compare::Options as clap::Parser>::try_parse_from(args).unwrap();
+    let summary = compare::run(&options).unwrap();
+    assert_eq!(summary.runs.len(), 1);
+    let run = &summary.runs[0];
+    assert_eq!(run.errors, 0, "{}", run.describe());
+    assert!(run.syscalls.is_none(), "{}", run.describe());
+    let table = summary.markdown();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("| rr | wsplice |") && l.ends_with("| n/a |")),
+        "{table}"
+    );
 }
 
 /// `compare` with the TLS cells only, a fraction of a second each; every run must be clean.
@@ -153,6 +256,8 @@ fn compare_tls(targets: &str, extra: &[&str]) -> compare::table::Summary {
         "50",
         "--wss-rr-many-connections",
         "20",
+        "--syscall-window",
+        "200ms",
         "--idle-hold",
         "100ms",
         "--load-cpus",

@@ -1,7 +1,9 @@
 //! The side-by-side comparison: the same upstream and client against no proxy ("direct", the
 //! ceiling), nginx, HAProxy and wsplice, in one run. The client and upstream run on the load
 //! CPUs, each proxy on the proxy CPUs; runs alternate between contenders cell by cell and
-//! round by round; each proxy's CPU time and memory come from /proc.
+//! round by round; each proxy's CPU time (user and kernel apart) and memory come from /proc.
+//! Its system calls are counted by `perf stat` in a second, shorter window after each cell's
+//! first round (see [`syscalls`]), so the counting never slows the window that is reported.
 //!
 //! The TLS cells (wss-rr, wss-rr-many, tls-handshakes, wss-bulk, wss-idle) run after the
 //! plain ones, against a second set of proxies started with a TLS listener only: the same
@@ -13,6 +15,7 @@
 pub mod hog;
 pub mod procfs;
 pub mod proxies;
+pub mod syscalls;
 pub mod table;
 
 use std::net::SocketAddr;
@@ -55,12 +58,12 @@ pub struct Options {
         default_value = "direct,nginx,haproxy,wsplice"
     )]
     pub targets: Vec<String>,
-    /// Cells to run: rr, rate, pipe, bulk, handshake, idle, fanout, fanout-hog; over TLS:
-    /// wss-rr, wss-rr-many, tls-handshakes, wss-bulk, wss-idle ("tls" names all five).
+    /// Cells to run: rr, rr-many, rate, pipe, bulk, handshake, idle, fanout, fanout-hog; over
+    /// TLS: wss-rr, wss-rr-many, tls-handshakes, wss-bulk, wss-idle ("tls" names all five).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "rr,rate,pipe,bulk,handshake,idle,fanout,fanout-hog"
+        default_value = "rr,rr-many,rate,pipe,bulk,handshake,idle,fanout,fanout-hog"
     )]
     pub cells: Vec<String>,
     /// Short run: 1 s cells, 2 rounds, 1,000 idle connections (unless set explicitly).
@@ -88,6 +91,9 @@ pub struct Options {
     pub size: usize,
     #[arg(long, default_value_t = 50)]
     pub rr_connections: usize,
+    /// Connections of the rr-many cell (rr at many connections, for its p99).
+    #[arg(long, default_value_t = 2000)]
+    pub rr_many_connections: usize,
     /// Fixed total send rate for the open-loop latency cell, messages per second.
     #[arg(long, default_value_t = 10_000.0)]
     pub rate: f64,
@@ -134,6 +140,14 @@ pub struct Options {
     pub nginx_bin: PathBuf,
     #[arg(long, default_value = "haproxy")]
     pub haproxy_bin: PathBuf,
+    /// `perf`, to count each proxy's system calls (raw_syscalls:sys_enter); where it cannot,
+    /// the syscalls column says n/a.
+    #[arg(long, default_value = "perf")]
+    pub perf_bin: PathBuf,
+    /// The separate window in which system calls are counted, after each cell's first round
+    /// (0s: do not count).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    pub syscall_window: Duration,
     /// Where each run's table.md, summary.csv and runs.csv go (in a dated folder).
     #[arg(long, default_value = "bench-results")]
     pub results: PathBuf,
@@ -143,6 +157,8 @@ pub struct Options {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cell {
     Rr,
+    /// rr at --rr-many-connections.
+    RrMany,
     Rate,
     Pipe,
     Bulk,
@@ -163,8 +179,9 @@ pub enum Cell {
 }
 
 impl Cell {
-    pub const ALL: [Cell; 13] = [
+    pub const ALL: [Cell; 14] = [
         Cell::Rr,
+        Cell::RrMany,
         Cell::Rate,
         Cell::Pipe,
         Cell::Bulk,
@@ -204,6 +221,7 @@ impl Cell {
     pub fn name(self) -> &'static str {
         match self {
             Cell::Rr => "rr",
+            Cell::RrMany => "rr-many",
             Cell::Rate => "rate",
             Cell::Pipe => "pipe",
             Cell::Bulk => "bulk",
@@ -251,6 +269,8 @@ pub struct Settings {
     pub workers: usize,
     pub idle: usize,
     pub wss_idle: usize,
+    /// The `perf` that counts system calls, or why there is none.
+    pub perf: Result<PathBuf, String>,
     pub options: Options,
 }
 
@@ -293,6 +313,7 @@ impl Settings {
             wss_idle: options
                 .wss_idle
                 .unwrap_or(if options.quick { 1000 } else { 4000 }),
+            perf: Err("not checked".into()),
             options: options.clone(),
         })
     }
@@ -300,21 +321,40 @@ impl Settings {
 
 /// Runs the whole comparison, writes the results folder and returns what it measured.
 pub fn run(options: &Options) -> Result<Summary, CompareError> {
-    let settings = Settings::new(options)?;
+    let mut settings = Settings::new(options)?;
+    settings.perf = if options.syscall_window.is_zero() {
+        Err("--syscall-window 0s".into())
+    } else {
+        syscalls::available(&options.perf_bin).map(|()| options.perf_bin.clone())
+    };
+    if let Err(why) = &settings.perf {
+        eprintln!("compare: system calls not counted (the column says n/a): {why}");
+    }
     let machine = Machine::probe();
     sys::pin_current_thread(&settings.load_cpus)?;
     let nofile = sys::raise_nofile()?;
-    let fanout = settings
-        .cells
-        .iter()
-        .any(|c| matches!(c, Cell::Fanout | Cell::FanoutHog));
-    if fanout && (2 * options.fanout_connections as u64 + 256 > nofile) {
-        return Err(CompareError::Setup(format!(
-            "{} fanout connections need {} open files here (client + upstream), the limit is {nofile}; use --fanout-connections {}",
+    for (cells, connections, what, flag) in [
+        (
+            &[Cell::Fanout, Cell::FanoutHog][..],
             options.fanout_connections,
-            2 * options.fanout_connections + 256,
-            nofile.saturating_sub(256) / 2
-        )));
+            "fanout",
+            "--fanout-connections",
+        ),
+        (
+            &[Cell::RrMany],
+            options.rr_many_connections,
+            "rr-many",
+            "--rr-many-connections",
+        ),
+    ] {
+        let used = settings.cells.iter().any(|c| cells.contains(c));
+        if used && (2 * connections as u64 + 256 > nofile) {
+            return Err(CompareError::Setup(format!(
+                "{connections} {what} connections need {} open files here (client + upstream), the limit is {nofile}; use {flag} {}",
+                2 * connections + 256,
+                nofile.saturating_sub(256) / 2
+            )));
+        }
     }
     for (cell, idle, flag) in [
         (Cell::Idle, settings.idle, "--idle"),
@@ -498,12 +538,13 @@ fn check_echo(
         .map_err(|e| broken(e.to_string()))
 }
 
-/// Reads the proxy's CPU time, and this process's (the client and the upstream), at the
-/// window's edges.
+/// Reads the proxy's CPU time (in all and its user/kernel ticks), and this process's (the
+/// client and the upstream), at the window's edges.
 #[derive(Default)]
 struct CpuProbe {
     tree: Option<ProcTree>,
     proxy: (u64, u64),
+    ticks: ((u64, u64), (u64, u64)),
     load: (u64, u64),
 }
 
@@ -511,6 +552,15 @@ impl CpuProbe {
     fn proxy_micros(&self) -> Option<f64> {
         self.tree
             .map(|_| self.proxy.1.saturating_sub(self.proxy.0) as f64)
+    }
+
+    /// The user share of the proxy's CPU time in the window, from the utime and stime ticks
+    /// of /proc/PID/stat; None without a proxy or with no tick in the window.
+    fn proxy_user_share(&self) -> Option<f64> {
+        self.tree?;
+        let ((u0, s0), (u1, s1)) = self.ticks;
+        let (user, kernel) = (u1.saturating_sub(u0), s1.saturating_sub(s0));
+        (user + kernel > 0).then(|| user as f64 / (user + kernel) as f64)
     }
 
     fn load_micros(&self) -> f64 {
@@ -523,6 +573,7 @@ impl Probe for CpuProbe {
         self.load.0 = procfs::cpu_micros(std::process::id());
         if let Some(tree) = self.tree {
             self.proxy.0 = tree.cpu_micros();
+            self.ticks.0 = tree.cpu_ticks();
         }
     }
 
@@ -530,6 +581,7 @@ impl Probe for CpuProbe {
         self.load.1 = procfs::cpu_micros(std::process::id());
         if let Some(tree) = self.tree {
             self.proxy.1 = tree.cpu_micros();
+            self.ticks.1 = tree.cpu_ticks();
         }
     }
 }
@@ -554,61 +606,12 @@ fn load_cell(
     s: &Settings,
     tls: Option<&tls::Client>,
 ) -> Run {
-    let o = &s.options;
     let tree = target.process.as_ref().map(|p| p.tree);
     let mut probe = CpuProbe {
         tree,
         ..CpuProbe::default()
     };
-    let load = |connections| Load {
-        target: target.addr,
-        connections,
-        duration: s.duration,
-        warmup: s.warmup,
-        tls: tls.cloned(),
-    };
-    // Started before the connections open, so the proxy shares its CPUs for the whole cell.
-    let hog = match cell {
-        Cell::FanoutHog => Some(hog::Hog::start(&s.proxy_cpus, o.hog_nice)),
-        _ => None,
-    };
-    let result: Result<Report, LoadError> = rt.block_on(async {
-        match cell {
-            Cell::Rr | Cell::WssRr => {
-                let pace = echo::Pace::Closed { depth: 1 };
-                echo::run(&load(o.rr_connections), o.size, pace, &mut probe).await
-            }
-            Cell::Rate => {
-                let pace = echo::Pace::Rate { per_second: o.rate };
-                echo::run(&load(o.rate_connections), o.size, pace, &mut probe).await
-            }
-            Cell::Pipe => {
-                let pace = echo::Pace::Closed {
-                    depth: o.pipe_depth,
-                };
-                echo::run(&load(o.pipe_connections), o.size, pace, &mut probe).await
-            }
-            Cell::WssRrMany => {
-                let pace = echo::Pace::Closed { depth: 1 };
-                let load = load(o.wss_rr_many_connections);
-                echo::run(&load, o.size, pace, &mut probe).await
-            }
-            Cell::Bulk | Cell::WssBulk => {
-                bulk::run(&load(o.bulk_connections), o.bulk_chunk, &mut probe).await
-            }
-            Cell::Handshake | Cell::TlsHandshakes => {
-                handshake::run(&load(o.handshake_connections), &mut probe).await
-            }
-            Cell::Fanout | Cell::FanoutHog => {
-                let pace = echo::Pace::Rate {
-                    per_second: o.fanout_rate,
-                };
-                echo::run(&load(o.fanout_connections), o.size, pace, &mut probe).await
-            }
-            Cell::Idle | Cell::WssIdle => unreachable!("the idle cells have their own runner"),
-        }
-    });
-    drop(hog);
+    let result = drive(rt, target, cell, s, s.duration, tls, &mut probe);
     if let Some(tree) = tree {
         tree.settle(Duration::from_secs(5));
     }
@@ -621,7 +624,113 @@ fn load_cell(
         s.duration,
     );
     run.load_cpu_us = probe.load_micros();
+    run.proxy_user_share = probe.proxy_user_share();
+    if let (Some(tree), Ok(perf), 0) = (tree, &s.perf, round) {
+        match count_syscalls(rt, target, cell, s, tls, perf, tree) {
+            Ok((calls, ops)) => run.syscalls = Some((calls, ops)),
+            Err(why) => eprintln!(
+                "compare: {} {}: system calls not counted: {why}",
+                target.kind.name(),
+                cell.name()
+            ),
+        }
+    }
     run
+}
+
+/// Runs `cell` again for --syscall-window with `perf stat` counting the proxy's system calls;
+/// returns the calls and the operations (messages, handshakes, bytes for bulk) in the window.
+fn count_syscalls(
+    rt: &tokio::runtime::Runtime,
+    target: &Target,
+    cell: Cell,
+    s: &Settings,
+    tls: Option<&tls::Client>,
+    perf: &std::path::Path,
+    tree: ProcTree,
+) -> Result<(u64, u64), String> {
+    let mut counter = syscalls::Counter::attach(perf, &tree.pids())?;
+    let result = drive(
+        rt,
+        target,
+        cell,
+        s,
+        s.options.syscall_window,
+        tls,
+        &mut counter,
+    );
+    let calls = counter.finish();
+    tree.settle(Duration::from_secs(5));
+    let report = result.map_err(|e| e.to_string())?;
+    if report.errors > 0 {
+        return Err(report.first_error.unwrap_or_default());
+    }
+    let ops = if cell.is_bulk() {
+        report.bytes
+    } else {
+        report.messages
+    };
+    Ok((calls?, ops))
+}
+
+/// One window of `cell`'s load against `target`, `duration` long after the warm-up.
+fn drive(
+    rt: &tokio::runtime::Runtime,
+    target: &Target,
+    cell: Cell,
+    s: &Settings,
+    duration: Duration,
+    tls: Option<&tls::Client>,
+    probe: &mut dyn Probe,
+) -> Result<Report, LoadError> {
+    let o = &s.options;
+    let load = |connections| Load {
+        target: target.addr,
+        connections,
+        duration,
+        warmup: s.warmup,
+        tls: tls.cloned(),
+    };
+    // Started before the connections open, so the proxy shares its CPUs for the whole cell.
+    let _hog = match cell {
+        Cell::FanoutHog => Some(hog::Hog::start(&s.proxy_cpus, o.hog_nice)),
+        _ => None,
+    };
+    let closed = echo::Pace::Closed { depth: 1 };
+    rt.block_on(async {
+        match cell {
+            Cell::Rr | Cell::WssRr => {
+                echo::run(&load(o.rr_connections), o.size, closed, probe).await
+            }
+            Cell::RrMany => echo::run(&load(o.rr_many_connections), o.size, closed, probe).await,
+            Cell::Rate => {
+                let pace = echo::Pace::Rate { per_second: o.rate };
+                echo::run(&load(o.rate_connections), o.size, pace, probe).await
+            }
+            Cell::Pipe => {
+                let pace = echo::Pace::Closed {
+                    depth: o.pipe_depth,
+                };
+                echo::run(&load(o.pipe_connections), o.size, pace, probe).await
+            }
+            Cell::WssRrMany => {
+                echo::run(&load(o.wss_rr_many_connections), o.size, closed, probe).await
+            }
+            Cell::Bulk | Cell::WssBulk => {
+                bulk::run(&load(o.bulk_connections), o.bulk_chunk, probe).await
+            }
+            Cell::Handshake | Cell::TlsHandshakes => {
+                handshake::run(&load(o.handshake_connections), probe).await
+            }
+            Cell::Fanout | Cell::FanoutHog => {
+                let pace = echo::Pace::Rate {
+                    per_second: o.fanout_rate,
+                };
+                echo::run(&load(o.fanout_connections), o.size, pace, probe).await
+            }
+            Cell::Idle | Cell::WssIdle => unreachable!("the idle cells have their own runner"),
+        }
+    })
 }
 
 fn idle_cell(

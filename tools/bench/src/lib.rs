@@ -10,7 +10,8 @@
 //! - [`load`]: the modes (`rr`, `pipe`, open-loop rate, `handshake`, `bulk`, `idle`), each
 //!   counting inside a [`report::Window`] and reporting a [`report::Report`].
 //! - [`compare`]: the side-by-side run (direct, nginx, HAProxy, wsplice) that pins the proxy
-//!   to its own CPUs, reads its CPU time and memory from /proc, and writes the table.
+//!   to its own CPUs, reads its CPU time (user and kernel) and memory from /proc, counts its
+//!   system calls with `perf stat` in a window of their own, and writes the tables.
 //! - [`tls`]: the certificate the TLS cells give every proxy, and the client's TLS settings
 //!   (TLS 1.3, one cipher suite, no resumption).
 //! - [`sys`]: CPU pinning, the open-files limit and signals (the crate's only unsafe code).

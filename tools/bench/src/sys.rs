@@ -1,5 +1,6 @@
 //! The few Linux calls the tool needs that std lacks: CPU pinning (own threads and spawned
-//! proxies), the open-files limit, signals to a proxy, and the units /proc reports in.
+//! proxies), the open-files limit, signals to a proxy, named pipes (to steer `perf stat`), and
+//! the units /proc reports in.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -117,6 +118,19 @@ pub fn process_cpu_nanos(pid: u32) -> Option<u64> {
         return None;
     }
     Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
+/// Makes a named pipe at `path` (read and write for the owner only).
+pub fn mkfifo(path: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))?;
+    // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
+    if unsafe { libc::mkfifo(path.as_ptr(), 0o600) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Clock ticks per second, the unit of utime and stime in /proc/PID/stat.

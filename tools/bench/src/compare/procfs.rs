@@ -1,5 +1,5 @@
 //! A proxy as /proc sees it: its process and every descendant (nginx's master and workers),
-//! with their summed CPU time (utime + stime) and resident memory.
+//! with their summed CPU time (utime + stime, and the two apart) and resident memory.
 
 use std::collections::HashMap;
 use std::fs;
@@ -41,6 +41,18 @@ impl ProcTree {
     /// CPU time (utime + stime) of the whole tree so far, in microseconds.
     pub fn cpu_micros(&self) -> u64 {
         self.pids().into_iter().map(cpu_micros).sum()
+    }
+
+    /// User and kernel CPU time (utime, stime) of the whole tree so far, in clock ticks.
+    pub fn cpu_ticks(&self) -> (u64, u64) {
+        self.pids()
+            .into_iter()
+            .filter_map(stat_fields)
+            .map(|f| {
+                let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                (field(11), field(12))
+            })
+            .fold((0, 0), |(u, s), (du, ds)| (u + du, s + ds))
     }
 
     /// Resident memory of the whole tree, in bytes.

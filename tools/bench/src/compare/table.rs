@@ -91,6 +91,12 @@ pub struct Run {
     pub proxy_cpu_us: Option<f64>,
     /// The client's and the upstream's CPU time inside the window (this process).
     pub load_cpu_us: f64,
+    /// The user-mode share of the proxy's CPU time in the window (from the utime and stime
+    /// ticks of /proc/PID/stat); the rest is kernel time.
+    pub proxy_user_share: Option<f64>,
+    /// The proxy's system calls and the operations counted in the separate syscall window
+    /// (first round only; None where perf could not count).
+    pub syscalls: Option<(u64, u64)>,
     pub errors: u64,
     pub first_error: Option<String>,
     window: Duration,
@@ -115,6 +121,8 @@ impl Run {
             p99_us: 0.0,
             proxy_cpu_us,
             load_cpu_us: 0.0,
+            proxy_user_share: None,
+            syscalls: None,
             errors: 0,
             first_error: None,
             window,
@@ -150,16 +158,40 @@ impl Run {
         run
     }
 
+    /// Operations in `ops` units: messages and handshakes as they are, bytes as MB (bulk).
+    fn units(&self, ops: u64) -> f64 {
+        if self.cell.is_bulk() {
+            ops as f64 / 1e6
+        } else {
+            ops as f64
+        }
+    }
+
     /// Proxy CPU µs per message or handshake (per MB for bulk).
     pub fn cpu_per_op(&self) -> Option<f64> {
-        let units = if self.cell.is_bulk() {
-            self.ops as f64 / 1e6
-        } else {
-            self.ops as f64
-        };
+        let units = self.units(self.ops);
         self.proxy_cpu_us
             .filter(|_| units > 0.0)
             .map(|cpu| cpu / units)
+    }
+
+    /// The user-mode part of [`Run::cpu_per_op`].
+    pub fn user_per_op(&self) -> Option<f64> {
+        Some(self.cpu_per_op()? * self.proxy_user_share?)
+    }
+
+    /// The kernel part of [`Run::cpu_per_op`] (system calls, interrupts and softirqs the
+    /// proxy's threads ran: for a proxy on loopback, most of the TCP stack).
+    pub fn kernel_per_op(&self) -> Option<f64> {
+        Some(self.cpu_per_op()? * (1.0 - self.proxy_user_share?))
+    }
+
+    /// The proxy's system calls per message or handshake (per MB for bulk), from the
+    /// separate syscall window.
+    pub fn syscalls_per_op(&self) -> Option<f64> {
+        let (calls, ops) = self.syscalls?;
+        let units = self.units(ops);
+        (units > 0.0).then(|| calls as f64 / units)
     }
 
     /// The proxy's CPU use during the window, in percent of one CPU.
@@ -188,6 +220,12 @@ impl Run {
         }
         if let (Some(per), Some(pct)) = (self.cpu_per_op(), self.cpu_percent()) {
             let _ = write!(s, ", proxy {per:.2} CPU-us/op at {pct:.0}% CPU");
+            if let (Some(user), Some(kernel)) = (self.user_per_op(), self.kernel_per_op()) {
+                let _ = write!(s, " (user {user:.2}, kernel {kernel:.2})");
+            }
+        }
+        if let Some(calls) = self.syscalls_per_op() {
+            let _ = write!(s, ", {calls:.2} syscalls/op");
         }
         if !self.cell.is_idle() {
             let _ = write!(s, ", client+upstream {:.0}% CPU", self.load_percent());
@@ -245,6 +283,17 @@ const TLS_HANDSHAKE_CPU: Metric = (Cell::TlsHandshakes, Run::cpu_per_op);
 const WSS_BULK: Metric = (Cell::WssBulk, |r| Some(r.value));
 const WSS_BULK_CPU: Metric = (Cell::WssBulk, Run::cpu_per_op);
 const WSS_IDLE_RSS: Metric = (Cell::WssIdle, |r| Some(r.value));
+
+/// The figures of the cost table, for any load cell.
+fn value(r: &Run) -> Option<f64> {
+    Some(r.value)
+}
+fn p50(r: &Run) -> Option<f64> {
+    Some(r.p50_us)
+}
+fn p99(r: &Run) -> Option<f64> {
+    Some(r.p99_us)
+}
 
 impl Summary {
     /// The median over rounds of `metric` for `target`, if it was measured: over the runs
@@ -371,6 +420,9 @@ impl Summary {
         if s.cells.iter().any(|c| c.is_tls()) {
             self.tls_table(&mut t);
         }
+        if s.cells.iter().any(|c| !c.is_idle()) {
+            self.cost_table(&mut t);
+        }
         let failed: Vec<&Run> = self.runs.iter().filter(|r| r.errors > 0).collect();
         if !failed.is_empty() {
             let _ = writeln!(t, "Errors:\n");
@@ -450,6 +502,64 @@ impl Summary {
             }
             t.push('\n');
         }
+    }
+
+    /// Issue 15's table: per cell and contender, the rate, the latency, and the proxy's CPU
+    /// per operation split into user and kernel time, with its system calls per operation.
+    fn cost_table(&self, t: &mut String) {
+        let s = &self.settings;
+        let o = &s.options;
+        let _ = writeln!(
+            t,
+            "Cost per operation (issue 15): rr {} and rr-many {} connections; op = one verified echo (rr, rr-many, rate, pipe, fanout: it crosses the proxy both ways), one MB (bulk), one handshake.\n",
+            o.rr_connections, o.rr_many_connections
+        );
+        let _ = writeln!(
+            t,
+            "| cell | target | ops/s | p50 / p99 µs | proxy CPU µs/op | user µs/op | kernel µs/op | syscalls/op |"
+        );
+        let _ = writeln!(t, "|---|---|---:|---:|---:|---:|---:|---:|");
+        let calls = match &s.perf {
+            Ok(_) => "n/a (perf failed)",
+            Err(_) => "n/a",
+        };
+        for &cell in s.cells.iter().filter(|c| !c.is_idle()) {
+            for &(kind, _) in &self.versions {
+                if cell.is_tls() && kind == Kind::Direct {
+                    continue;
+                }
+                let get = |f: fn(&Run) -> Option<f64>| self.median(kind, (cell, f));
+                let latency = match (get(p50), get(p99)) {
+                    (Some(p50), Some(p99)) if p99 > 0.0 => {
+                        format!("{} / {}", micros(p50), micros(p99))
+                    }
+                    _ => "–".into(),
+                };
+                let two = |v: f64| format!("{v:.2}");
+                let proxy = kind != Kind::Direct;
+                let _ = writeln!(
+                    t,
+                    "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                    cell.name(),
+                    kind.name(),
+                    opt(get(value), thousands),
+                    latency,
+                    opt(get(Run::cpu_per_op), two),
+                    opt(get(Run::user_per_op), two),
+                    opt(get(Run::kernel_per_op), two),
+                    match get(Run::syscalls_per_op) {
+                        Some(v) => two(v),
+                        None if proxy => calls.into(),
+                        None => "–".into(),
+                    },
+                );
+            }
+        }
+        let _ = writeln!(
+            t,
+            "\nuser / kernel: the proxy CPU column split in the proportion of the utime and stime of all the proxy's processes and threads in the window (/proc/PID/stat, sampled at the kernel's tick), per op; kernel time includes the loopback TCP stack that runs in the proxy's threads. syscalls/op: system calls entered by all the proxy's threads (`perf stat -e raw_syscalls:sys_enter -p PIDS`) in a separate {} s window after the cell's first round, divided by the ops of that window: counting slows every system call a little, so it is never done in the window reported. Work io_uring does for the proxy is not a system call (only `io_uring_enter` counts). n/a: perf is missing, not allowed or without the tracepoint (`--perf-bin`, `--syscall-window 0s` turns it off); –: no proxy.\n",
+            o.syscall_window.as_secs_f64()
+        );
     }
 
     /// The TLS cells' table and the targets of issue 12.
@@ -664,12 +774,12 @@ impl Summary {
 
     pub fn runs_csv(&self) -> String {
         let mut c = String::from(
-            "target,cell,round,value,ops,p50_us,p99_us,proxy_cpu_us,cpu_us_per_op,proxy_cpu_percent,load_cpu_percent,errors,first_error\n",
+            "target,cell,round,value,ops,p50_us,p99_us,proxy_cpu_us,cpu_us_per_op,proxy_cpu_percent,load_cpu_percent,errors,first_error,user_us_per_op,kernel_us_per_op,syscalls,syscall_window_ops,syscalls_per_op\n",
         );
         for r in &self.runs {
             let _ = writeln!(
                 c,
-                "{},{},{},{:.3},{},{:.1},{:.1},{},{},{},{:.1},{},\"{}\"",
+                "{},{},{},{:.3},{},{:.1},{:.1},{},{},{},{:.1},{},\"{}\",{},{},{},{},{}",
                 r.target.name(),
                 r.cell.name(),
                 r.round,
@@ -682,14 +792,20 @@ impl Summary {
                 csv(r.cpu_percent(), 1),
                 r.load_percent(),
                 r.errors,
-                r.first_error.as_deref().unwrap_or("").replace('"', "'")
+                r.first_error.as_deref().unwrap_or("").replace('"', "'"),
+                csv(r.user_per_op(), 3),
+                csv(r.kernel_per_op(), 3),
+                r.syscalls
+                    .map_or(String::new(), |(calls, _)| calls.to_string()),
+                r.syscalls.map_or(String::new(), |(_, ops)| ops.to_string()),
+                csv(r.syscalls_per_op(), 3),
             );
         }
         c
     }
 
     pub fn summary_csv(&self) -> String {
-        let columns: [(&str, Metric); 29] = [
+        let columns: &[(&str, Metric)] = &[
             ("rr_msgs_per_s", RATE),
             ("rr_cpu_us_per_msg", RR_CPU),
             ("rate_p50_us", RATE_P50),
@@ -719,16 +835,42 @@ impl Summary {
             ("wss_bulk_mb_per_s", WSS_BULK),
             ("wss_bulk_cpu_us_per_mb", WSS_BULK_CPU),
             ("rss_bytes_per_idle_tls_tunnel", WSS_IDLE_RSS),
+            ("rr_p99_us", (Cell::Rr, p99)),
+            ("rr_user_us_per_msg", (Cell::Rr, Run::user_per_op)),
+            ("rr_kernel_us_per_msg", (Cell::Rr, Run::kernel_per_op)),
+            ("rr_syscalls_per_msg", (Cell::Rr, Run::syscalls_per_op)),
+            ("rr_many_msgs_per_s", (Cell::RrMany, value)),
+            ("rr_many_p50_us", (Cell::RrMany, p50)),
+            ("rr_many_p99_us", (Cell::RrMany, p99)),
+            ("rr_many_cpu_us_per_msg", (Cell::RrMany, Run::cpu_per_op)),
+            ("rr_many_user_us_per_msg", (Cell::RrMany, Run::user_per_op)),
+            (
+                "rr_many_kernel_us_per_msg",
+                (Cell::RrMany, Run::kernel_per_op),
+            ),
+            (
+                "rr_many_syscalls_per_msg",
+                (Cell::RrMany, Run::syscalls_per_op),
+            ),
+            ("fanout_user_us_per_msg", (Cell::Fanout, Run::user_per_op)),
+            (
+                "fanout_kernel_us_per_msg",
+                (Cell::Fanout, Run::kernel_per_op),
+            ),
+            (
+                "fanout_syscalls_per_msg",
+                (Cell::Fanout, Run::syscalls_per_op),
+            ),
         ];
         let mut c = String::from("target");
-        for (name, _) in &columns {
+        for (name, _) in columns {
             c.push(',');
             c.push_str(name);
         }
         c.push_str(",errors\n");
         for &(kind, _) in &self.versions {
             c.push_str(kind.name());
-            for &(_, metric) in &columns {
+            for &(_, metric) in columns {
                 c.push(',');
                 c.push_str(&csv(self.median(kind, metric), 3));
             }
@@ -783,6 +925,15 @@ pub fn thousands(v: f64) -> String {
         out.push(c);
     }
     if v < -0.5 { format!("-{out}") } else { out }
+}
+
+/// A latency in µs: one decimal below 1,000, thousands separators above.
+fn micros(v: f64) -> String {
+    if v < 1000.0 {
+        format!("{v:.1}")
+    } else {
+        thousands(v)
+    }
 }
 
 /// A per-connection memory figure: bytes below 10 KiB, KiB above.
