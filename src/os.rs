@@ -1,7 +1,9 @@
 //! What wsplice asks of the operating system outside io_uring: CPUs, descriptors, memory,
-//! systemd's readiness protocol, and watching the files read at run time.
+//! systemd's readiness protocol, watching the files read at run time, and passing
+//! descriptors to another process.
 
 pub mod cpus;
+pub mod fd_passing;
 pub mod fdlimit;
 pub mod memory;
 pub mod notify;
