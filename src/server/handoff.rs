@@ -110,7 +110,7 @@ fn answer(
                 continue;
             }
         };
-        match offer(&conn, listeners) {
+        match offer(&conn, shared, listeners) {
             Ok(pid) => {
                 let tunnels = hand_over(&conn, pid, shared, outgoing);
                 return Handed { pid, tunnels };
@@ -122,7 +122,11 @@ fn answer(
 
 /// Checks who connected and what it speaks, and gives it the listening sockets. `Ok`: it
 /// serves them now (its pid); this process must stop accepting and hand its tunnels over.
-fn offer(conn: &Socket, listeners: &[(SocketAddr, TcpListener)]) -> Result<u32, String> {
+fn offer(
+    conn: &Socket,
+    shared: &Shared,
+    listeners: &[(SocketAddr, TcpListener)],
+) -> Result<u32, String> {
     let me = effective_uid();
     let uid = fd_passing::peer_uid(conn).map_err(|e| format!("cannot tell who connected: {e}"))?;
     if uid != me && uid != 0 {
@@ -136,6 +140,16 @@ fn offer(conn: &Socket, listeners: &[(SocketAddr, TcpListener)]) -> Result<u32, 
         Ok(_) => return Err("refused a takeover that did not begin with hello".into()),
         Err(e) => return Err(format!("refused a takeover: {e}")),
     };
+    if shared.stopping.load(Ordering::SeqCst) {
+        let reason = "it is stopping (its listeners are closed); start wsplice afresh".to_string();
+        let _ = wire::send(
+            conn,
+            &Message::Refuse {
+                reason: reason.clone(),
+            },
+        );
+        return Err(format!("refused pid {pid}: {reason}"));
+    }
     if version != VERSION {
         let reason = format!(
             "pid {pid} speaks handoff format {version}, pid {} speaks {VERSION}: stop and start instead",
@@ -250,7 +264,13 @@ pub fn take_over(path: &Path) -> Result<Takeover, String> {
         VERSION
     };
     let pid = std::process::id();
-    let gone = |e: io::Error| format!("the running process went away: {e}");
+    let gone = |e: io::Error| match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => format!(
+            "the running process did not answer within {}s (is it handing over to another process already?)",
+            HELLO_WITHIN.as_secs()
+        ),
+        _ => format!("the running process went away: {e}"),
+    };
     wire::send(&socket, &Message::Hello { version, pid }).map_err(gone)?;
     let mut listeners = Vec::new();
     loop {
