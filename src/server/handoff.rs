@@ -62,6 +62,7 @@ pub fn serve(
     finished: tokio::sync::oneshot::Sender<Handed>,
 ) -> io::Result<()> {
     let socket = bind(path)?;
+    info!("handoff: {} is ready for the next upgrade", path.display());
     let path = path.to_path_buf();
     std::thread::Builder::new()
         .name("wsplice-handoff".into())
@@ -135,7 +136,8 @@ fn offer(
         ));
     }
     let _ = conn.set_read_timeout(Some(HELLO_WITHIN));
-    let (version, pid) = match wire::recv(conn) {
+    let mut buf = Vec::new();
+    let (version, pid) = match wire::recv(conn, &mut buf) {
         Ok(Some(Message::Hello { version, pid })) => (version, pid),
         Ok(_) => return Err("refused a takeover that did not begin with hello".into()),
         Err(e) => return Err(format!("refused a takeover: {e}")),
@@ -180,7 +182,7 @@ fn offer(
     wire::send(conn, &Message::Listeners { pid: me })
         .map_err(|e| format!("pid {pid} went away: {e}"))?;
     let _ = conn.set_read_timeout(Some(READY_WITHIN));
-    match wire::recv(conn) {
+    match wire::recv(conn, &mut buf) {
         Ok(Some(Message::Ready)) => Ok(pid),
         Ok(None) => Err(format!("pid {pid} gave up before serving")),
         Ok(Some(_)) => Err(format!("pid {pid} sent something else than ready")),
@@ -272,9 +274,9 @@ pub fn take_over(path: &Path) -> Result<Takeover, String> {
         _ => format!("the running process went away: {e}"),
     };
     wire::send(&socket, &Message::Hello { version, pid }).map_err(gone)?;
-    let mut listeners = Vec::new();
+    let (mut listeners, mut buf) = (Vec::new(), Vec::new());
     loop {
-        match wire::recv(&socket).map_err(gone)? {
+        match wire::recv(&socket, &mut buf).map_err(gone)? {
             Some(Message::Listener { addr, socket }) => listeners.push((addr, socket.into())),
             Some(Message::Listeners { pid }) => {
                 return Ok(Takeover {
@@ -300,9 +302,9 @@ impl Takeover {
             return 0;
         }
         let _ = socket.set_read_timeout(None);
-        let mut came = 0u64;
+        let (mut came, mut buf) = (0u64, Vec::new());
         loop {
-            match wire::recv(&socket) {
+            match wire::recv(&socket, &mut buf) {
                 Ok(Some(Message::Tunnel(tunnel))) => {
                     let _ = workers[came as usize % workers.len()].send(tunnel);
                     came += 1;
