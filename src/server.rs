@@ -234,6 +234,9 @@ pub fn run(
             .collect();
         drop(outgoing);
         start_workers(&shared, listeners, &cpus, handoffs)?;
+        // Before the old process hears that this one serves: once it exits, systemd must
+        // already know this one as the main process.
+        notify::ready(&bound, takeover);
         let (finished, mut handed) = tokio::sync::oneshot::channel();
         if let Some(path) = shared.config.handoff.clone() {
             let (s, sockets) = (shared.clone(), to_hand_over());
@@ -260,7 +263,6 @@ pub fn run(
             info!("listening on {addr} with {workers} workers");
         }
         info!("upstreams: {}", reload::summarize(&shared.table.load()));
-        notify::ready(&bound, takeover);
 
         let signal_name = loop {
             tokio::select! {
@@ -410,35 +412,38 @@ fn upgrade(config: &Config) {
         }
     };
     let config_path = std::path::absolute(&config.path).unwrap_or_else(|_| config.path.clone());
-    let started = std::process::Command::new(&exe)
+    let mut command = std::process::Command::new(&exe);
+    command
         .arg("--config")
         .arg(&config_path)
         .arg("--takeover")
-        .stdin(std::process::Stdio::null())
-        .spawn();
-    let mut child = match started {
-        Ok(child) => child,
-        Err(e) => {
-            warn!(
-                "SIGUSR2: cannot start {}: {e}; this process serves on",
-                exe.display()
-            );
-            return;
-        }
-    };
-    let pid = child.id();
-    info!(
-        "SIGUSR2: started pid {pid} to take over ({} --takeover)",
-        exe.display()
-    );
-    // Reaps it if it fails; once it took over, this process exits first.
-    let _ = std::thread::Builder::new()
-        .name("wsplice-upgrade".into())
-        .spawn(move || {
-            if let Ok(status) = child.wait() {
-                warn!("SIGUSR2: pid {pid} exited ({status}) without taking over; this process serves on");
-            }
+        .stdin(std::process::Stdio::null());
+    // The successor is started as a grandchild whose parent exits at once, so that it is
+    // the service manager's child (not this process's) when it names itself the main
+    // process: systemd treats a main process that is not its child as one it cannot wait
+    // for, and would kill it outright at the next stop instead of letting it drain.
+    // SAFETY: between fork and exec only async-signal-safe calls (fork, _exit) are made.
+    #[allow(unsafe_code)]
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| match libc::fork() {
+            -1 => Err(io::Error::last_os_error()),
+            0 => Ok(()),
+            _ => libc::_exit(0),
         });
+    }
+    // `spawn` returns once the grandchild has executed the binary (or failed to).
+    match command.spawn().and_then(|mut middle| middle.wait()) {
+        Ok(_) => info!(
+            "SIGUSR2: started {} --config {} --takeover",
+            exe.display(),
+            config_path.display()
+        ),
+        Err(e) => warn!(
+            "SIGUSR2: cannot start {}: {e}; this process serves on",
+            exe.display()
+        ),
+    }
 }
 
 /// Closing a listener resets the connections still queued on it, unless the kernel may move

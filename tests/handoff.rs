@@ -251,18 +251,26 @@ async fn sigusr2_upgrades_in_place() {
     load.moves_on("before the signal", &old, 1).await;
 
     old.signal("USR2");
-    let started = "SIGUSR2: started pid ";
+    let started = "SIGUSR2: started ";
     assert!(
         old.wait_log(started, Duration::from_secs(10)).await,
         "{}",
         old.log()
     );
+    // The successor is a grandchild (its parent exits at once); the old process learns its
+    // pid from its hello.
+    let taking = "is taking over";
+    assert!(
+        old.wait_log(taking, Duration::from_secs(10)).await,
+        "{}",
+        old.log()
+    );
     let log = old.log();
-    let pid = log.split(started).nth(1).and_then(|rest| {
+    let pid = log.split("handoff: pid ").nth(1).and_then(|rest| {
         let digits = rest.split(|c: char| !c.is_ascii_digit()).next()?;
         digits.parse::<u32>().ok()
     });
-    let pid = pid.unwrap_or_else(|| panic!("no pid after {started:?}:\n{log}"));
+    let pid = pid.unwrap_or_else(|| panic!("no pid before {taking:?}:\n{log}"));
     assert!(
         site.successors().contains(&pid),
         "pid {pid} is not a `wsplice --takeover` on this config\n{log}"
