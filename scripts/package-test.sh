@@ -147,11 +147,16 @@ servers = ["127.0.0.1:3000"]' > /etc/wsplice/upstreams.toml
     [[ $(systemctl show wsplice -p Result --value) == success ]]
     step "systemctl stop waited for the open WebSocket to close (drain), then wsplice exited 0"
 
-    # Restart=on-failure: a crash is restarted (RestartSec=2s).
+    # Restart=on-failure: a crash is restarted (RestartSec=2s), also that of a process that
+    # took over in an upgrade in place: systemd follows the main PID it was told, which was
+    # not its child when it took over.
     echo '[backend]
 servers = ["127.0.0.1:3000"]' > /etc/wsplice/upstreams.toml
     systemctl start wsplice
     pid=$(systemctl show wsplice -p MainPID --value)
+    systemctl kill --kill-whom=main --signal=SIGUSR2 wsplice
+    await_handoff_from "$pid"
+    pid=$new
     kill -KILL "$pid"
     for _ in $(seq 1 100); do
         new=$(systemctl show wsplice -p MainPID --value)
@@ -160,7 +165,7 @@ servers = ["127.0.0.1:3000"]' > /etc/wsplice/upstreams.toml
     done
     [[ $(systemctl show wsplice -p NRestarts --value) == 1 ]]
     has echo "$(ws_send "after a restart")"
-    step "a killed wsplice was restarted (Restart=on-failure) and serves again"
+    step "a killed wsplice (one that had taken over) was restarted (Restart=on-failure) and serves again"
 
     journalctl -u wsplice --no-pager -o short-monotonic
     step "INSIDE OK"
