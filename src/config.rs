@@ -89,6 +89,9 @@ pub const DEFAULT_RECEIVE_BUFFERS: usize = 256;
 /// The most buffers one io_uring buffer ring holds (2^15).
 pub const MAX_RECEIVE_BUFFERS: usize = 32768;
 const MIN_REQUEST_HEAD: usize = 256;
+/// A Unix socket path holds 107 bytes; the socket is bound under a temporary name (the path,
+/// `.new-` and a pid) and then renamed.
+const MAX_HANDOFF_PATH: usize = 107 - 16;
 const MAX_REQUEST_HEAD: usize = 1024 * 1024;
 
 #[derive(Deserialize)]
@@ -102,6 +105,7 @@ struct RawConfig {
     upstreams: Spanned<String>,
     admin: Option<Spanned<String>>,
     access_log: Option<Spanned<String>>,
+    handoff: Option<Spanned<String>>,
     resolver: Option<Spanned<String>>,
     /// `"CIDR"` or `"IP"` entries; checked by hand so each error keeps its line.
     #[serde(default)]
@@ -347,6 +351,9 @@ pub struct Config {
     /// Where `/metrics` and `/healthz` are served; `None`: nowhere.
     pub admin: Option<SocketAddr>,
     pub access_log: AccessLogTarget,
+    /// The Unix socket on which this process hands its listeners and tunnels to a successor
+    /// started with `--takeover`; `None`: no handoff.
+    pub handoff: Option<PathBuf>,
     /// The DNS server that upstream host names are looked up at (`IP:PORT`); `None`: the
     /// system resolver (`/etc/hosts`, `/etc/resolv.conf`).
     pub resolver: Option<SocketAddr>,
@@ -439,6 +446,30 @@ impl Config {
                 ));
             }
             Some(file) => AccessLogTarget::File(base.join(file)),
+        };
+
+        let handoff = match &raw.handoff {
+            None => None,
+            Some(h) => {
+                let file = base.join(h.get_ref().trim());
+                let len = file.as_os_str().len();
+                if h.get_ref().trim().is_empty() || h.get_ref().ends_with('/') {
+                    return Err(err(
+                        h.span().start,
+                        "handoff: needs the path of a Unix socket, e.g. handoff = \"/run/wsplice/handoff.sock\"".into(),
+                    ));
+                }
+                if len > MAX_HANDOFF_PATH {
+                    return Err(err(
+                        h.span().start,
+                        format!(
+                            "handoff: {} is {len} bytes long; a Unix socket path may have at most {MAX_HANDOFF_PATH} (the kernel's limit, less room for a temporary name)",
+                            file.display()
+                        ),
+                    ));
+                }
+                Some(file)
+            }
         };
 
         let resolver = match &raw.resolver {
@@ -631,6 +662,7 @@ impl Config {
             upstreams_path,
             admin,
             access_log,
+            handoff,
             resolver,
             trusted_proxies,
             timeouts,

@@ -19,6 +19,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 ///                    use the new table and certificates, open ones keep theirs; a file
 ///                    with a mistake is refused (logged with file:line or FILE: reason) and
 ///                    the old one stays
+///   SIGUSR2          upgrade in place: start this binary's file again with --takeover
+///                    (needs `handoff` in the config); it takes the listeners and open
+///                    tunnels, and this process exits once it handed them over
 ///   SIGTERM, SIGINT  stop accepting, let open connections finish for up to timeouts.drain,
 ///                    then exit 0; a second signal stops at once
 ///
@@ -42,6 +45,11 @@ struct Cli {
     /// FILE:LINE: field: what is wrong, or FILE: reason). Starts nothing.
     #[arg(long)]
     check: bool,
+    /// Take the place of the wsplice serving the config's `handoff` socket: receive its
+    /// listening sockets and open tunnels, resume them, and let it exit (a binary upgrade
+    /// that cuts no tunnel). Exits 2, leaving that process serving, if it cannot.
+    #[arg(long, conflicts_with = "check")]
+    takeover: bool,
 }
 
 fn main() -> ExitCode {
@@ -94,7 +102,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    match wsplice::server::run(config, table, tls) {
+    match wsplice::server::run(config, table, tls, cli.takeover) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("wsplice: cannot start: {e}");

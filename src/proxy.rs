@@ -31,6 +31,7 @@ use crate::uring::stream::Stream;
 pub mod client;
 mod connect;
 mod context;
+mod handoff;
 pub mod limits;
 pub mod proxy_header;
 mod pump;
@@ -117,6 +118,8 @@ struct Trace {
     /// (an `Arc`), not copied, so the entry stays as small as with a TCP address.
     upstream: Option<UpstreamAddr>,
     upgrade: bool,
+    /// A `wss://` tunnel: counted in `Shared::wss_tunnels`, never handed over.
+    wss: bool,
     /// Counts the connection against its upstream server (`least_conn`) for as long as the
     /// connection, tunnel included, lives.
     open: Option<Open>,
@@ -129,6 +132,7 @@ impl Trace {
             route: None,
             upstream: None,
             upgrade: false,
+            wss: false,
             open: None,
         }
     }
@@ -373,6 +377,9 @@ impl TunnelEnd {
     /// Counts and logs a tunnel that ended (called by the worker's tunnel loop).
     pub fn finish(self, ctx: &WorkerContext, report: Report) {
         ctx.metrics().tunnels.sub(1);
+        if self.end.trace.wss {
+            ctx.shared.wss_tunnels.fetch_sub(1, Ordering::SeqCst);
+        }
         ctx.metrics().tunnel_ended(self.opened.elapsed());
         self.end.log(ctx, 101, Some(&report));
     }
@@ -385,7 +392,7 @@ async fn open_tunnel(
     client: Client,
     upstream: Stream,
     mut early: [u64; 2],
-    end: Closing,
+    mut end: Closing,
 ) {
     let (client, handover) = client.into_parts();
     let mut tls = None;
@@ -402,6 +409,10 @@ async fn open_tunnel(
         tls = Some((Box::new(handover.records), handover.tail));
     }
     ctx.metrics().tunnels.add(1);
+    if tls.is_some() {
+        ctx.shared.wss_tunnels.fetch_add(1, Ordering::SeqCst);
+        end.trace.wss = true;
+    }
     let payload = TunnelEnd {
         end,
         opened: Instant::now(),

@@ -1,9 +1,11 @@
-//! Start-up and stop: check the open-files budget, bind every worker's listeners, start the
-//! workers, then wait for signals (SIGHUP reloads the upstream file and the certificates;
-//! SIGTERM/SIGINT stop).
+//! Start-up and stop: check the open-files budget, bind every worker's listeners (or take
+//! them over from the running process, see `handoff`), start the workers, then wait for
+//! signals (SIGHUP reloads the upstream file and the certificates; SIGUSR2 starts a new
+//! process that takes over; SIGTERM/SIGINT stop).
 
 use std::io;
-use std::net::{Shutdown, SocketAddr};
+use std::net::{Shutdown, SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -11,7 +13,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::{Config, read_file};
 use crate::observe::access_log::AccessLog;
@@ -25,6 +27,7 @@ use crate::upstream::UpstreamTable;
 use crate::upstream::reload::{self, ReloadStats, Trigger};
 
 mod fault;
+mod handoff;
 mod listener;
 mod worker;
 
@@ -55,6 +58,10 @@ pub enum StartError {
     AccessLog(io::Error),
     #[error("cannot start the upstream health check and name lookup thread: {0}")]
     Background(io::Error),
+    #[error("{0}")]
+    Takeover(String),
+    #[error("cannot serve the handoff socket {path}: {source}")]
+    Handoff { path: PathBuf, source: io::Error },
 }
 
 /// The shared upstream table, as the health checker and name lookups see it.
@@ -68,8 +75,14 @@ impl std::ops::Deref for TableOf {
     }
 }
 
-/// Runs wsplice until SIGTERM or SIGINT.
-pub fn run(config: Config, table: UpstreamTable, tls: Option<Tls>) -> Result<(), StartError> {
+/// Runs wsplice until SIGTERM or SIGINT, or until a new process took over. `takeover`:
+/// take the listeners and tunnels of the process serving `config.handoff` first.
+pub fn run(
+    config: Config,
+    table: UpstreamTable,
+    tls: Option<Tls>,
+    takeover: bool,
+) -> Result<(), StartError> {
     exit_on_panic();
     let signals = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -95,20 +108,52 @@ pub fn run(config: Config, table: UpstreamTable, tls: Option<Tls>) -> Result<(),
         });
     }
 
-    let listeners = listener::bind_all(&config.listen, workers)
-        .map_err(|(addr, source)| StartError::Bind { addr, source })?;
+    let mut took = None;
+    if takeover {
+        let Some(path) = &config.handoff else {
+            return Err(StartError::Takeover(
+                "--takeover needs `handoff` in the config: the socket on which the running wsplice hands over".into(),
+            ));
+        };
+        let from = handoff::take_over(path).map_err(|why| {
+            StartError::Takeover(format!("cannot take over from the running wsplice: {why}"))
+        })?;
+        took = Some(from);
+    }
+    let listeners = match &mut took {
+        Some(from) => {
+            let taken = std::mem::take(&mut from.listeners);
+            let (listeners, dropped) = listener::adopt_all(&config.listen, workers, taken)
+                .map_err(|(addr, source)| StartError::Bind { addr, source })?;
+            for addr in dropped {
+                warn!(
+                    "handoff: {addr} is no longer in the config; it closes when pid {} exits",
+                    from.pid
+                );
+            }
+            listeners
+        }
+        None => listener::bind_all(&config.listen, workers)
+            .map_err(|(addr, source)| StartError::Bind { addr, source })?,
+    };
     let bound: Vec<SocketAddr> = listeners[0].iter().map(|(_, l)| l.addr).collect();
-    // Duplicates of every listening socket, kept here so a stop can close them all.
+    // Duplicates of every listening socket, kept here so a stop can close them all, or a
+    // handoff give them all away.
     let stop_handles = listeners
         .iter()
         .flatten()
         .map(|(l, entry)| {
-            l.try_clone().map_err(|source| StartError::Bind {
+            let source = |source| StartError::Bind {
                 addr: entry.addr,
                 source,
-            })
+            };
+            l.try_clone().map(|l| (entry.addr, l)).map_err(source)
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let to_hand_over = || -> Vec<(SocketAddr, TcpListener)> {
+        let dup = |(addr, l): &(SocketAddr, TcpListener)| Some((*addr, l.try_clone().ok()?));
+        stop_handles.iter().filter_map(dup).collect()
+    };
 
     let config_upstreams = config.upstreams_path.clone();
     let config_limits = config.limits.clone();
@@ -119,6 +164,8 @@ pub fn run(config: Config, table: UpstreamTable, tls: Option<Tls>) -> Result<(),
         active: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
         stop: tokio::sync::Notify::new(),
+        handing_over: AtomicBool::new(false),
+        wss_tunnels: AtomicUsize::new(0),
         reloads: ReloadStats::started(read_file(&config_upstreams).ok()),
         metrics: Metrics::new(workers),
         access_log,
@@ -139,6 +186,7 @@ pub fn run(config: Config, table: UpstreamTable, tls: Option<Tls>) -> Result<(),
         let mut hup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
         let mut term = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
         let mut int = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
+        let mut usr2 = signal(SignalKind::user_defined2()).map_err(StartError::Signals)?;
 
         // Watching starts before serving, so no change after "listening" is missed.
         let watched = shared.clone();
@@ -159,17 +207,60 @@ pub fn run(config: Config, table: UpstreamTable, tls: Option<Tls>) -> Result<(),
         }
         crate::upstream::spawn_background(TableOf(shared.clone()), shared.config.resolver)
             .map_err(StartError::Background)?;
-        start_workers(&shared, listeners, &cpus)?;
-        for addr in &bound {
-            info!("listening on {addr} with {workers} workers");
-        }
-        info!("upstreams: {}", reload::summarize(&shared.table.load()));
+        // Before the workers: what may still fail must fail before a takeover's workers
+        // accept on the sockets handed over.
         if let Some(addr) = shared.config.admin {
             let admin = admin::spawn(addr, shared.clone())
                 .map_err(|source| StartError::Bind { addr, source })?;
             info!("admin endpoint on http://{admin} (/metrics, /healthz)");
         }
-        notify::ready(&bound);
+        // Tunnels leave through `outgoing` when this process hands over; those that came
+        // from the process this one replaces arrive through `incoming`, one per worker.
+        let (outgoing, leaving) = mpsc::channel();
+        let with_handoff = shared.config.handoff.is_some();
+        let mut incoming = Vec::new();
+        let handoffs = (0..workers)
+            .map(|_| {
+                let adopt = took.as_ref().map(|_| {
+                    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                    incoming.push(tx);
+                    rx
+                });
+                worker::Handoff {
+                    out: with_handoff.then(|| outgoing.clone()),
+                    adopt,
+                }
+            })
+            .collect();
+        drop(outgoing);
+        start_workers(&shared, listeners, &cpus, handoffs)?;
+        let (finished, mut handed) = tokio::sync::oneshot::channel();
+        if let Some(path) = shared.config.handoff.clone() {
+            let (s, sockets) = (shared.clone(), to_hand_over());
+            match took {
+                None => handoff::serve(&path, s, sockets, leaving, finished)
+                    .map_err(|source| StartError::Handoff { path, source })?,
+                Some(from) => {
+                    // The old process hands its tunnels over once this one serves; then
+                    // this one answers the next upgrade.
+                    let spawned = std::thread::Builder::new()
+                        .name("wsplice-takeover".into())
+                        .spawn(move || {
+                            let (pid, came) = (from.pid, from.receive(&incoming));
+                            info!("handoff: took over from pid {pid}: {came} tunnels");
+                            if let Err(e) = handoff::serve(&path, s, sockets, leaving, finished) {
+                                error!("cannot serve the handoff socket {}: {e}; the next upgrade must restart", path.display());
+                            }
+                        });
+                    spawned.map_err(StartError::Background)?;
+                }
+            }
+        }
+        for addr in &bound {
+            info!("listening on {addr} with {workers} workers");
+        }
+        info!("upstreams: {}", reload::summarize(&shared.table.load()));
+        notify::ready(&bound, takeover);
 
         let signal_name = loop {
             tokio::select! {
@@ -191,17 +282,30 @@ pub fn run(config: Config, table: UpstreamTable, tls: Option<Tls>) -> Result<(),
                         warn!("SIGHUP: cannot start the reload thread: {e}");
                     }
                 }
+                _ = usr2.recv() => upgrade(&shared.config),
                 _ = term.recv() => break "SIGTERM",
                 _ = int.recv() => break "SIGINT",
+                Ok(to) = &mut handed => {
+                    // The listeners are the new process's now, open: nothing to close.
+                    let open = shared.active.load(Ordering::SeqCst);
+                    info!(
+                        "handoff: handed over {} tunnels to pid {}; {open} wss tunnels drain here",
+                        to.tunnels, to.pid
+                    );
+                    break "handoff";
+                }
             }
         };
 
-        shared.stopping.store(true, Ordering::SeqCst);
-        shared.stop.notify_waiters();
-        warn_if_queued_connections_would_be_reset();
-        for listener in &stop_handles {
-            // Stops accepting on every worker: their pending accepts complete with an error.
-            let _ = socket2::SockRef::from(listener).shutdown(Shutdown::Read);
+        if signal_name != "handoff" {
+            shared.stopping.store(true, Ordering::SeqCst);
+            shared.stop.notify_waiters();
+            warn_if_queued_connections_would_be_reset();
+            for (_, listener) in &stop_handles {
+                // Stops accepting on every worker: their pending accepts complete with an
+                // error.
+                let _ = socket2::SockRef::from(listener).shutdown(Shutdown::Read);
+            }
         }
         let open = shared.active.load(Ordering::SeqCst);
         let drain = shared.config.timeouts.drain;
@@ -255,12 +359,13 @@ fn start_workers(
     shared: &Arc<Shared>,
     listeners: Vec<listener::WorkerListeners>,
     cpus: &[usize],
+    handoffs: Vec<worker::Handoff>,
 ) -> Result<(), StartError> {
     let (ready_tx, ready_rx) = mpsc::channel();
     let workers = listeners.len();
-    for (id, own) in listeners.into_iter().enumerate() {
+    for (id, (own, handoff)) in listeners.into_iter().zip(handoffs).enumerate() {
         let cpu = cpus.get(id % cpus.len()).copied();
-        worker::spawn(id, cpu, shared.clone(), own, ready_tx.clone())
+        worker::spawn(id, cpu, shared.clone(), own, handoff, ready_tx.clone())
             .map_err(|e| StartError::Worker(format!("cannot start worker thread {id}: {e}")))?;
     }
     drop(ready_tx);
@@ -274,6 +379,60 @@ fn start_workers(
         }
     }
     Ok(())
+}
+
+/// SIGUSR2: starts this binary again with `--takeover`, to take this process's place. A
+/// binary replaced on disk (a package upgrade) is started from its path, the new file.
+fn upgrade(config: &Config) {
+    if config.handoff.is_none() {
+        warn!(
+            "SIGUSR2: no `handoff` socket in the config, so no upgrade in place; restart instead"
+        );
+        return;
+    }
+    let exe = match std::fs::read_link("/proc/self/exe") {
+        Ok(exe) => {
+            let text = exe.to_string_lossy();
+            match text.strip_suffix(" (deleted)") {
+                Some(path) => PathBuf::from(path),
+                None => exe,
+            }
+        }
+        Err(e) => {
+            warn!("SIGUSR2: cannot tell which binary runs: {e}");
+            return;
+        }
+    };
+    let config_path = std::path::absolute(&config.path).unwrap_or_else(|_| config.path.clone());
+    let started = std::process::Command::new(&exe)
+        .arg("--config")
+        .arg(&config_path)
+        .arg("--takeover")
+        .stdin(std::process::Stdio::null())
+        .spawn();
+    let mut child = match started {
+        Ok(child) => child,
+        Err(e) => {
+            warn!(
+                "SIGUSR2: cannot start {}: {e}; this process serves on",
+                exe.display()
+            );
+            return;
+        }
+    };
+    let pid = child.id();
+    info!(
+        "SIGUSR2: started pid {pid} to take over ({} --takeover)",
+        exe.display()
+    );
+    // Reaps it if it fails; once it took over, this process exits first.
+    let _ = std::thread::Builder::new()
+        .name("wsplice-upgrade".into())
+        .spawn(move || {
+            if let Ok(status) = child.wait() {
+                warn!("SIGUSR2: pid {pid} exited ({status}) without taking over; this process serves on");
+            }
+        });
 }
 
 /// Closing a listener resets the connections still queued on it, unless the kernel may move

@@ -41,7 +41,7 @@ mod report;
 mod splice;
 mod tls;
 
-pub use handoff::{Detached, DetachedDirection};
+pub use handoff::{Detached, DetachedDirection, fields};
 pub use report::{End, RelayError, Report, Side};
 
 use crate::tls::record::{MAX_OVERHEAD, MAX_PREFIX, MAX_RECORD, TunnelTls};
@@ -283,6 +283,11 @@ impl<P> Tunnels<P> {
                 Turn::Drained => {
                     std::future::poll_fn(|cx| {
                         self.parked.set(Some(cx.waker().clone()));
+                        // A tunnel opened while detaching leaves without an operation, so
+                        // no completion would wake the loop for it.
+                        if !self.engine.borrow().detached.is_empty() {
+                            return Poll::Ready(Ok(()));
+                        }
                         match ready.poll_read_ready(cx) {
                             Poll::Ready(Ok(mut guard)) => {
                                 guard.clear_ready();

@@ -876,3 +876,33 @@ fn rejects_bad_trusted_proxies() {
     let text = format!("trusted_proxies = \"10.0.0.0/8\"\n{MAIN}");
     assert_error(parse(&text), "wsplice.toml", 1, "invalid type");
 }
+
+#[test]
+fn handoff_socket_is_relative_to_the_config_and_fits_a_socket_address() {
+    assert_eq!(parse(MAIN).unwrap().handoff, None);
+    let config = Config::parse(
+        Path::new("/etc/wsplice/wsplice.toml"),
+        &format!("handoff = \"handoff.sock\"\n{MAIN}"),
+    )
+    .unwrap();
+    assert_eq!(
+        config.handoff.as_deref(),
+        Some(Path::new("/etc/wsplice/handoff.sock"))
+    );
+    let config = parse(&format!("handoff = \"/run/wsplice/handoff.sock\"\n{MAIN}")).unwrap();
+    assert_eq!(
+        config.handoff.as_deref(),
+        Some(Path::new("/run/wsplice/handoff.sock"))
+    );
+    let long = format!("/run/{}", "x".repeat(100));
+    assert_config_error(
+        &format!("handoff = \"{long}\"\n{MAIN}"),
+        1,
+        "a Unix socket path may have at most 91",
+    );
+    assert_config_error(
+        &format!("handoff = \"\"\n{MAIN}"),
+        1,
+        "handoff: needs the path",
+    );
+}

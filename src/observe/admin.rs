@@ -27,8 +27,19 @@ pub trait Source: Send + Sync + 'static {
 }
 
 /// Binds `addr` and serves it from new threads; returns the bound address.
+/// The port is bound with SO_REUSEPORT, as the proxy's listeners are: during a binary
+/// upgrade the new process serves it while the old one still does.
 pub fn spawn(addr: SocketAddr, source: Arc<dyn Source>) -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(128)?;
+    let listener: TcpListener = socket.into();
     let bound = listener.local_addr()?;
     if !bound.ip().is_loopback() {
         warn!(

@@ -176,6 +176,8 @@ pub struct WorkerMetrics {
     /// Tunnel sends that found the reader's socket full: the unsent rest moved to a heap
     /// buffer so the ring buffer could go back at once.
     pub spilled_sends: Meter,
+    /// Tunnels that came over from the process this one replaced (binary upgrade).
+    pub handed_over: Meter,
     upgrades: [Meter; 4],
     limited: [Meter; 2],
     tls_handshakes: [Meter; 4],
@@ -198,6 +200,7 @@ impl Default for WorkerMetrics {
             spliced: Meter::default(),
             heap_reads: Meter::default(),
             spilled_sends: Meter::default(),
+            handed_over: Meter::default(),
             upgrades: Default::default(),
             limited: Default::default(),
             tls_handshakes: Default::default(),
@@ -319,6 +322,13 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
         "counter",
         "Client connections accepted.",
         m.sum(|w| &w.accepted),
+    );
+    single(
+        &mut out,
+        "wsplice_handoff_tunnels_total",
+        "counter",
+        "Tunnels handed over by the process this one replaced (binary upgrade); counters restart at an upgrade, so this is how many came over.",
+        m.sum(|w| &w.handed_over),
     );
     single(
         &mut out,

@@ -11,12 +11,17 @@ use tracing::{debug, warn};
 
 /// Sends `READY=1` (with the listening addresses as `STATUS=`) and, from a task on the current
 /// tokio runtime, `STOPPING=1` at the first SIGTERM or SIGINT. Call it once every worker listens.
-pub fn ready(listening: &[SocketAddr]) {
+/// `main`: this process takes the place of the one systemd started (a binary upgrade), so it
+/// names itself the main process (`MAINPID=`; the unit needs `NotifyAccess=all`).
+pub fn ready(listening: &[SocketAddr], main: bool) {
     let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };
     let addrs: Vec<String> = listening.iter().map(ToString::to_string).collect();
-    let message = format!("READY=1\nSTATUS=listening on {}", addrs.join(", "));
+    let mut message = format!("READY=1\nSTATUS=listening on {}", addrs.join(", "));
+    if main {
+        message = format!("MAINPID={}\n{message}", std::process::id());
+    }
     if let Err(e) = send(&target, &message) {
         warn!("cannot notify the service manager on {target:?}: {e}");
         return;

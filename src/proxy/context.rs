@@ -30,6 +30,12 @@ pub struct Shared {
     pub stopping: AtomicBool,
     /// Notified when `stopping` is set: connections waiting for their next request close.
     pub stop: tokio::sync::Notify,
+    /// Set (before `stopping`) when the stop is a handoff to a new process: accept loops
+    /// end without closing the listeners, which the new process took, and plain tunnels
+    /// leave for it.
+    pub handing_over: AtomicBool,
+    /// `wss://` tunnels open: a handoff leaves them here, to drain.
+    pub wss_tunnels: AtomicUsize,
     pub reloads: ReloadStats,
     pub metrics: Metrics,
     pub access_log: Option<AccessLog>,
@@ -127,6 +133,21 @@ impl Slot {
             client: Counted::Not,
         };
         (slot, before)
+    }
+
+    /// A place for a tunnel handed over by the process this one replaced, counted against
+    /// its client address whatever that address holds already.
+    pub fn resumed(ctx: &Rc<WorkerContext>, ip: std::net::IpAddr) -> Slot {
+        ctx.shared.active.fetch_add(1, Ordering::Relaxed);
+        ctx.metrics().active.add(1);
+        let client = match ctx.shared.client_limits.carry(ip) {
+            Admit::Counted(bucket) => Counted::In(bucket),
+            Admit::Off | Admit::Refused => Counted::Off,
+        };
+        Slot {
+            ctx: ctx.clone(),
+            client,
+        }
     }
 
     /// Counts the connection against its client address too; false when that address

@@ -144,6 +144,17 @@ impl ClientLimits {
         }
     }
 
+    /// Counts a connection from `ip` that is open already (handed over by the process this
+    /// one replaced), even past `max_connections_per_ip`.
+    pub fn carry(&self, ip: IpAddr) -> Admit {
+        if self.max_open == 0 {
+            return Admit::Off;
+        }
+        let index = self.bucket_of(ip);
+        self.buckets[index].open.fetch_add(1, Ordering::Relaxed);
+        Admit::Counted(index as u32)
+    }
+
     /// Gives back a connection counted by [`open`](Self::open).
     pub fn close(&self, bucket: u32) {
         self.buckets[bucket as usize]

@@ -5,7 +5,7 @@
 use std::io;
 
 /// Whether the fault `name` is switched on.
-fn on(name: &str) -> bool {
+pub fn on(name: &str) -> bool {
     cfg!(debug_assertions) && std::env::var("WSPLICE_FAULT").is_ok_and(|v| v == name)
 }
 

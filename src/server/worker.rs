@@ -14,13 +14,14 @@ use std::time::{Duration, Instant};
 use tracing::{error, warn};
 
 use super::fault;
+use super::handoff::Outgoing;
 use super::listener::WorkerListeners;
 use crate::config::Listen;
 use crate::http::{ClientInfo, HandshakeError};
 use crate::observe::metrics::Limit;
 use crate::os::{cpus, fdlimit, spare_fd::SpareFd};
-use crate::proxy::{self, Shared, Slot, WorkerContext};
-use crate::tunnel::Tunnels;
+use crate::proxy::{self, Shared, Slot, TunnelEnd, WorkerContext};
+use crate::tunnel::{Detached, Tunnels};
 use crate::uring::buffers::BufferPool;
 use crate::uring::stream;
 
@@ -40,6 +41,7 @@ pub fn spawn(
     cpu: Option<usize>,
     shared: Arc<Shared>,
     listeners: WorkerListeners,
+    handoff: Handoff,
     ready: mpsc::Sender<Result<(), String>>,
 ) -> io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
@@ -84,12 +86,14 @@ pub fn spawn(
                     tunnels: tunnels.clone(),
                 });
                 let owner = ctx.clone();
+                let carrier = ctx.clone();
+                let Handoff { out, adopt } = handoff;
                 let relay = tunnels.clone().run(
                     move |end, report| {
                         fault::inject_panic("tunnel-loop-panic");
                         end.finish(&owner, report)
                     },
-                    |_| unreachable!("tunnels are detached only for a handoff, not started here yet"),
+                    move |tunnel| carry(&carrier, out.as_ref(), tunnel),
                 );
                 tokio_uring::spawn(async move {
                     let e = match fault::injected_error("tunnel-loop-error") {
@@ -104,8 +108,14 @@ pub fn spawn(
                 if let Some(idle) = idle {
                     tokio_uring::spawn(tunnels.sweep_idle(idle));
                 }
-                for (listener, entry) in listeners {
-                    tokio_uring::spawn(accept_loop(ctx.clone(), listener, entry));
+                let listeners: Vec<_> = listeners.into_iter().map(|(l, e)| (Rc::new(l), e)).collect();
+                for (listener, entry) in &listeners {
+                    tokio_uring::spawn(accept_loop(ctx.clone(), listener.clone(), *entry));
+                }
+                let sockets = listeners.into_iter().map(|(l, _)| l).collect();
+                tokio_uring::spawn(hand_over_on_stop(ctx.clone(), sockets));
+                if let Some(adopt) = adopt {
+                    tokio_uring::spawn(resume(ctx.clone(), adopt));
                 }
                 let _ = ready.send(Ok(()));
                 std::future::pending::<()>().await;
@@ -129,13 +139,106 @@ fn build_runtime() -> io::Result<tokio_uring::Runtime> {
     }
 }
 
-async fn accept_loop(ctx: Rc<WorkerContext>, listener: TcpListener, entry: Listen) {
+/// A worker's part in a binary upgrade.
+pub struct Handoff {
+    /// Where its tunnels go when this process hands over; `None`: no handoff socket.
+    pub out: Option<Outgoing>,
+    /// Tunnels that came over from the process this one replaces, for this worker.
+    pub adopt: Option<tokio::sync::mpsc::UnboundedReceiver<Detached<Vec<u8>>>>,
+}
+
+/// Passes a tunnel that left the engine on to the handoff thread, then gives up its place.
+fn carry(ctx: &WorkerContext, out: Option<&Outgoing>, tunnel: Detached<TunnelEnd>) {
+    let Detached {
+        fds,
+        dirs,
+        quiet,
+        payload,
+    } = tunnel;
+    let entry = payload.carry(ctx);
+    let leaving = Detached {
+        fds,
+        dirs,
+        quiet,
+        payload: entry,
+    };
+    if out.is_none_or(|out| out.send(leaving).is_err()) {
+        error!(
+            "worker {}: a tunnel left for a handoff that is over; closed",
+            ctx.id
+        );
+    }
+    drop(payload);
+}
+
+/// When this process hands over to a new one: stops accepting on `listeners` (which stay
+/// open: the new process accepts on them) and detaches every plain tunnel.
+async fn hand_over_on_stop(ctx: Rc<WorkerContext>, listeners: Vec<Rc<TcpListener>>) {
+    ctx.shared.stopped().await;
+    if !ctx.shared.handing_over.load(Ordering::SeqCst) {
+        return;
+    }
+    for listener in &listeners {
+        if let Err(e) = stream::cancel_accepts(listener).await {
+            warn!(
+                "worker {}: cannot stop accepting for the handoff: {e}",
+                ctx.id
+            );
+        }
+    }
+    tracing::debug!("worker {}: detaching {} tunnels", ctx.id, ctx.tunnels.len());
+    ctx.tunnels.detach_all();
+}
+
+/// Resumes the tunnels that came over for this worker.
+async fn resume(
+    ctx: Rc<WorkerContext>,
+    mut adopt: tokio::sync::mpsc::UnboundedReceiver<Detached<Vec<u8>>>,
+) {
+    while let Some(tunnel) = adopt.recv().await {
+        let Detached {
+            fds,
+            dirs,
+            quiet,
+            payload,
+        } = tunnel;
+        let end = match TunnelEnd::resume(&ctx, &payload) {
+            Ok(end) => end,
+            Err(e) => {
+                warn!("worker {}: a tunnel that came over was closed: {e}", ctx.id);
+                continue;
+            }
+        };
+        let tunnel = Detached {
+            fds,
+            dirs,
+            quiet,
+            payload: end,
+        };
+        match ctx.tunnels.adopt(tunnel) {
+            Ok(()) => ctx.metrics().handed_over.add(1),
+            Err(_) => {
+                ctx.metrics().tunnels.sub(1);
+                warn!(
+                    "worker {}: a tunnel that came over holds more bytes than a buffer here; closed",
+                    ctx.id
+                );
+            }
+        }
+    }
+}
+
+async fn accept_loop(ctx: Rc<WorkerContext>, listener: Rc<TcpListener>, entry: Listen) {
     let local = entry.addr;
     let max = ctx.shared.config.limits.max_connections;
     let trusted = ctx.shared.config.trusted_proxies.clone();
     let mut last_fd_warning: Option<Instant> = None;
     let mut spare = SpareFd::open();
     loop {
+        // A handoff cancels the pending accept; one not yet submitted is not submitted.
+        if ctx.shared.handing_over.load(Ordering::SeqCst) {
+            return;
+        }
         match stream::accept(&listener).await {
             Ok((client, peer)) => {
                 let (mut slot, before) = Slot::take(&ctx);

@@ -12,9 +12,13 @@
 //! `wss://` tunnels never leave: their record layer's keys and sequence numbers stay in
 //! this process, which relays them until they end.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use io_uring::opcode;
+
+pub mod fields;
+
+use fields::{Malformed, Reader, Writer};
 
 use super::direction::State;
 use super::splice::Pipe;
@@ -47,6 +51,73 @@ pub struct DetachedDirection {
     /// (written after `held`, which is then empty anyway: a spliced direction reads into a
     /// buffer only with its pipe empty).
     pub pipe: Option<([OwnedFd; 2], usize)>,
+}
+
+impl<P> Detached<P> {
+    /// The same tunnel with its payload turned into another.
+    pub fn map<Q>(self, f: impl FnOnce(P) -> Q) -> Detached<Q> {
+        Detached {
+            fds: self.fds,
+            dirs: self.dirs,
+            quiet: self.quiet,
+            payload: f(self.payload),
+        }
+    }
+}
+
+impl Detached<Vec<u8>> {
+    /// Appends the tunnel to `out` (its payload already in bytes) and returns its
+    /// descriptors, in the order [`Detached::decode`] takes them back.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Vec<RawFd> {
+        let mut fds = vec![self.fds[0].as_raw_fd(), self.fds[1].as_raw_fd()];
+        let mut w = Writer(out);
+        w.u8(self.quiet);
+        for dir in &self.dirs {
+            w.u64(dir.bytes).u8(u8::from(dir.ended)).bytes(&dir.held);
+            match &dir.pipe {
+                Some((ends, held)) => {
+                    w.u8(1).u64(*held as u64);
+                    fds.extend(ends.iter().map(AsRawFd::as_raw_fd));
+                }
+                None => {
+                    w.u8(0).u64(0);
+                }
+            }
+        }
+        w.bytes(&self.payload);
+        fds
+    }
+
+    /// A tunnel from what [`Detached::encode`] wrote and the descriptors that came with it.
+    pub fn decode(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<Self, Malformed> {
+        let mut r = Reader(bytes);
+        let mut fds = fds.into_iter();
+        let mut fd = || fds.next().ok_or(Malformed("descriptors missing"));
+        let ends = [fd()?, fd()?];
+        let quiet = r.u8()?;
+        let mut dirs = [DetachedDirection::default(), DetachedDirection::default()];
+        for dir in &mut dirs {
+            dir.bytes = r.u64()?;
+            dir.ended = r.u8()? != 0;
+            dir.held = r.bytes()?.to_vec();
+            let spliced = r.u8()? != 0;
+            let held = r.u64()? as usize;
+            if spliced {
+                dir.pipe = Some(([fd()?, fd()?], held));
+            }
+        }
+        let payload = r.bytes()?.to_vec();
+        r.end()?;
+        if fds.next().is_some() {
+            return Err(Malformed("descriptors left over"));
+        }
+        Ok(Detached {
+            fds: ends,
+            dirs,
+            quiet,
+            payload,
+        })
+    }
 }
 
 impl<P> Tunnels<P> {

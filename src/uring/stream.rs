@@ -138,6 +138,22 @@ pub async fn accept(listener: &TcpListener) -> io::Result<(Stream, SocketAddr)> 
     op.submit().await
 }
 
+/// Cancels what this worker's ring has pending on `listener` (its accept), leaving the
+/// socket open and listening: a handoff stops this process accepting while the next goes
+/// on accepting on the same socket, which a `shutdown` would stop for both.
+pub async fn cancel_accepts(listener: &TcpListener) -> io::Result<usize> {
+    let on = types::CancelBuilder::fd(types::Fd(listener.as_raw_fd())).all();
+    let sqe = opcode::AsyncCancel2::new(on).build();
+    // SAFETY: the entry touches no memory; `listener` outlives the call, which waits for
+    // the cancellation to complete.
+    #[allow(unsafe_code)]
+    let op = unsafe { oneshot((), WithBuf(PhantomData), sqe) };
+    match op.submit().await.0 {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(0),
+        other => other,
+    }
+}
+
 /// A tokio-uring operation from a raw entry: every raw entry for a worker's tokio-uring ring
 /// is made into an operation here.
 ///

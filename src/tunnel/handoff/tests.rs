@@ -194,7 +194,19 @@ fn hand_over_mid_stream(
             .collect::<Vec<_>>();
         let held = dirs.iter().filter(|d| d.0).count();
         let piped = dirs.iter().filter(|d| d.1).count();
+        // Through the wire, as between two processes: bytes encoded, descriptors passed
+        // (the sender's copies closed).
+        let (a, b) = crate::os::fd_passing::seqpacket_pair().unwrap();
+        let (mut bytes, mut fds) = (Vec::new(), Vec::new());
         for tunnel in detached.borrow_mut().drain(..) {
+            let tunnel = tunnel.map(|t| (t as u64).to_le_bytes().to_vec());
+            let mut message = Vec::new();
+            let raw = tunnel.encode(&mut message);
+            crate::os::fd_passing::send(&a, &message, &raw).unwrap();
+            drop(tunnel);
+            assert!(crate::os::fd_passing::recv(&b, &mut bytes, &mut fds).unwrap());
+            let tunnel = Detached::decode(&bytes, std::mem::take(&mut fds)).unwrap();
+            let tunnel = tunnel.map(|p| u64::from_le_bytes(p.try_into().unwrap()) as usize);
             assert!(new.adopt(tunnel).is_ok());
         }
         wait_until("every tunnel to end", || ended.borrow().len() == count).await;
@@ -234,4 +246,34 @@ fn spliced_tunnels_keep_their_pipes_across_a_handoff() {
     let (ended, _, piped) = hand_over_mid_stream(2, total, 1);
     assert_eq!(ended.len(), 2);
     assert!(piped > 0, "no direction was spliced at the handoff");
+}
+
+/// A tunnel opened once detaching began leaves at once, with no operation whose completion
+/// would wake the loop: the loop must still hand it on.
+#[test]
+fn a_tunnel_opened_while_detaching_leaves_an_idle_engine() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (_client, proxy_client) = pair(&listener);
+    let (_upstream, proxy_upstream) = pair(&listener);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let old = engine();
+        let detached: Rc<RefCell<Vec<Detached<usize>>>> = Rc::default();
+        let into = detached.clone();
+        tokio::task::spawn_local(old.clone().run(
+            |_, _| panic!("ended instead of leaving"),
+            move |d| into.borrow_mut().push(d),
+        ));
+        old.detach_all();
+        // Let the loop park on an empty ring first.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let fds = [proxy_client.into(), proxy_upstream.into()];
+        old.open(fds, [0, 0], None, 7).unwrap();
+        wait_until("the tunnel to leave", || detached.borrow().len() == 1).await;
+        assert_eq!(detached.borrow()[0].payload, 7);
+    });
 }

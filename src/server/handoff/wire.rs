@@ -1,0 +1,175 @@
+//! The handoff's messages, one per seqpacket message (see `os::fd_passing`). The new process
+//! speaks first with its format version, so an old process that reads another version
+//! refuses before it gives anything away.
+//!
+//! ```text
+//! new -> old  Hello { version, pid }
+//! old -> new  Refuse { reason }                      (and closes), or
+//! old -> new  Listener { addr } + its socket          (one per listening socket)
+//! old -> new  Listeners { pid }                       (that was all of them)
+//! new -> old  Ready                                   (it serves; the old stops accepting)
+//! old -> new  Tunnel + its descriptors                (one per plain tunnel)
+//! old -> new  Done { tunnels }
+//! ```
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use crate::os::fd_passing;
+use crate::tunnel::Detached;
+use crate::tunnel::fields::{Malformed, Reader, Writer};
+
+/// The format this build speaks. Bump it whenever a message or the tunnel entry changes.
+pub const VERSION: u32 = 1;
+const MAGIC: &[u8] = b"wsplice-handoff";
+
+pub enum Message {
+    Hello { version: u32, pid: u32 },
+    Refuse { reason: String },
+    Listener { addr: SocketAddr, socket: OwnedFd },
+    Listeners { pid: u32 },
+    Ready,
+    Tunnel(Detached<Vec<u8>>),
+    Done { tunnels: u64 },
+}
+
+const HELLO: u8 = 1;
+const REFUSE: u8 = 2;
+const LISTENER: u8 = 3;
+const LISTENERS: u8 = 4;
+const READY: u8 = 5;
+const TUNNEL: u8 = 6;
+const DONE: u8 = 7;
+
+/// Sends `message` on `socket` (blocking).
+pub fn send(socket: &impl AsRawFd, message: &Message) -> io::Result<()> {
+    let mut bytes = Vec::new();
+    let mut fds = Vec::new();
+    let mut w = Writer(&mut bytes);
+    match message {
+        Message::Hello { version, pid } => {
+            w.u8(HELLO).bytes(MAGIC).u32(*version).u32(*pid);
+        }
+        Message::Refuse { reason } => {
+            w.u8(REFUSE).str(reason);
+        }
+        Message::Listener { addr, socket } => {
+            w.u8(LISTENER).str(&addr.to_string());
+            fds.push(socket.as_raw_fd());
+        }
+        Message::Listeners { pid } => {
+            w.u8(LISTENERS).u32(*pid);
+        }
+        Message::Ready => {
+            w.u8(READY);
+        }
+        Message::Tunnel(tunnel) => {
+            w.u8(TUNNEL);
+            fds = tunnel.encode(&mut bytes);
+        }
+        Message::Done { tunnels } => {
+            w.u8(DONE).u64(*tunnels);
+        }
+    }
+    fd_passing::send(socket, &bytes, &fds)
+}
+
+/// Receives the next message (blocking); `None` once the other side closed.
+pub fn recv(socket: &impl AsRawFd) -> io::Result<Option<Message>> {
+    let (mut bytes, mut fds) = (Vec::new(), Vec::new());
+    if !fd_passing::recv(socket, &mut bytes, &mut fds)? {
+        return Ok(None);
+    }
+    decode(&bytes, fds)
+        .map(Some)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+fn decode(bytes: &[u8], mut fds: Vec<OwnedFd>) -> Result<Message, Malformed> {
+    let mut r = Reader(bytes);
+    let message = match r.u8()? {
+        HELLO => {
+            if r.bytes()? != MAGIC {
+                return Err(Malformed("not a wsplice handoff"));
+            }
+            Message::Hello {
+                version: r.u32()?,
+                pid: r.u32()?,
+            }
+        }
+        REFUSE => Message::Refuse {
+            reason: r.str()?.to_string(),
+        },
+        LISTENER => Message::Listener {
+            addr: r.str()?.parse().map_err(|_| Malformed("listen address"))?,
+            socket: fds.pop().ok_or(Malformed("listening socket missing"))?,
+        },
+        LISTENERS => Message::Listeners { pid: r.u32()? },
+        READY => Message::Ready,
+        TUNNEL => return Detached::decode(r.0, fds).map(Message::Tunnel),
+        DONE => Message::Done { tunnels: r.u64()? },
+        _ => return Err(Malformed("unknown message")),
+    };
+    r.end()?;
+    if !fds.is_empty() {
+        return Err(Malformed("descriptors left over"));
+    }
+    Ok(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::os::fd_passing::seqpacket_pair;
+
+    #[test]
+    fn messages_arrive_as_sent() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let pid = std::process::id();
+        send(
+            &a,
+            &Message::Hello {
+                version: VERSION,
+                pid,
+            },
+        )
+        .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let socket = OwnedFd::from(listener);
+        send(&a, &Message::Listener { addr, socket }).unwrap();
+        send(&a, &Message::Done { tunnels: 1000 }).unwrap();
+        drop(a);
+        match recv(&b).unwrap() {
+            Some(Message::Hello { version, pid: p }) => assert_eq!((version, p), (VERSION, pid)),
+            _ => panic!("not the hello"),
+        }
+        match recv(&b).unwrap() {
+            Some(Message::Listener { addr: got, socket }) => {
+                assert_eq!(got, addr);
+                // The same listening socket, open here.
+                let listener = std::net::TcpListener::from(socket);
+                assert_eq!(listener.local_addr().unwrap(), addr);
+            }
+            _ => panic!("not the listener"),
+        }
+        assert!(matches!(
+            recv(&b).unwrap(),
+            Some(Message::Done { tunnels: 1000 })
+        ));
+        assert!(recv(&b).unwrap().is_none());
+    }
+
+    #[test]
+    fn anything_but_a_handoff_is_malformed() {
+        let (a, b) = seqpacket_pair().unwrap();
+        fd_passing::send(&a, b"\x01GET / HTTP/1.1", &[]).unwrap();
+        fd_passing::send(&a, b"\x09", &[]).unwrap();
+        fd_passing::send(&a, b"\x05extra", &[]).unwrap();
+        for _ in 0..3 {
+            let err = recv(&b).err().expect("refused");
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        }
+    }
+}
