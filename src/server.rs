@@ -331,6 +331,12 @@ pub fn run(
             _ = term.recv() => "second signal",
             _ = int.recv() => "second signal",
         };
+        if signal_name != "handoff"
+            && let Some(path) = &shared.config.handoff
+        {
+            // Nobody is left to answer on it; after a handoff it is the new process's.
+            let _ = std::fs::remove_file(path);
+        }
         let cut = shared.active.load(Ordering::SeqCst);
         info!(
             "stopped ({how}): {} connections drained, {cut} cut",

@@ -94,13 +94,15 @@ pub fn recv(
     bytes: &mut Vec<u8>,
     fds: &mut Vec<OwnedFd>,
 ) -> io::Result<bool> {
+    // Received into spare capacity: zeroing MAX_MESSAGE bytes per message would cost more
+    // than the message (a handoff sends one per tunnel).
     bytes.clear();
-    bytes.resize(MAX_MESSAGE, 0);
+    bytes.reserve(MAX_MESSAGE);
     fds.clear();
     let mut control = Control([0; 512]);
     let mut iov = libc::iovec {
         iov_base: bytes.as_mut_ptr().cast(),
-        iov_len: bytes.len(),
+        iov_len: MAX_MESSAGE,
     };
     // SAFETY: as in `send`.
     #[allow(unsafe_code)]
@@ -113,7 +115,6 @@ pub fn recv(
     #[allow(unsafe_code)]
     let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
     if n < 0 {
-        bytes.clear();
         return Err(io::Error::last_os_error());
     }
     // SAFETY: the kernel filled the control buffer with well-formed headers up to
@@ -132,7 +133,11 @@ pub fn recv(
             header = libc::CMSG_NXTHDR(&msg, header);
         }
     }
-    bytes.truncate(n as usize);
+    // SAFETY: the kernel wrote `n` (at most MAX_MESSAGE, within the capacity) bytes.
+    #[allow(unsafe_code)]
+    unsafe {
+        bytes.set_len(n as usize);
+    }
     if msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
         fds.clear();
         return Err(io::Error::new(

@@ -62,6 +62,7 @@ pub fn serve(
     finished: tokio::sync::oneshot::Sender<Handed>,
 ) -> io::Result<()> {
     let socket = bind(path)?;
+    info!("handoff: {} is ready for the next upgrade", path.display());
     let path = path.to_path_buf();
     std::thread::Builder::new()
         .name("wsplice-handoff".into())
@@ -110,7 +111,7 @@ fn answer(
                 continue;
             }
         };
-        match offer(&conn, listeners) {
+        match offer(&conn, shared, listeners) {
             Ok(pid) => {
                 let tunnels = hand_over(&conn, pid, shared, outgoing);
                 return Handed { pid, tunnels };
@@ -122,7 +123,11 @@ fn answer(
 
 /// Checks who connected and what it speaks, and gives it the listening sockets. `Ok`: it
 /// serves them now (its pid); this process must stop accepting and hand its tunnels over.
-fn offer(conn: &Socket, listeners: &[(SocketAddr, TcpListener)]) -> Result<u32, String> {
+fn offer(
+    conn: &Socket,
+    shared: &Shared,
+    listeners: &[(SocketAddr, TcpListener)],
+) -> Result<u32, String> {
     let me = effective_uid();
     let uid = fd_passing::peer_uid(conn).map_err(|e| format!("cannot tell who connected: {e}"))?;
     if uid != me && uid != 0 {
@@ -131,11 +136,22 @@ fn offer(conn: &Socket, listeners: &[(SocketAddr, TcpListener)]) -> Result<u32, 
         ));
     }
     let _ = conn.set_read_timeout(Some(HELLO_WITHIN));
-    let (version, pid) = match wire::recv(conn) {
+    let mut buf = Vec::new();
+    let (version, pid) = match wire::recv(conn, &mut buf) {
         Ok(Some(Message::Hello { version, pid })) => (version, pid),
         Ok(_) => return Err("refused a takeover that did not begin with hello".into()),
         Err(e) => return Err(format!("refused a takeover: {e}")),
     };
+    if shared.stopping.load(Ordering::SeqCst) {
+        let reason = "it is stopping (its listeners are closed); start wsplice afresh".to_string();
+        let _ = wire::send(
+            conn,
+            &Message::Refuse {
+                reason: reason.clone(),
+            },
+        );
+        return Err(format!("refused pid {pid}: {reason}"));
+    }
     if version != VERSION {
         let reason = format!(
             "pid {pid} speaks handoff format {version}, pid {} speaks {VERSION}: stop and start instead",
@@ -166,7 +182,7 @@ fn offer(conn: &Socket, listeners: &[(SocketAddr, TcpListener)]) -> Result<u32, 
     wire::send(conn, &Message::Listeners { pid: me })
         .map_err(|e| format!("pid {pid} went away: {e}"))?;
     let _ = conn.set_read_timeout(Some(READY_WITHIN));
-    match wire::recv(conn) {
+    match wire::recv(conn, &mut buf) {
         Ok(Some(Message::Ready)) => Ok(pid),
         Ok(None) => Err(format!("pid {pid} gave up before serving")),
         Ok(Some(_)) => Err(format!("pid {pid} sent something else than ready")),
@@ -250,11 +266,17 @@ pub fn take_over(path: &Path) -> Result<Takeover, String> {
         VERSION
     };
     let pid = std::process::id();
-    let gone = |e: io::Error| format!("the running process went away: {e}");
+    let gone = |e: io::Error| match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => format!(
+            "the running process did not answer within {}s (is it handing over to another process already?)",
+            HELLO_WITHIN.as_secs()
+        ),
+        _ => format!("the running process went away: {e}"),
+    };
     wire::send(&socket, &Message::Hello { version, pid }).map_err(gone)?;
-    let mut listeners = Vec::new();
+    let (mut listeners, mut buf) = (Vec::new(), Vec::new());
     loop {
-        match wire::recv(&socket).map_err(gone)? {
+        match wire::recv(&socket, &mut buf).map_err(gone)? {
             Some(Message::Listener { addr, socket }) => listeners.push((addr, socket.into())),
             Some(Message::Listeners { pid }) => {
                 return Ok(Takeover {
@@ -280,9 +302,9 @@ impl Takeover {
             return 0;
         }
         let _ = socket.set_read_timeout(None);
-        let mut came = 0u64;
+        let (mut came, mut buf) = (0u64, Vec::new());
         loop {
-            match wire::recv(&socket) {
+            match wire::recv(&socket, &mut buf) {
                 Ok(Some(Message::Tunnel(tunnel))) => {
                     let _ = workers[came as usize % workers.len()].send(tunnel);
                     came += 1;

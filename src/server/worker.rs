@@ -149,26 +149,15 @@ pub struct Handoff {
 
 /// Passes a tunnel that left the engine on to the handoff thread, then gives up its place.
 fn carry(ctx: &WorkerContext, out: Option<&Outgoing>, tunnel: Detached<TunnelEnd>) {
-    let Detached {
-        fds,
-        dirs,
-        quiet,
-        payload,
-    } = tunnel;
-    let entry = payload.carry(ctx);
-    let leaving = Detached {
-        fds,
-        dirs,
-        quiet,
-        payload: entry,
-    };
+    let entry = tunnel.payload.carry(ctx);
+    let (leaving, end) = tunnel.replace(entry);
     if out.is_none_or(|out| out.send(leaving).is_err()) {
         error!(
             "worker {}: a tunnel left for a handoff that is over; closed",
             ctx.id
         );
     }
-    drop(payload);
+    drop(end);
 }
 
 /// When this process hands over to a new one: stops accepting on `listeners` (which stay
@@ -196,25 +185,14 @@ async fn resume(
     mut adopt: tokio::sync::mpsc::UnboundedReceiver<Detached<Vec<u8>>>,
 ) {
     while let Some(tunnel) = adopt.recv().await {
-        let Detached {
-            fds,
-            dirs,
-            quiet,
-            payload,
-        } = tunnel;
-        let end = match TunnelEnd::resume(&ctx, &payload) {
+        let end = match TunnelEnd::resume(&ctx, &tunnel.payload) {
             Ok(end) => end,
             Err(e) => {
                 warn!("worker {}: a tunnel that came over was closed: {e}", ctx.id);
                 continue;
             }
         };
-        let tunnel = Detached {
-            fds,
-            dirs,
-            quiet,
-            payload: end,
-        };
+        let (tunnel, _) = tunnel.replace(end);
         match ctx.tunnels.adopt(tunnel) {
             Ok(()) => ctx.metrics().handed_over.add(1),
             Err(_) => {

@@ -54,6 +54,17 @@ pub struct DetachedDirection {
 }
 
 impl<P> Detached<P> {
+    /// The same tunnel with `payload` instead, and the payload it had.
+    pub fn replace<Q>(self, payload: Q) -> (Detached<Q>, P) {
+        let tunnel = Detached {
+            fds: self.fds,
+            dirs: self.dirs,
+            quiet: self.quiet,
+            payload,
+        };
+        (tunnel, self.payload)
+    }
+
     /// The same tunnel with its payload turned into another.
     pub fn map<Q>(self, f: impl FnOnce(P) -> Q) -> Detached<Q> {
         Detached {

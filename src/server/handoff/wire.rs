@@ -75,13 +75,14 @@ pub fn send(socket: &impl AsRawFd, message: &Message) -> io::Result<()> {
     fd_passing::send(socket, &bytes, &fds)
 }
 
-/// Receives the next message (blocking); `None` once the other side closed.
-pub fn recv(socket: &impl AsRawFd) -> io::Result<Option<Message>> {
-    let (mut bytes, mut fds) = (Vec::new(), Vec::new());
-    if !fd_passing::recv(socket, &mut bytes, &mut fds)? {
+/// Receives the next message (blocking) into `bytes`, a buffer kept across calls; `None`
+/// once the other side closed.
+pub fn recv(socket: &impl AsRawFd, bytes: &mut Vec<u8>) -> io::Result<Option<Message>> {
+    let mut fds = Vec::new();
+    if !fd_passing::recv(socket, bytes, &mut fds)? {
         return Ok(None);
     }
-    decode(&bytes, fds)
+    decode(bytes, fds)
         .map(Some)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
@@ -126,6 +127,7 @@ mod tests {
     #[test]
     fn messages_arrive_as_sent() {
         let (a, b) = seqpacket_pair().unwrap();
+        let mut buf = Vec::new();
         let pid = std::process::id();
         send(
             &a,
@@ -141,11 +143,11 @@ mod tests {
         send(&a, &Message::Listener { addr, socket }).unwrap();
         send(&a, &Message::Done { tunnels: 1000 }).unwrap();
         drop(a);
-        match recv(&b).unwrap() {
+        match recv(&b, &mut buf).unwrap() {
             Some(Message::Hello { version, pid: p }) => assert_eq!((version, p), (VERSION, pid)),
             _ => panic!("not the hello"),
         }
-        match recv(&b).unwrap() {
+        match recv(&b, &mut buf).unwrap() {
             Some(Message::Listener { addr: got, socket }) => {
                 assert_eq!(got, addr);
                 // The same listening socket, open here.
@@ -155,20 +157,21 @@ mod tests {
             _ => panic!("not the listener"),
         }
         assert!(matches!(
-            recv(&b).unwrap(),
+            recv(&b, &mut buf).unwrap(),
             Some(Message::Done { tunnels: 1000 })
         ));
-        assert!(recv(&b).unwrap().is_none());
+        assert!(recv(&b, &mut buf).unwrap().is_none());
     }
 
     #[test]
     fn anything_but_a_handoff_is_malformed() {
         let (a, b) = seqpacket_pair().unwrap();
+        let mut buf = Vec::new();
         fd_passing::send(&a, b"\x01GET / HTTP/1.1", &[]).unwrap();
         fd_passing::send(&a, b"\x09", &[]).unwrap();
         fd_passing::send(&a, b"\x05extra", &[]).unwrap();
         for _ in 0..3 {
-            let err = recv(&b).err().expect("refused");
+            let err = recv(&b, &mut buf).err().expect("refused");
             assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
         }
     }
