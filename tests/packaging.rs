@@ -11,6 +11,11 @@ use std::time::Duration;
 use common::BIN;
 
 const UNIT: &str = "packaging/wsplice.service";
+/// What the .deb installs as /etc/wsplice/wsplice.toml: the quick-start config/wsplice.toml
+/// with the handoff socket on.
+const PACKAGED_CONFIG: &str = "packaging/wsplice.toml";
+/// The upgrade in place under systemd, as the unit and the README give it.
+const UPGRADE_COMMAND: &str = "systemctl kill --kill-whom=main --signal=SIGUSR2 wsplice";
 
 /// Every value of `key=` in the unit, in order.
 fn unit_values(unit: &str, key: &str) -> Vec<String> {
@@ -26,16 +31,35 @@ fn unit_value(unit: &str, key: &str) -> String {
     values[0].clone()
 }
 
-fn read_unit() -> String {
-    std::fs::read(UNIT)
+fn read(path: &str) -> String {
+    std::fs::read(path)
         .map(|b| String::from_utf8(b).unwrap())
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn read_unit() -> String {
+    read(UNIT)
+}
+
+/// The packaged config as installed: beside the upstream file the .deb ships with it.
+fn load_packaged_config() -> wsplice::config::Config {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(PACKAGED_CONFIG, dir.path().join("wsplice.toml")).unwrap();
+    std::fs::copy("config/upstreams.toml", dir.path().join("upstreams.toml")).unwrap();
+    wsplice::upstream::load(&dir.path().join("wsplice.toml"))
         .unwrap()
+        .0
 }
 
 #[test]
 fn unit_runs_the_shipped_config_and_signals_as_documented() {
     let unit = read_unit();
     assert_eq!(unit_value(&unit, "Type"), "notify");
+    assert_eq!(
+        unit_value(&unit, "NotifyAccess"),
+        "all",
+        "the process that takes over sends MAINPID= and READY=1 before it is the main one"
+    );
     assert_eq!(
         unit_value(&unit, "ExecStart"),
         "/usr/bin/wsplice --config /etc/wsplice/wsplice.toml"
@@ -57,7 +81,7 @@ fn unit_runs_the_shipped_config_and_signals_as_documented() {
 #[test]
 fn unit_stop_timeout_exceeds_the_drain_and_files_limit_fits() {
     let unit = read_unit();
-    let (config, _) = wsplice::upstream::load(Path::new("config/wsplice.toml")).unwrap();
+    let config = load_packaged_config();
     let drain = config.timeouts.drain.expect("the shipped config drains");
     let stop: Duration = humantime::parse_duration(&unit_value(&unit, "TimeoutStopSec")).unwrap();
     assert!(
@@ -70,6 +94,46 @@ fn unit_stop_timeout_exceeds_the_drain_and_files_limit_fits() {
     assert!(
         files >= needed,
         "LimitNOFILE {files} < {needed} (max_connections with 256 workers)"
+    );
+}
+
+#[test]
+fn packaged_config_is_the_quick_start_one_with_a_handoff_socket_the_unit_makes() {
+    let quick = read("config/wsplice.toml");
+    assert!(
+        quick.contains("\n# handoff = "),
+        "config/wsplice.toml shows handoff, off"
+    );
+    assert_eq!(
+        read(PACKAGED_CONFIG),
+        quick.replacen("\n# handoff = ", "\nhandoff = ", 1),
+        "{PACKAGED_CONFIG} must be config/wsplice.toml with the handoff line on, nothing else"
+    );
+    let (config, _) = wsplice::upstream::load(Path::new("config/wsplice.toml")).unwrap();
+    assert_eq!(
+        config.handoff, None,
+        "the quick start needs no runtime directory"
+    );
+
+    let socket = load_packaged_config()
+        .handoff
+        .expect("the .deb's config has handoff");
+    let unit = read_unit();
+    let runtime = Path::new("/run").join(unit_value(&unit, "RuntimeDirectory"));
+    assert_eq!(
+        socket.parent(),
+        Some(runtime.as_path()),
+        "the handoff socket must be in the unit's RuntimeDirectory, the only place under /run \
+         that ProtectSystem=strict leaves writable"
+    );
+    assert_eq!(unit_value(&unit, "RuntimeDirectoryMode"), "0700");
+    assert!(
+        unit_values(&unit, "RuntimeDirectoryPreserve").is_empty(),
+        "the directory goes when the unit stops; an upgrade in place never stops it"
+    );
+    assert!(
+        unit.contains(UPGRADE_COMMAND),
+        "the unit names the upgrade command"
     );
 }
 
@@ -136,21 +200,38 @@ fn deb_metadata_ships_binary_unit_and_config_as_conffiles() {
         .iter()
         .map(|c| c.as_str().unwrap())
         .collect();
+    for source in [PACKAGED_CONFIG, "config/upstreams.toml"] {
+        assert!(assets.contains(&(source.into(), "etc/wsplice/".into())));
+    }
     for name in ["wsplice.toml", "upstreams.toml"] {
-        assert!(assets.contains(&(format!("config/{name}"), "etc/wsplice/".into())));
         assert!(conffiles.contains(&format!("/etc/wsplice/{name}").as_str()));
     }
-    let units = deb["systemd-units"]["unit-scripts"].as_str().unwrap();
-    assert!(Path::new(units).join("wsplice.service").exists());
-    let scripts = deb["maintainer-scripts"].as_str().unwrap();
-    let postinst = std::fs::read(Path::new(scripts).join("postinst"))
-        .map(|b| String::from_utf8(b).unwrap())
-        .unwrap();
+    let units = &deb["systemd-units"];
     assert!(
-        postinst.contains("#DEBHELPER#"),
-        "cargo-deb puts the systemd steps there"
+        Path::new(units["unit-scripts"].as_str().unwrap())
+            .join("wsplice.service")
+            .exists()
     );
+    for key in ["restart-after-upgrade", "stop-on-upgrade"] {
+        assert_eq!(
+            units.get(key).and_then(|v| v.as_bool()),
+            Some(false),
+            "{key} = false: postinst upgrades in place instead, keeping open WebSockets"
+        );
+    }
+    let scripts = deb["maintainer-scripts"].as_str().unwrap();
+    let postinst = read(Path::new(scripts).join("postinst").to_str().unwrap());
+    let generated = postinst
+        .find("#DEBHELPER#")
+        .expect("cargo-deb puts the systemd steps there");
     assert!(postinst.contains("useradd --system"), "the unit's user");
+    let upgrade = postinst
+        .find("kill -USR2")
+        .expect("postinst upgrades in place");
+    assert!(
+        generated < upgrade,
+        "the upgrade in place runs after the generated daemon-reload"
+    );
 }
 
 #[test]
@@ -163,7 +244,9 @@ fn help_documents_every_flag_signal_and_variable() {
         "--check",
         "--version",
         "--help",
+        "--takeover",
         "SIGHUP",
+        "SIGUSR2",
         "SIGTERM",
         "SIGINT",
         "timeouts.drain",
@@ -190,6 +273,21 @@ fn readme_explains_the_service_and_shows_the_demo() {
         "systemctl reload wsplice",
     ] {
         assert!(service.contains(step), "the service section lacks {step}");
+    }
+    let upgrading = readme
+        .split("## Upgrading")
+        .nth(1)
+        .expect("an \"Upgrading\" section");
+    for needle in [
+        UPGRADE_COMMAND,
+        "--takeover",
+        "kill -USR2",
+        "wsplice_handoff_tunnels_total",
+    ] {
+        assert!(
+            upgrading.contains(needle),
+            "the Upgrading section lacks {needle}"
+        );
     }
     assert!(readme.contains("(docs/demo.png)"), "the screenshot link");
     let png = std::fs::read("docs/demo.png").unwrap();
