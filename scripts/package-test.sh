@@ -110,7 +110,8 @@ servers = ["127.0.0.1:3000"]' > /etc/wsplice/upstreams.toml
     metrics=$(curl -sS http://127.0.0.1:9901/metrics)
     grep -E '^wsplice_handoff_tunnels_total 1$' <<<"$metrics"
     journal | grep -E "SIGUSR2|handoff" | tail -n 6
-    has "SIGUSR2: started pid $new" "$(journal)"
+    has "SIGUSR2: started /usr/bin/wsplice --config /etc/wsplice/wsplice.toml --takeover" "$(journal)"
+    has "handoff: pid $new is taking over" "$(journal)"
     has "handoff: handed over 1 tunnels to pid $new" "$(journal)"
     has "handoff: took over from pid $pid: 1 tunnels" "$(journal)"
     step "systemctl kill --kill-whom=main --signal=SIGUSR2: MainPID $pid -> $new, the old pid gone, the unit active throughout (same invocation, no restart), the open WebSocket echoes through the new process, 1 tunnel counted"
