@@ -118,7 +118,7 @@ struct Trace {
     /// (an `Arc`), not copied, so the entry stays as small as with a TCP address.
     upstream: Option<UpstreamAddr>,
     upgrade: bool,
-    /// A `wss://` tunnel: counted in `Shared::wss_tunnels`, never handed over.
+    /// A `wss://` tunnel: counted in `HandoffState::wss_tunnels`, never handed over.
     wss: bool,
     /// Counts the connection against its upstream server (`least_conn`) for as long as the
     /// connection, tunnel included, lives.
@@ -378,7 +378,10 @@ impl TunnelEnd {
     pub fn finish(self, ctx: &WorkerContext, report: Report) {
         ctx.metrics().tunnels.sub(1);
         if self.end.trace.wss {
-            ctx.shared.wss_tunnels.fetch_sub(1, Ordering::SeqCst);
+            ctx.shared
+                .handoff
+                .wss_tunnels
+                .fetch_sub(1, Ordering::SeqCst);
         }
         ctx.metrics().tunnel_ended(self.opened.elapsed());
         self.end.log(ctx, 101, Some(&report));
@@ -410,7 +413,10 @@ async fn open_tunnel(
     }
     ctx.metrics().tunnels.add(1);
     if tls.is_some() {
-        ctx.shared.wss_tunnels.fetch_add(1, Ordering::SeqCst);
+        ctx.shared
+            .handoff
+            .wss_tunnels
+            .fetch_add(1, Ordering::SeqCst);
         end.trace.wss = true;
     }
     let payload = TunnelEnd {

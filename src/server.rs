@@ -164,8 +164,7 @@ pub fn run(
         active: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
         stop: tokio::sync::Notify::new(),
-        handing_over: AtomicBool::new(false),
-        wss_tunnels: AtomicUsize::new(0),
+        handoff: Default::default(),
         reloads: ReloadStats::started(read_file(&config_upstreams).ok()),
         metrics: Metrics::new(workers),
         access_log,
@@ -299,14 +298,19 @@ pub fn run(
             }
         };
 
+        // Listening sockets a new process took (or may be taking) are not shut down: that
+        // would shut them for it too. The workers cancel their accepts instead.
+        let given = &shared.handoff.listeners_given;
         if signal_name != "handoff" {
             shared.stopping.store(true, Ordering::SeqCst);
             shared.stop.notify_waiters();
-            warn_if_queued_connections_would_be_reset();
-            for (_, listener) in &stop_handles {
-                // Stops accepting on every worker: their pending accepts complete with an
-                // error.
-                let _ = socket2::SockRef::from(listener).shutdown(Shutdown::Read);
+            if !given.load(Ordering::SeqCst) {
+                warn_if_queued_connections_would_be_reset();
+                for (_, listener) in &stop_handles {
+                    // Stops accepting on every worker: their pending accepts complete with
+                    // an error.
+                    let _ = socket2::SockRef::from(listener).shutdown(Shutdown::Read);
+                }
             }
         }
         let open = shared.active.load(Ordering::SeqCst);
@@ -333,10 +337,13 @@ pub fn run(
             _ = term.recv() => "second signal",
             _ = int.recv() => "second signal",
         };
-        if signal_name != "handoff"
-            && let Some(path) = &shared.config.handoff
-        {
-            // Nobody is left to answer on it; after a handoff it is the new process's.
+        if signal_name == "handoff" {
+            // Handed over: the socket file is the new process's now.
+        } else if given.load(Ordering::SeqCst) {
+            // Stopped during a handoff: the last tunnels may still be on their way.
+            let _ = tokio::time::timeout(Duration::from_secs(10), &mut handed).await;
+        } else if let Some(path) = &shared.config.handoff {
+            // Nobody is left to answer on it (once given away, it is the new process's).
             let _ = std::fs::remove_file(path);
         }
         let cut = shared.active.load(Ordering::SeqCst);
@@ -395,6 +402,13 @@ fn upgrade(config: &Config) {
     if config.handoff.is_none() {
         warn!(
             "SIGUSR2: no `handoff` socket in the config, so no upgrade in place; restart instead"
+        );
+        return;
+    }
+    if std::process::id() == 1 {
+        // Its successor would be its child, killed with the namespace when it exits.
+        warn!(
+            "SIGUSR2: this process is PID 1 (a container's init): its exit would end the container and its successor; restart the container instead"
         );
         return;
     }

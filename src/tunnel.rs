@@ -103,6 +103,8 @@ struct Tunnel<P> {
     quiet: u8,
     aborted: bool,
     idled: bool,
+    /// Never detached: resumed here after a handoff ended, to drain.
+    stays: bool,
     /// Boxed: errors are rare, and an idle tunnel's entry stays 8 bytes smaller.
     error: Option<Box<RelayError>>,
     /// A `wss://` tunnel's record layer; `None` for plain ones.
@@ -193,6 +195,7 @@ impl<P> Tunnels<P> {
             quiet: 0,
             aborted: false,
             idled: false,
+            stays: false,
             error: None,
             tls: None,
             payload,

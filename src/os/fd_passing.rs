@@ -76,9 +76,15 @@ pub fn send(socket: &impl AsRawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<()
             );
         }
     }
-    // SAFETY: `msg` points at live memory only (see above).
-    #[allow(unsafe_code)]
-    let n = unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    let n = loop {
+        // SAFETY: `msg` points at live memory only (see above).
+        #[allow(unsafe_code)]
+        let n = unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        // A signal (SIGHUP, SIGUSR2) does not end a handoff.
+        if n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            break n;
+        }
+    };
     match n {
         n if n < 0 => Err(io::Error::last_os_error()),
         n if n as usize != bytes.len() => Err(io::ErrorKind::WriteZero.into()),
@@ -111,9 +117,14 @@ pub fn recv(
     msg.msg_iovlen = 1;
     msg.msg_control = control.0.as_mut_ptr().cast();
     msg.msg_controllen = control.0.len();
-    // SAFETY: `msg` points at live, writable memory of the lengths it states.
-    #[allow(unsafe_code)]
-    let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    let n = loop {
+        // SAFETY: `msg` points at live, writable memory of the lengths it states.
+        #[allow(unsafe_code)]
+        let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            break n;
+        }
+    };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }

@@ -30,12 +30,8 @@ pub struct Shared {
     pub stopping: AtomicBool,
     /// Notified when `stopping` is set: connections waiting for their next request close.
     pub stop: tokio::sync::Notify,
-    /// Set (before `stopping`) when the stop is a handoff to a new process: accept loops
-    /// end without closing the listeners, which the new process took, and plain tunnels
-    /// leave for it.
-    pub handing_over: AtomicBool,
-    /// `wss://` tunnels open: a handoff leaves them here, to drain.
-    pub wss_tunnels: AtomicUsize,
+    /// Where a binary upgrade to a new process stands.
+    pub handoff: HandoffState,
     pub reloads: ReloadStats,
     pub metrics: Metrics,
     pub access_log: Option<AccessLog>,
@@ -83,6 +79,24 @@ impl admin::Source for Shared {
                 .collect(),
         }
     }
+}
+
+/// Where a binary upgrade stands in this process (see `server::handoff`).
+#[derive(Debug, Default)]
+pub struct HandoffState {
+    /// The listening sockets went to a new process: a stop must not shut them down (that
+    /// would shut them for it too); accepts are cancelled instead.
+    pub listeners_given: AtomicBool,
+    /// The new process serves (set before `stopping`): plain tunnels leave for it.
+    pub handing_over: AtomicBool,
+    /// The handoff is over (done, given up, or the new process went away): a tunnel that
+    /// still leaves an engine is resumed here instead, to drain like a `wss://` one.
+    pub over: AtomicBool,
+    /// Accept loops still running: a connection accepted is counted in `active` before
+    /// its loop ends.
+    pub accepting: AtomicUsize,
+    /// `wss://` tunnels open: they stay in this process, to drain.
+    pub wss_tunnels: AtomicUsize,
 }
 
 /// One worker's own state, reachable from each of its connection tasks.
@@ -171,7 +185,9 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         let shared = &self.ctx.shared;
-        shared.active.fetch_sub(1, Ordering::Relaxed);
+        // Release: a tunnel handed on was sent before its place is given up, and the
+        // handoff thread reads the count to know every tunnel was sent.
+        shared.active.fetch_sub(1, Ordering::Release);
         if let Counted::In(bucket) = self.client {
             shared.client_limits.close(bucket);
         }

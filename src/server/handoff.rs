@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, SockAddr, Socket, Type};
 use tracing::{error, info, warn};
@@ -44,6 +44,9 @@ pub type Incoming = tokio::sync::mpsc::UnboundedSender<Detached<Vec<u8>>>;
 /// How long the old process waits for the new one to say hello, and then to serve.
 const HELLO_WITHIN: Duration = Duration::from_secs(10);
 const READY_WITHIN: Duration = Duration::from_secs(60);
+/// How long a handoff waits for a handshake to end when `timeouts.handshake` or
+/// `timeouts.response` is off.
+const LONGEST_HANDSHAKE: Duration = Duration::from_secs(60);
 
 /// A handoff this process made: to whom, and how many tunnels went.
 pub struct Handed {
@@ -62,12 +65,19 @@ pub fn serve(
     finished: tokio::sync::oneshot::Sender<Handed>,
 ) -> io::Result<()> {
     let socket = bind(path)?;
-    info!("handoff: {} is ready for the next upgrade", path.display());
+    let can = crate::uring::stream::cancels_by_fd();
+    if can {
+        info!("handoff: {} is ready for the next upgrade", path.display());
+    } else {
+        warn!(
+            "handoff: this kernel cannot cancel pending accepts by descriptor (Linux 5.19+), so this process cannot hand over; takeovers will be refused"
+        );
+    }
     let path = path.to_path_buf();
     std::thread::Builder::new()
         .name("wsplice-handoff".into())
         .spawn(move || {
-            let handed = answer(&socket, &path, &shared, &listeners, &outgoing);
+            let handed = answer(&socket, &path, &shared, &listeners, &outgoing, can);
             let _ = finished.send(handed);
         })?;
     Ok(())
@@ -100,6 +110,7 @@ fn answer(
     shared: &Shared,
     listeners: &[(SocketAddr, TcpListener)],
     outgoing: &mpsc::Receiver<Detached<Vec<u8>>>,
+    can: bool,
 ) -> Handed {
     loop {
         let conn = match socket.accept() {
@@ -111,7 +122,7 @@ fn answer(
                 continue;
             }
         };
-        match offer(&conn, shared, listeners) {
+        match offer(&conn, shared, listeners, can) {
             Ok(pid) => {
                 let tunnels = hand_over(&conn, pid, shared, outgoing);
                 return Handed { pid, tunnels };
@@ -127,6 +138,7 @@ fn offer(
     conn: &Socket,
     shared: &Shared,
     listeners: &[(SocketAddr, TcpListener)],
+    can: bool,
 ) -> Result<u32, String> {
     let me = effective_uid();
     let uid = fd_passing::peer_uid(conn).map_err(|e| format!("cannot tell who connected: {e}"))?;
@@ -142,6 +154,16 @@ fn offer(
         Ok(_) => return Err("refused a takeover that did not begin with hello".into()),
         Err(e) => return Err(format!("refused a takeover: {e}")),
     };
+    if !can {
+        let reason = "its kernel cannot stop its accepts without closing the listening sockets (Linux 5.19+ can); restart instead".to_string();
+        let _ = wire::send(
+            conn,
+            &Message::Refuse {
+                reason: reason.clone(),
+            },
+        );
+        return Err(format!("refused pid {pid}: {reason}"));
+    }
     if shared.stopping.load(Ordering::SeqCst) {
         let reason = "it is stopping (its listeners are closed); start wsplice afresh".to_string();
         let _ = wire::send(
@@ -164,6 +186,19 @@ fn offer(
             },
         );
         return Err(format!("refused: {reason}"));
+    }
+    // From here on a stop must leave the sockets open (the new process may serve them);
+    // a stop that came first is seen here (both sides store, then load).
+    shared.handoff.listeners_given.store(true, Ordering::SeqCst);
+    if shared.stopping.load(Ordering::SeqCst) {
+        let reason = "it is stopping".to_string();
+        let _ = wire::send(
+            conn,
+            &Message::Refuse {
+                reason: reason.clone(),
+            },
+        );
+        return Err(format!("refused pid {pid}: {reason}"));
     }
     info!(
         "handoff: pid {pid} is taking over; handing it {} listening sockets",
@@ -191,32 +226,62 @@ fn offer(
 }
 
 /// The new process serves: stops accepting, detaches every plain tunnel and forwards each
-/// as it comes; ends once only `wss://` tunnels are left. Returns how many went.
+/// as it comes; ends once only `wss://` tunnels are left, or after `timeouts.handshake` +
+/// `timeouts.response` (what a handshake may take; a plain request's long response may
+/// outlast it): what becomes a tunnel after that drains here. Returns how many went.
 fn hand_over(
     conn: &Socket,
     pid: u32,
     shared: &Shared,
     outgoing: &mpsc::Receiver<Detached<Vec<u8>>>,
 ) -> u64 {
-    shared.handing_over.store(true, Ordering::SeqCst);
+    let handoff = &shared.handoff;
+    handoff.handing_over.store(true, Ordering::SeqCst);
     shared.stopping.store(true, Ordering::SeqCst);
     shared.stop.notify_waiters();
-    let (mut sent, mut lost) = (0u64, 0u64);
+    let timeouts = &shared.config.timeouts;
+    let most = timeouts.handshake.unwrap_or(LONGEST_HANDSHAKE)
+        + timeouts.response.unwrap_or(LONGEST_HANDSHAKE);
+    let deadline = Instant::now() + most;
+    let (mut sent, mut lost, mut gone) = (0u64, 0u64, false);
     let mut forward = |tunnel: Detached<Vec<u8>>| {
-        if lost == 0 && wire::send(conn, &Message::Tunnel(tunnel)).is_ok() {
-            sent += 1;
-        } else {
+        if gone {
             lost += 1;
+            return;
+        }
+        match wire::send(conn, &Message::Tunnel(tunnel)) {
+            Ok(()) => sent += 1,
+            Err(e) => {
+                // The tunnel is closed; a peer that is gone takes no more.
+                lost += 1;
+                gone = matches!(
+                    e.kind(),
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                );
+                warn!("handoff: a tunnel could not be sent to pid {pid}: {e}");
+            }
         }
     };
     loop {
         match outgoing.recv_timeout(Duration::from_millis(10)) {
             Ok(tunnel) => forward(tunnel),
             Err(RecvTimeoutError::Timeout) => {
-                // A worker sends a tunnel before giving up its place, so once the places
-                // left are the wss tunnels', every plain one is in the channel.
-                let wss = shared.wss_tunnels.load(Ordering::SeqCst);
-                if shared.active.load(Ordering::SeqCst) <= wss {
+                // A connection is counted in `active` before its accept loop ends, and a
+                // worker sends a tunnel before giving up its place: once no loop accepts
+                // and the places left are the wss tunnels', every plain one is in the
+                // channel. (Loaded in this order, a count read can only be too high.)
+                let accepting = handoff.accepting.load(Ordering::SeqCst);
+                let active = shared.active.load(Ordering::SeqCst);
+                let wss = handoff.wss_tunnels.load(Ordering::SeqCst);
+                let done = accepting == 0 && active <= wss;
+                if done || Instant::now() >= deadline {
+                    if !done {
+                        warn!(
+                            "handoff: {} connections still in their handshake or a plain request after {most:?}; those that become tunnels drain here",
+                            active.saturating_sub(wss)
+                        );
+                    }
+                    handoff.over.store(true, Ordering::SeqCst);
                     while let Ok(tunnel) = outgoing.try_recv() {
                         forward(tunnel);
                     }
@@ -226,8 +291,11 @@ fn hand_over(
             Err(RecvTimeoutError::Disconnected) => break,
         }
     }
-    if lost > 0 || wire::send(conn, &Message::Done { tunnels: sent }).is_err() {
+    handoff.over.store(true, Ordering::SeqCst);
+    if gone || wire::send(conn, &Message::Done { tunnels: sent }).is_err() {
         error!("handoff: pid {pid} went away during the handoff: {lost} tunnels closed");
+    } else if lost > 0 {
+        error!("handoff: {lost} tunnels could not be sent to pid {pid} and were closed");
     }
     sent
 }
@@ -259,6 +327,17 @@ pub fn take_over(path: &Path) -> Result<Takeover, String> {
             path.display()
         )
     })?;
+    let me = effective_uid();
+    match fd_passing::peer_uid(&socket) {
+        Ok(uid) if uid == me || uid == 0 => {}
+        Ok(uid) => {
+            return Err(format!(
+                "{} is served by uid {uid}, not by this user ({me}) or root",
+                path.display()
+            ));
+        }
+        Err(e) => return Err(format!("cannot tell who serves {}: {e}", path.display())),
+    }
     let _ = socket.set_read_timeout(Some(HELLO_WITHIN));
     let version = if fault::on("handoff-version") {
         u32::MAX
@@ -310,13 +389,19 @@ impl Takeover {
                     came += 1;
                 }
                 Ok(Some(Message::Done { tunnels })) => {
-                    info!("handoff: pid {pid} handed over {tunnels} tunnels");
+                    if tunnels != came {
+                        warn!("handoff: pid {pid} sent {tunnels} tunnels, {came} came");
+                    }
                     return came;
                 }
                 Ok(Some(_)) => warn!("handoff: pid {pid} sent something unexpected; ignored"),
                 Ok(None) => {
                     warn!("handoff: pid {pid} closed the handoff socket after {came} tunnels");
                     return came;
+                }
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    // That one tunnel is lost (its descriptors are closed); the rest come.
+                    warn!("handoff: a message from pid {pid} was unreadable: {e}");
                 }
                 Err(e) => {
                     warn!("handoff: reading pid {pid}'s tunnels failed after {came}: {e}");

@@ -89,6 +89,7 @@ pub fn adopt_all(
         }
     }
     let mut dropped: Vec<SocketAddr> = taken.into_iter().map(|(a, _)| a).collect();
+    dropped.sort();
     dropped.dedup();
     Ok((per_worker, dropped))
 }

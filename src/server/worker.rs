@@ -110,7 +110,8 @@ pub fn spawn(
                 }
                 let listeners: Vec<_> = listeners.into_iter().map(|(l, e)| (Rc::new(l), e)).collect();
                 for (listener, entry) in &listeners {
-                    tokio_uring::spawn(accept_loop(ctx.clone(), listener.clone(), *entry));
+                    let running = Accepting::new(&ctx.shared);
+                    tokio_uring::spawn(accept_loop(ctx.clone(), listener.clone(), *entry, running));
                 }
                 let sockets = listeners.into_iter().map(|(l, _)| l).collect();
                 tokio_uring::spawn(hand_over_on_stop(ctx.clone(), sockets));
@@ -147,24 +148,43 @@ pub struct Handoff {
     pub adopt: Option<tokio::sync::mpsc::UnboundedReceiver<Detached<Vec<u8>>>>,
 }
 
-/// Passes a tunnel that left the engine on to the handoff thread, then gives up its place.
+/// Passes a tunnel that left the engine on to the handoff thread, then gives up its place;
+/// once the handoff is over, resumes it here instead, to drain.
 fn carry(ctx: &WorkerContext, out: Option<&Outgoing>, tunnel: Detached<TunnelEnd>) {
-    let entry = tunnel.payload.carry(ctx);
-    let (leaving, end) = tunnel.replace(entry);
-    if out.is_none_or(|out| out.send(leaving).is_err()) {
+    let handoff = &ctx.shared.handoff;
+    let tunnel = if handoff.over.load(Ordering::SeqCst) {
+        tunnel
+    } else {
+        let entry = tunnel.payload.carry(ctx);
+        let (leaving, end) = tunnel.replace(entry);
+        let sent = match out {
+            Some(out) => out.send(leaving).map_err(|back| back.0),
+            None => Err(leaving),
+        };
+        match sent {
+            Ok(()) => return drop(end),
+            Err(back) => {
+                ctx.metrics().tunnels.add(1);
+                back.replace(end).0
+            }
+        }
+    };
+    if ctx.tunnels.keep(tunnel).is_err() {
+        ctx.metrics().tunnels.sub(1);
         error!(
-            "worker {}: a tunnel left for a handoff that is over; closed",
+            "worker {}: a tunnel that could not be handed over was closed",
             ctx.id
         );
     }
-    drop(end);
 }
 
-/// When this process hands over to a new one: stops accepting on `listeners` (which stay
-/// open: the new process accepts on them) and detaches every plain tunnel.
+/// At a stop: when the listening sockets went to a new process, cancels the accepts on them
+/// (they stay open: the new process accepts on them); once the new process serves, detaches
+/// every plain tunnel.
 async fn hand_over_on_stop(ctx: Rc<WorkerContext>, listeners: Vec<Rc<TcpListener>>) {
     ctx.shared.stopped().await;
-    if !ctx.shared.handing_over.load(Ordering::SeqCst) {
+    let handoff = &ctx.shared.handoff;
+    if !handoff.listeners_given.load(Ordering::SeqCst) {
         return;
     }
     for listener in &listeners {
@@ -175,8 +195,16 @@ async fn hand_over_on_stop(ctx: Rc<WorkerContext>, listeners: Vec<Rc<TcpListener
             );
         }
     }
-    tracing::debug!("worker {}: detaching {} tunnels", ctx.id, ctx.tunnels.len());
-    ctx.tunnels.detach_all();
+    loop {
+        let notified = ctx.shared.stop.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if handoff.handing_over.load(Ordering::SeqCst) {
+            ctx.tunnels.detach_all();
+            return;
+        }
+        notified.await;
+    }
 }
 
 /// Resumes the tunnels that came over for this worker.
@@ -206,15 +234,37 @@ async fn resume(
     }
 }
 
-async fn accept_loop(ctx: Rc<WorkerContext>, listener: Rc<TcpListener>, entry: Listen) {
+/// Counts an accept loop from its spawning to its end (see `HandoffState::accepting`).
+struct Accepting(Arc<Shared>);
+
+impl Accepting {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared.handoff.accepting.fetch_add(1, Ordering::SeqCst);
+        Accepting(shared.clone())
+    }
+}
+
+impl Drop for Accepting {
+    fn drop(&mut self) {
+        self.0.handoff.accepting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn accept_loop(
+    ctx: Rc<WorkerContext>,
+    listener: Rc<TcpListener>,
+    entry: Listen,
+    _running: Accepting,
+) {
     let local = entry.addr;
     let max = ctx.shared.config.limits.max_connections;
     let trusted = ctx.shared.config.trusted_proxies.clone();
     let mut last_fd_warning: Option<Instant> = None;
     let mut spare = SpareFd::open();
     loop {
-        // A handoff cancels the pending accept; one not yet submitted is not submitted.
-        if ctx.shared.handing_over.load(Ordering::SeqCst) {
+        // A stop shuts the listener down, or (when it went to a new process) cancels the
+        // pending accept; one not yet submitted is not submitted.
+        if ctx.shared.stopping.load(Ordering::SeqCst) {
             return;
         }
         match stream::accept(&listener).await {

@@ -138,6 +138,10 @@ impl<P> Tunnels<P> {
     pub fn detach_all(&self) {
         let mut engine = self.engine.borrow_mut();
         engine.detaching = true;
+        // An entry still in the backlog is not in the kernel yet, where a cancellation could
+        // find it.
+        engine.refill_from_backlog();
+        let _ = engine.submit();
         for index in 0..engine.slab.len() {
             let Some(tunnel) = &engine.slab[index] else {
                 continue;
@@ -166,6 +170,16 @@ impl<P> Tunnels<P> {
     /// Resumes a tunnel another process detached. `Err` gives it back when this engine
     /// cannot hold its bytes (a heap buffer smaller than the other process's).
     pub fn adopt(&self, tunnel: Detached<P>) -> Result<(), Detached<P>> {
+        self.resume(tunnel, false)
+    }
+
+    /// Resumes a tunnel this engine detached for a handoff that is over: it stays, and
+    /// drains here.
+    pub fn keep(&self, tunnel: Detached<P>) -> Result<(), Detached<P>> {
+        self.resume(tunnel, true)
+    }
+
+    fn resume(&self, tunnel: Detached<P>, stays: bool) -> Result<(), Detached<P>> {
         let mut engine = self.engine.borrow_mut();
         if tunnel.dirs.iter().any(|d| d.held.len() > engine.spill.size) {
             return Err(tunnel);
@@ -183,6 +197,7 @@ impl<P> Tunnels<P> {
             quiet,
             aborted: false,
             idled: false,
+            stays,
             error: None,
             tls: None,
             payload,
@@ -224,7 +239,22 @@ impl<P> Tunnels<P> {
                 engine.read(index, d);
             }
         }
-        let _ = engine.submit();
+        if engine.parks(index) {
+            // Adopted while this engine hands its own tunnels on: it leaves again.
+            engine.finish_if_done(index);
+            drop(engine);
+            if let Some(loop_task) = self.parked.take() {
+                loop_task.wake();
+            }
+            return Ok(());
+        }
+        let submitted = engine.submit();
+        drop(engine);
+        if submitted.is_err()
+            && let Some(loop_task) = self.parked.take()
+        {
+            loop_task.wake();
+        }
         Ok(())
     }
 }
@@ -235,7 +265,7 @@ impl<P> Engine<P> {
         self.detaching
             && self.slab[index as usize]
                 .as_ref()
-                .is_some_and(|t| t.tls.is_none() && !t.aborted)
+                .is_some_and(|t| t.tls.is_none() && !t.aborted && !t.stays)
     }
 
     /// Direction `d` would enter `state`, but the tunnel is leaving: the direction rests
@@ -279,10 +309,13 @@ impl<P> Engine<P> {
         let Tunnel {
             fds,
             dirs,
+            active,
             quiet,
             payload,
             ..
         } = tunnel;
+        // Bytes read since the last sweep make it not quiet at all.
+        let quiet = if active { 0 } else { quiet };
         let dirs = dirs.map(|dir| {
             let mut out = DetachedDirection {
                 bytes: dir.bytes,

@@ -154,6 +154,25 @@ pub async fn cancel_accepts(listener: &TcpListener) -> io::Result<usize> {
     }
 }
 
+/// Whether this kernel cancels by descriptor (`IORING_ASYNC_CANCEL_FD`, Linux 5.19), which
+/// [`cancel_accepts`] needs: asked of a ring of its own, on a descriptor with nothing pending.
+pub fn cancels_by_fd() -> bool {
+    let Ok(mut ring) = io_uring::IoUring::new(2) else {
+        return false;
+    };
+    let on = types::CancelBuilder::fd(types::Fd(ring.as_raw_fd())).all();
+    let sqe = opcode::AsyncCancel2::new(on).build();
+    // SAFETY: the entry touches no memory.
+    #[allow(unsafe_code)]
+    if unsafe { ring.submission().push(&sqe) }.is_err() || ring.submit_and_wait(1).is_err() {
+        return false;
+    }
+    // Nothing to cancel: ENOENT, or 0 cancelled; an older kernel says EINVAL.
+    ring.completion()
+        .next()
+        .is_some_and(|cqe| cqe.result() != -libc::EINVAL)
+}
+
 /// A tokio-uring operation from a raw entry: every raw entry for a worker's tokio-uring ring
 /// is made into an operation here.
 ///

@@ -277,3 +277,49 @@ fn a_tunnel_opened_while_detaching_leaves_an_idle_engine() {
         assert_eq!(detached.borrow()[0].payload, 7);
     });
 }
+
+/// A tunnel detached for a handoff that is over is kept: it relays on in the engine that is
+/// still detaching, and is not detached again.
+#[test]
+fn a_kept_tunnel_relays_on_while_the_engine_detaches() {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (mut client, proxy_client) = pair(&listener);
+    let (mut upstream, proxy_upstream) = pair(&listener);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    let ended = local.block_on(&runtime, async move {
+        let old = engine();
+        let detached: Rc<RefCell<Vec<Detached<usize>>>> = Rc::default();
+        let ended: Rc<RefCell<Vec<(usize, Report)>>> = Rc::default();
+        let (into, done) = (detached.clone(), ended.clone());
+        tokio::task::spawn_local(old.clone().run(
+            move |t, r| done.borrow_mut().push((t, r)),
+            move |d| into.borrow_mut().push(d),
+        ));
+        let fds = [proxy_client.into(), proxy_upstream.into()];
+        old.open(fds, [0, 0], None, 3).unwrap();
+        old.detach_all();
+        wait_until("the tunnel to leave", || detached.borrow().len() == 1).await;
+        let tunnel = detached.borrow_mut().pop().unwrap();
+        assert!(old.keep(tunnel).is_ok());
+        let relay = tokio::task::spawn_blocking(move || {
+            client.write_all(b"kept").unwrap();
+            let mut got = [0; 4];
+            upstream.read_exact(&mut got).unwrap();
+            upstream.write_all(&got).unwrap();
+            client.read_exact(&mut got).unwrap();
+            drop((client, upstream));
+            got
+        });
+        assert_eq!(&relay.await.unwrap(), b"kept");
+        wait_until("the tunnel to end", || ended.borrow().len() == 1).await;
+        assert!(detached.borrow().is_empty(), "detached again");
+        ended.take()
+    });
+    assert_eq!(ended[0].0, 3);
+    assert_eq!(ended[0].1.client_to_upstream, 4);
+}
