@@ -208,10 +208,12 @@ pub fn run(
             .map_err(StartError::Background)?;
         // Before the workers: what may still fail must fail before a takeover's workers
         // accept on the sockets handed over.
+        let mut admin = None;
         if let Some(addr) = shared.config.admin {
-            let admin = admin::spawn(addr, shared.clone())
+            let serving = admin::spawn(addr, shared.clone())
                 .map_err(|source| StartError::Bind { addr, source })?;
-            info!("admin endpoint on http://{admin} (/metrics, /healthz)");
+            info!("admin endpoint on http://{} (/metrics, /healthz)", serving.addr);
+            admin = Some(serving);
         }
         // Tunnels leave through `outgoing` when this process hands over; those that came
         // from the process this one replaces arrive through `incoming`, one per worker.
@@ -293,6 +295,9 @@ pub fn run(
                         "handoff: handed over {} tunnels to pid {}; {open} wss tunnels drain here",
                         to.tunnels, to.pid
                     );
+                    if let Some(admin) = &admin {
+                        admin.close();
+                    }
                     break "handoff";
                 }
             }

@@ -6,7 +6,7 @@
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
@@ -26,10 +26,28 @@ pub trait Source: Send + Sync + 'static {
     fn snapshot(&self) -> Snapshot;
 }
 
-/// Binds `addr` and serves it from new threads; returns the bound address.
+/// The running endpoint.
+pub struct Admin {
+    pub addr: SocketAddr,
+    /// A duplicate of the listening socket, to stop it.
+    listener: TcpListener,
+    closed: Arc<AtomicBool>,
+}
+
+impl Admin {
+    /// Stops answering (requests under way finish): after a binary upgrade the new
+    /// process answers on the port, and an old one draining its last tunnels would make
+    /// every other health check read "draining".
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        let _ = socket2::SockRef::from(&self.listener).shutdown(std::net::Shutdown::Read);
+    }
+}
+
+/// Binds `addr` and serves it from new threads.
 /// The port is bound with SO_REUSEPORT, as the proxy's listeners are: during a binary
 /// upgrade the new process serves it while the old one still does.
-pub fn spawn(addr: SocketAddr, source: Arc<dyn Source>) -> io::Result<SocketAddr> {
+pub fn spawn(addr: SocketAddr, source: Arc<dyn Source>) -> io::Result<Admin> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
@@ -46,17 +64,24 @@ pub fn spawn(addr: SocketAddr, source: Arc<dyn Source>) -> io::Result<SocketAddr
             "admin endpoint {bound} is not on a loopback address: whoever reaches it reads /metrics (upstream addresses, traffic) and /healthz; bind it to 127.0.0.1 or firewall the port"
         );
     }
+    let admin = Admin {
+        addr: bound,
+        listener: listener.try_clone()?,
+        closed: Arc::new(AtomicBool::new(false)),
+    };
+    let closed = admin.closed.clone();
     std::thread::Builder::new()
         .name("wsplice-admin".into())
-        .spawn(move || accept_loop(listener, source))?;
-    Ok(bound)
+        .spawn(move || accept_loop(listener, source, &closed))?;
+    Ok(admin)
 }
 
-fn accept_loop(listener: TcpListener, source: Arc<dyn Source>) {
+fn accept_loop(listener: TcpListener, source: Arc<dyn Source>, closed: &AtomicBool) {
     let serving = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
         let stream = match stream {
             Ok(stream) => stream,
+            Err(_) if closed.load(Ordering::SeqCst) => return,
             Err(e) => {
                 debug!("admin accept failed: {e}");
                 continue;
