@@ -553,3 +553,55 @@ async fn over_a_limit_on_a_tls_listener_is_closed_unanswered() {
     first.send(Message::text("still here")).await.unwrap();
     assert_eq!(next(&mut first).await, Message::text("still here"));
 }
+
+/// A binary upgrade moves plain tunnels only: a `wss://` tunnel's record layer (keys,
+/// sequence numbers) stays in the old process, which relays it on until it closes, then
+/// exits; the new process serves new `wss://` connections meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_leaves_wss_tunnels_draining_in_the_old_process() {
+    let (mut old, pki, _certs) = start(&["chat.test"], "handoff = \"handoff.sock\"");
+    let mut draining = wss(&pki, old.addr, "chat.test").await;
+    draining
+        .send(Message::text("before the upgrade"))
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut draining).await,
+        Message::text("before the upgrade")
+    );
+
+    let mut takeover = std::process::Command::new(common::BIN);
+    takeover
+        .arg("--config")
+        .arg(old.dir.path().join("wsplice.toml"))
+        .arg("--takeover");
+    let new = Proxy::spawn(takeover, tempfile::tempdir().unwrap(), " (takeover)");
+    assert_eq!(new.addr, old.addr);
+    let handed = "handoff: handed over 0 tunnels to pid";
+    assert!(old.wait_log(handed, STEP).await, "{}", old.log());
+    assert!(
+        old.log().contains("1 wss tunnels drain here"),
+        "{}",
+        old.log()
+    );
+
+    // The old process relays its wss tunnel on; new ones go to the new process.
+    assert!(old.wait_exit(Duration::from_millis(500)).await.is_none());
+    draining.send(Message::text("still here")).await.unwrap();
+    assert_eq!(next(&mut draining).await, Message::text("still here"));
+    let mut fresh = wss(&pki, new.addr, "chat.test").await;
+    fresh.send(Message::text("new")).await.unwrap();
+    assert_eq!(next(&mut fresh).await, Message::text("new"));
+
+    draining.close(None).await.unwrap();
+    drop(draining);
+    let status = old.wait_exit(STEP).await;
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", old.log());
+    assert!(
+        old.log()
+            .contains("stopped (drained): 1 connections drained, 0 cut"),
+        "{}",
+        old.log()
+    );
+    fresh.close(None).await.unwrap();
+}
