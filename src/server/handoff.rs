@@ -154,51 +154,29 @@ fn offer(
         Ok(_) => return Err("refused a takeover that did not begin with hello".into()),
         Err(e) => return Err(format!("refused a takeover: {e}")),
     };
+    let refuse = |reason: String| {
+        let _ = wire::send(
+            conn,
+            &Message::Refuse {
+                reason: reason.clone(),
+            },
+        );
+        Err(format!("refused pid {pid}: {reason}"))
+    };
     if !can {
-        let reason = "its kernel cannot stop its accepts without closing the listening sockets (Linux 5.19+ can); restart instead".to_string();
-        let _ = wire::send(
-            conn,
-            &Message::Refuse {
-                reason: reason.clone(),
-            },
-        );
-        return Err(format!("refused pid {pid}: {reason}"));
-    }
-    if shared.stopping.load(Ordering::SeqCst) {
-        let reason = "it is stopping (its listeners are closed); start wsplice afresh".to_string();
-        let _ = wire::send(
-            conn,
-            &Message::Refuse {
-                reason: reason.clone(),
-            },
-        );
-        return Err(format!("refused pid {pid}: {reason}"));
+        return refuse("its kernel cannot stop its accepts without closing the listening sockets (Linux 5.19+ can); restart instead".into());
     }
     if version != VERSION {
-        let reason = format!(
-            "pid {pid} speaks handoff format {version}, pid {} speaks {VERSION}: stop and start instead",
-            std::process::id()
-        );
-        let _ = wire::send(
-            conn,
-            &Message::Refuse {
-                reason: reason.clone(),
-            },
-        );
-        return Err(format!("refused: {reason}"));
+        let me = std::process::id();
+        return refuse(format!(
+            "pid {pid} speaks handoff format {version}, pid {me} speaks {VERSION}: stop and start instead"
+        ));
     }
-    // From here on a stop must leave the sockets open (the new process may serve them);
-    // a stop that came first is seen here (both sides store, then load).
+    // From here on a stop must leave the sockets open (the new process may serve them); a
+    // stop that came first is seen here (both sides store, then load).
     shared.handoff.listeners_given.store(true, Ordering::SeqCst);
     if shared.stopping.load(Ordering::SeqCst) {
-        let reason = "it is stopping".to_string();
-        let _ = wire::send(
-            conn,
-            &Message::Refuse {
-                reason: reason.clone(),
-            },
-        );
-        return Err(format!("refused pid {pid}: {reason}"));
+        return refuse("it is stopping (its listeners are closed); start wsplice afresh".into());
     }
     info!(
         "handoff: pid {pid} is taking over; handing it {} listening sockets",
