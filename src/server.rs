@@ -165,6 +165,8 @@ pub fn run(
         stopping: AtomicBool::new(false),
         stop: tokio::sync::Notify::new(),
         handoff: Default::default(),
+        serving: AtomicBool::new(false),
+        go: tokio::sync::Notify::new(),
         reloads: ReloadStats::started(read_file(&config_upstreams).ok()),
         metrics: Metrics::new(workers),
         access_log,
@@ -235,10 +237,10 @@ pub fn run(
             .collect();
         drop(outgoing);
         start_workers(&shared, listeners, &cpus, handoffs)?;
-        // Before the old process hears that this one serves: once it exits, systemd must
-        // already know this one as the main process.
-        notify::ready(&bound, takeover);
         let (finished, mut handed) = tokio::sync::oneshot::channel();
+        // The takeover thread tells the old process that this one serves only once nothing
+        // here can fail any more and systemd knows this one as the main process.
+        let (go, serving) = mpsc::channel::<()>();
         if let Some(path) = shared.config.handoff.clone() {
             let (s, sockets) = (shared.clone(), to_hand_over());
             match took {
@@ -250,6 +252,9 @@ pub fn run(
                     let spawned = std::thread::Builder::new()
                         .name("wsplice-takeover".into())
                         .spawn(move || {
+                            if serving.recv().is_err() {
+                                return;
+                            }
                             let (pid, came) = (from.pid, from.receive(&incoming));
                             info!("handoff: took over from pid {pid}: {came} tunnels");
                             if let Err(e) = handoff::serve(&path, s, sockets, leaving, finished) {
@@ -260,6 +265,9 @@ pub fn run(
                 }
             }
         }
+        notify::ready(&bound, takeover);
+        let _ = go.send(());
+        shared.start_serving();
         for addr in &bound {
             info!("listening on {addr} with {workers} workers");
         }

@@ -32,6 +32,11 @@ pub struct Shared {
     pub stop: tokio::sync::Notify,
     /// Where a binary upgrade to a new process stands.
     pub handoff: HandoffState,
+    /// Set once everything that may fail at start-up has run: accept loops wait for it,
+    /// so a process that fails to start (after taking sockets over) accepted nobody.
+    pub serving: AtomicBool,
+    /// Notified when `serving` is set.
+    pub go: tokio::sync::Notify,
     pub reloads: ReloadStats,
     pub metrics: Metrics,
     pub access_log: Option<AccessLog>,
@@ -196,6 +201,23 @@ impl Drop for Slot {
 }
 
 impl Shared {
+    /// Resolves once the process serves (see `serving`).
+    pub async fn started(&self) {
+        let notified = self.go.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.serving.load(Ordering::SeqCst) {
+            return;
+        }
+        notified.await;
+    }
+
+    /// Starts serving: accept loops go.
+    pub fn start_serving(&self) {
+        self.serving.store(true, Ordering::SeqCst);
+        self.go.notify_waiters();
+    }
+
     /// Resolves once the process is stopping.
     pub async fn stopped(&self) {
         let notified = self.stop.notified();

@@ -261,6 +261,10 @@ async fn accept_loop(
     let trusted = ctx.shared.config.trusted_proxies.clone();
     let mut last_fd_warning: Option<Instant> = None;
     let mut spare = SpareFd::open();
+    tokio::select! {
+        () = ctx.shared.started() => {}
+        () = ctx.shared.stopped() => return,
+    }
     loop {
         // A stop shuts the listener down, or (when it went to a new process) cancels the
         // pending accept; one not yet submitted is not submitted.
