@@ -108,34 +108,7 @@ pub fn run(
         });
     }
 
-    let mut took = None;
-    if takeover {
-        let Some(path) = &config.handoff else {
-            return Err(StartError::Takeover(
-                "--takeover needs `handoff` in the config: the socket on which the running wsplice hands over".into(),
-            ));
-        };
-        let from = handoff::take_over(path).map_err(|why| {
-            StartError::Takeover(format!("cannot take over from the running wsplice: {why}"))
-        })?;
-        took = Some(from);
-    }
-    let listeners = match &mut took {
-        Some(from) => {
-            let taken = std::mem::take(&mut from.listeners);
-            let (listeners, dropped) = listener::adopt_all(&config.listen, workers, taken)
-                .map_err(|(addr, source)| StartError::Bind { addr, source })?;
-            for addr in dropped {
-                warn!(
-                    "handoff: {addr} is no longer in the config; it closes when pid {} exits",
-                    from.pid
-                );
-            }
-            listeners
-        }
-        None => listener::bind_all(&config.listen, workers)
-            .map_err(|(addr, source)| StartError::Bind { addr, source })?,
-    };
+    let (listeners, took) = listen(&config, workers, takeover)?;
     let bound: Vec<SocketAddr> = listeners[0].iter().map(|(_, l)| l.addr).collect();
     // Duplicates of every listening socket, kept here so a stop can close them all, or a
     // handoff give them all away.
@@ -366,6 +339,38 @@ pub fn run(
         );
         Ok(())
     })
+}
+
+/// Every worker's listeners: bound here, or with `takeover` taken from the process serving
+/// the config's `handoff` socket (with what else it hands over once this one serves).
+fn listen(
+    config: &Config,
+    workers: usize,
+    takeover: bool,
+) -> Result<(Vec<listener::WorkerListeners>, Option<handoff::Takeover>), StartError> {
+    let bind_error = |(addr, source)| StartError::Bind { addr, source };
+    if !takeover {
+        let listeners = listener::bind_all(&config.listen, workers).map_err(bind_error)?;
+        return Ok((listeners, None));
+    }
+    let Some(path) = &config.handoff else {
+        return Err(StartError::Takeover(
+            "--takeover needs `handoff` in the config: the socket on which the running wsplice hands over".into(),
+        ));
+    };
+    let mut from = handoff::take_over(path).map_err(|why| {
+        StartError::Takeover(format!("cannot take over from the running wsplice: {why}"))
+    })?;
+    let taken = std::mem::take(&mut from.listeners);
+    let (listeners, dropped) =
+        listener::adopt_all(&config.listen, workers, taken).map_err(bind_error)?;
+    for addr in dropped {
+        warn!(
+            "handoff: {addr} is no longer in the config; it closes when pid {} exits",
+            from.pid
+        );
+    }
+    Ok((listeners, Some(from)))
 }
 
 /// A panic on any thread (a worker, its tunnel loop, the reload or admin thread) ends the
