@@ -246,7 +246,8 @@ pub fn run(
         }
         info!("upstreams: {}", reload::summarize(&shared.table.load()));
 
-        let signal_name = loop {
+        // What ended serving: a stop signal's name, or "handoff".
+        let why = loop {
             tokio::select! {
                 _ = hup.recv() => {
                     info!("SIGHUP: reloading {}", shared.config.upstreams_path.display());
@@ -287,7 +288,8 @@ pub fn run(
         // Listening sockets a new process took (or may be taking) are not shut down: that
         // would shut them for it too. The workers cancel their accepts instead.
         let given = &shared.handoff.listeners_given;
-        if signal_name != "handoff" {
+        let handed_over = why == "handoff";
+        if !handed_over {
             shared.stopping.store(true, Ordering::SeqCst);
             shared.stop.notify_waiters();
             if !given.load(Ordering::SeqCst) {
@@ -302,7 +304,7 @@ pub fn run(
         let open = shared.active.load(Ordering::SeqCst);
         let drain = shared.config.timeouts.drain;
         info!(
-            "{signal_name}: stopped accepting; draining {open} open connections for up to {}",
+            "{why}: stopped accepting; draining {open} open connections for up to {}",
             drain.map_or("ever".to_string(), |d| humantime::format_duration(d)
                 .to_string())
         );
@@ -323,7 +325,7 @@ pub fn run(
             _ = term.recv() => "second signal",
             _ = int.recv() => "second signal",
         };
-        if signal_name == "handoff" {
+        if handed_over {
             // Handed over: the socket file is the new process's now.
         } else if given.load(Ordering::SeqCst) {
             // Stopped during a handoff: the last tunnels may still be on their way.
