@@ -299,6 +299,107 @@ async fn sigusr2_upgrades_in_place() {
     load.finish(&old).await;
 }
 
+/// A plain request whose response streams on (server-sent events, a long poll) keeps the
+/// old process busy past what a handshake may take: the handoff does not wait for it longer
+/// than `timeouts.handshake` + `timeouts.response`. The tunnels move; the stream stays in
+/// the old process, which exits once it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_response_does_not_hold_the_handoff_up() {
+    let _alone = UPGRADES.lock().await;
+    let up = raw_upstream::start(|mut s, head, rest| async move {
+        if !head.starts_with(b"GET /events") {
+            return raw_upstream::raw_echo(s, rest).await;
+        }
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+        if s.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        for _ in 0..600 {
+            if s.write_all(b"7\r\ndata:x\n\r\n").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let config = format!(
+        "handoff = \"handoff.sock\"\nadmin = \"127.0.0.1:0\"\n{}",
+        TestConfig::default()
+            .timeout("handshake", "1s")
+            .timeout("response", "1s")
+            .toml()
+    );
+    let mut old = Proxy::start_raw(&config, &upstreams("backend", &[up]));
+    let mut tunnel = raw_tunnel::open(old.addr).await;
+    let mut events = TcpStream::connect(old.addr).await.unwrap();
+    events
+        .write_all(b"GET /events HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), events.read(&mut first))
+        .await
+        .expect("the stream starts within 10 s")
+        .unwrap();
+    assert!(first[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &first[..n]);
+
+    let mut takeover = Command::new(common::BIN);
+    takeover
+        .arg("--config")
+        .arg(old.dir.path().join("wsplice.toml"))
+        .arg("--takeover");
+    let started = Instant::now();
+    let new = tokio::task::spawn_blocking(move || {
+        Proxy::spawn(takeover, tempfile::tempdir().unwrap(), " (takeover)")
+    })
+    .await
+    .unwrap();
+    let one = |v: f64| v >= 1.0;
+    let limit = Duration::from_secs(10);
+    let handed = common::wait_metric(new.admin_addr(), HANDED, one, limit).await;
+    assert!(
+        old.wait_log("handoff: handed over", limit).await,
+        "{}",
+        old.log()
+    );
+    let took = started.elapsed();
+    assert!(
+        one(handed),
+        "the tunnel did not come over\n{}\n{}",
+        old.log(),
+        new.log()
+    );
+    assert!(
+        took < Duration::from_secs(6),
+        "the handoff took {took:?}\n{}",
+        old.log()
+    );
+    assert!(
+        old.log()
+            .contains("still in their handshake or a plain request"),
+        "{}",
+        old.log()
+    );
+    // The tunnel relays through the new process; the stream goes on from the old one.
+    tunnel.write_all(b"moved").await.unwrap();
+    let mut echo = [0u8; 5];
+    tokio::time::timeout(Duration::from_secs(10), tunnel.read_exact(&mut echo))
+        .await
+        .expect("echo within 10 s")
+        .unwrap();
+    assert_eq!(&echo, b"moved");
+    assert!(old.wait_exit(Duration::from_millis(300)).await.is_none());
+    let n = tokio::time::timeout(Duration::from_secs(10), events.read(&mut first))
+        .await
+        .expect("the stream goes on")
+        .unwrap();
+    assert!(n > 0);
+    drop(events);
+    let status = old.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", old.log());
+    drop(new);
+}
+
 /// A config folder shared by every process of one test: each successor reads the same config,
 /// whose `handoff` socket (`handoff.sock` there) belongs to the process serving it.
 struct Site {

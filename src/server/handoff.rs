@@ -48,6 +48,9 @@ const READY_WITHIN: Duration = Duration::from_secs(60);
 /// `timeouts.response` is off.
 const LONGEST_HANDSHAKE: Duration = Duration::from_secs(60);
 
+/// After a handoff gave up waiting, how long no tunnel may arrive before `Done`.
+const GRACE: Duration = Duration::from_millis(200);
+
 /// A handoff this process made: to whom, and how many tunnels went.
 pub struct Handed {
     pub pid: u32,
@@ -260,7 +263,11 @@ fn hand_over(
                         );
                     }
                     handoff.over.store(true, Ordering::SeqCst);
-                    while let Ok(tunnel) = outgoing.try_recv() {
+                    // Done, nothing more can come. Given up, a worker that read `over` just
+                    // before it was set may still be sending one: wait until none came
+                    // for a while.
+                    let grace = if done { Duration::ZERO } else { GRACE };
+                    while let Ok(tunnel) = outgoing.recv_timeout(grace) {
                         forward(tunnel);
                     }
                     break;
