@@ -37,6 +37,7 @@ use crate::observe::metrics::WorkerMetrics;
 mod buffers;
 mod direction;
 mod handoff;
+mod queue;
 mod report;
 mod splice;
 mod tls;
@@ -52,9 +53,10 @@ use tls::TlsTunnel;
 /// Submission queue size; a full queue is submitted and refilled, so this bounds batching only.
 const SQ_ENTRIES: u32 = 1024;
 /// Completion queue bounds. It is sized for every operation a worker may have in flight
-/// (two per tunnel, up to `limits.max_connections` tunnels, as far as the kernel's 65,536
-/// allows), so completions do not spill into the kernel's slower overflow list (where none
-/// is lost either) even when every tunnel ends at once.
+/// (four per tunnel: a receive and a send each way, up to `limits.max_connections`
+/// tunnels, as far as the kernel's 65,536 allows), so completions do not spill into the
+/// kernel's slower overflow list (where none is lost either) even when every tunnel ends
+/// at once.
 const CQ_MIN: u32 = 4096;
 const CQ_MAX: u32 = 65536;
 /// Completions one turn of the loop handles before it lets the worker's other tasks (accepts,
@@ -72,6 +74,8 @@ pub struct Tunnels<P> {
 
 struct Engine<P> {
     ring: IoUring,
+    /// Plain directions receive with a multishot receive (cleared if the kernel refuses it).
+    multishot: bool,
     /// The kernel flags pending completion work in the submission queue
     /// (IORING_SETUP_TASKRUN_FLAG), so the loop enters only when it has work for the kernel.
     taskrun_flag: bool,
@@ -130,7 +134,8 @@ impl<P> Tunnels<P> {
         count: u16,
         pipes: usize,
     ) -> io::Result<Self> {
-        let in_flight = 2 * max_connections;
+        // Each direction: its multishot receive, and a send.
+        let in_flight = 4 * max_connections;
         let cq = u32::try_from(in_flight.next_power_of_two())
             .unwrap_or(CQ_MAX)
             .clamp(CQ_MIN, CQ_MAX);
@@ -147,6 +152,10 @@ impl<P> Tunnels<P> {
         Ok(Tunnels {
             engine: RefCell::new(Engine {
                 ring,
+                multishot: crate::os::kernel::at_least(
+                    direction::MULTISHOT_KERNEL.0,
+                    direction::MULTISHOT_KERNEL.1,
+                ),
                 taskrun_flag,
                 buffers,
                 // Heap buffers also hold a whole TLS record, or one sealed with its prefix.
@@ -419,8 +428,8 @@ impl<P> Engine<P> {
     /// rest (see `handoff`).
     fn finish_if_done(&mut self, index: u32) {
         let tunnel = self.tunnel(index);
-        let [a, b] = [&tunnel.dirs[0].state, &tunnel.dirs[1].state];
-        if matches!((a, b), (State::Done, State::Done)) {
+        let [a, b] = &tunnel.dirs;
+        if a.is_done() && b.is_done() {
             self.finish(index);
         } else if a.rests() && b.rests() {
             if tunnel.aborted {
@@ -433,16 +442,17 @@ impl<P> Engine<P> {
 
     /// Both directions are over and nothing is in flight: close and report.
     fn finish(&mut self, index: u32) {
-        let tunnel = self.slab[index as usize].take().expect("open tunnel");
+        let mut tunnel = self.slab[index as usize].take().expect("open tunnel");
         self.free.push(index);
         if let Some((spill, _)) = tunnel.tls.as_ref().and_then(|t| t.carry) {
             self.spill.put(spill);
         }
         self.pipes_left += tunnel.dirs.iter().filter(|d| d.pipe.is_some()).count();
-        for dir in &tunnel.dirs {
+        for dir in &mut tunnel.dirs {
             if let State::ParkedHeap { spill, .. } = dir.state {
                 self.spill.put(spill);
             }
+            dir.queue.clear(&mut self.spill);
         }
         let end = if tunnel.idled {
             End::Idle
@@ -513,14 +523,17 @@ fn side_of(d: usize) -> Side {
     if d == 0 { Side::Client } else { Side::Upstream }
 }
 
-/// A completion names its tunnel and direction; the direction's state says which
-/// operation it was.
+/// A completion names its tunnel and direction, and whether it is the direction's multishot
+/// receive ([`RECV`]); otherwise the direction's state says which operation it was.
 fn user_data(index: u32, d: usize) -> u64 {
-    (u64::from(index) << 1) | d as u64
+    (u64::from(index) << 2) | d as u64
 }
 
+/// The bit of a multishot receive's `user_data`.
+const RECV: u64 = 2;
+
 fn parse_user_data(data: u64) -> (u32, usize) {
-    ((data >> 1) as u32, (data & 1) as usize)
+    ((data >> 2) as u32, (data & 1) as usize)
 }
 
 /// A ring with SINGLE_ISSUER, COOP_TASKRUN and TASKRUN_FLAG (no submit locking, no interrupt
@@ -560,6 +573,8 @@ mod tests {
     fn user_data_round_trips() {
         for (index, d) in [(0, 0), (0, 1), (7, 1), (u32::MAX, 0), (u32::MAX, 1)] {
             assert_eq!(parse_user_data(user_data(index, d)), (index, d));
+            assert_eq!(parse_user_data(user_data(index, d) | RECV), (index, d));
+            assert_ne!(user_data(index, d) | RECV, handoff::CANCEL);
         }
     }
 }

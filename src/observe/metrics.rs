@@ -485,7 +485,7 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
         &mut out,
         "wsplice_tunnel_spilled_sends_total",
         "counter",
-        "Tunnel sends the reader's socket could not take whole at once: the unsent rest was copied to a heap buffer so the receive buffer went back to the ring. Counts slow or stuck readers.",
+        "Tunnel sends the reader's socket could not take whole at once (the unsent rest was copied to a heap buffer so the receive buffer went back to the ring), and times a direction's receiving paused because 64 KiB queued behind a send the reader had not taken. Counts slow or stuck readers.",
         m.sum(|w| &w.spilled_sends),
     );
 

@@ -205,6 +205,8 @@ fn register(ring: &IoUring, entries: *mut BufRingEntry, slots: u16, flags: u16) 
 /// (Zeroed when allocated, so the TLS record layer may also work in it as a byte slice.)
 pub(super) struct Spill {
     buffers: Vec<Box<[u8]>>,
+    /// The buffer after each one in a direction's queue (see `queue`).
+    links: Vec<u32>,
     /// Free ids whose buffer kept its memory.
     kept: Vec<u32>,
     /// Free ids whose memory was given back (an empty box: no allocation).
@@ -221,6 +223,7 @@ impl Spill {
     pub(super) fn new(size: usize, keep: usize) -> Self {
         Spill {
             buffers: Vec::new(),
+            links: Vec::new(),
             kept: Vec::new(),
             empty: Vec::new(),
             size,
@@ -236,6 +239,7 @@ impl Spill {
             .or_else(|| self.empty.pop())
             .unwrap_or_else(|| {
                 self.buffers.push(Box::default());
+                self.links.push(u32::MAX);
                 (self.buffers.len() - 1) as u32
             });
         let buf = &mut self.buffers[id as usize];
@@ -262,6 +266,22 @@ impl Spill {
         let (left, right) = self.buffers.split_at_mut(hi);
         let (low, high) = (&mut left[lo][..], &mut right[0][..]);
         if a < b { (low, high) } else { (high, low) }
+    }
+
+    /// Chains buffer `next` after buffer `id`.
+    pub(super) fn link(&mut self, id: u32, next: u32) {
+        self.links[id as usize] = next;
+    }
+
+    /// The buffer chained after `id`.
+    pub(super) fn next(&self, id: u32) -> u32 {
+        self.links[id as usize]
+    }
+
+    /// Buffer ids handed out so far.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.buffers.len()
     }
 
     pub(super) fn put(&mut self, id: u32) {

@@ -2,6 +2,17 @@
 //! operation in flight and the buffer it holds, [`Engine::enter`] is the only place an
 //! operation is submitted, and [`Engine::complete`] moves a direction on from whatever
 //! state its completion finds it in.
+//!
+//! A plain direction receives with one multishot receive (IORING_RECV_MULTISHOT): armed
+//! once, it completes every time bytes arrive, with no new entry and no poll re-armed per
+//! message. It runs beside the state's operation ([`Direction::recv`]): bytes it delivers
+//! while nothing is being sent are sent at once; bytes it delivers while a send is in
+//! flight queue behind it ([`Queue`]). Each is capped at [`RECV_CAP`] bytes in all
+//! (IORING_RECV_MSHOT_LIM, Linux 6.17) and armed again only once everything it delivered
+//! is sent, so a reader slower than its writer makes the worker hold at most that much
+//! more than a one-shot receive would: a cancellation would come too late, after the kernel
+//! had read on for as long as the socket had bytes. `wss://` tunnels, and older kernels
+//! (where the cap would be ignored), use one receive per read.
 
 use std::io;
 use std::net::Shutdown;
@@ -12,12 +23,19 @@ use io_uring::{cqueue, opcode, squeue};
 use socket2::SockRef;
 
 use super::buffers::GROUP;
+use super::handoff::CANCEL;
+use super::queue::Queue;
 use super::splice::Pipe;
-use super::{Engine, parse_user_data, side_of, user_data};
+use super::{Engine, RECV, parse_user_data, side_of, user_data};
 
 /// Reads of at least this many bytes in a row count towards switching a direction to
 /// splice (see `splice::BULK_STREAK`).
 const BULK_READ: u32 = 4096;
+/// Bytes one multishot receive delivers at most: one relay buffer's worth. Message traffic
+/// arms one per this many bytes; bulk traffic turns to splice.
+const RECV_CAP: u32 = 16 * 1024;
+/// The first kernel that caps a multishot receive's bytes (`sqe->optlen`).
+pub(super) const MULTISHOT_KERNEL: (u32, u32) = (6, 17);
 
 /// One direction of a tunnel: where it stands and what it has moved.
 pub(super) struct Direction {
@@ -28,12 +46,30 @@ pub(super) struct Direction {
     /// Set once the direction moves its bytes with splice(2) through this pipe; kept while
     /// a buffered read gets a spliced source past urgent data.
     pub(super) pipe: Option<Box<Pipe>>,
+    /// Where the direction's multishot receive stands.
+    pub(super) recv: Recv,
+    /// Bytes the multishot receive delivered while a send was in flight, to send next.
+    pub(super) queue: Queue,
+}
+
+/// A direction's multishot receive, which runs beside its state's operation.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Recv {
+    /// None in flight.
+    Off,
+    Armed,
+    /// Cancelled (the direction turns to splice, or a handoff), and its last completion
+    /// not yet in.
+    Stopping,
 }
 
 /// Where one direction stands. Each state but `Done` is one operation in flight, the one
 /// [`Engine::enter`] submits for it, and holds the buffer that operation uses, so a
 /// direction can have neither two operations nor a buffer without its operation.
 pub(super) enum State {
+    /// Nothing in flight but the direction's multishot receive ([`Recv::Armed`] or
+    /// [`Recv::Stopping`]); what it delivers is sent at once.
+    Streaming,
     /// A receive into a buffer the kernel picks when bytes arrive. `polled`: a readiness
     /// poll just found bytes waiting, so if the ring is still empty a heap buffer is borrowed.
     Receiving { polled: bool },
@@ -75,7 +111,19 @@ impl Direction {
             bytes,
             streak: 0,
             pipe: None,
+            recv: Recv::Off,
+            queue: Queue::EMPTY,
         }
+    }
+
+    /// Nothing in flight, the multishot receive included.
+    pub(super) fn rests(&self) -> bool {
+        self.recv == Recv::Off && self.state.rests()
+    }
+
+    /// Ended: nothing in flight and nothing more to read or send.
+    pub(super) fn is_done(&self) -> bool {
+        self.recv == Recv::Off && matches!(self.state, State::Done)
     }
 }
 
@@ -89,7 +137,13 @@ impl<P> Engine<P> {
         let tunnel = self.slab[index as usize].as_mut().expect("open tunnel");
         let src = tunnel.fds[d].as_raw_fd();
         let dst = tunnel.fds[1 - d].as_raw_fd();
+        let mut data = user_data(index, d);
         let sqe = match state {
+            State::Streaming => {
+                data |= RECV;
+                tunnel.dirs[d].recv = Recv::Armed;
+                cap_total(opcode::RecvMulti::new(Fd(src), GROUP).build(), RECV_CAP)
+            }
             State::Receiving { .. } => {
                 let size = self.buffers.as_ref().expect("a buffer ring").size;
                 opcode::Recv::new(Fd(src), std::ptr::null_mut(), size)
@@ -138,16 +192,19 @@ impl<P> Engine<P> {
         let dir = &mut tunnel.dirs[d];
         debug_assert!(matches!(dir.state, State::Done), "two operations in flight");
         dir.state = state;
-        self.push(sqe.user_data(user_data(index, d)));
+        self.push(sqe.user_data(data));
     }
 
-    /// Reads direction `d` next: into a buffer the kernel picks when bytes arrive, or into a
-    /// heap buffer on kernels without buffer rings.
+    /// Reads direction `d` next: into buffers the kernel picks when bytes arrive (with a
+    /// multishot receive where it can), or into a heap buffer on kernels without buffer
+    /// rings.
     pub(super) fn read(&mut self, index: u32, d: usize) {
-        if self.buffers.is_some() {
-            self.enter(index, d, State::Receiving { polled: false });
-        } else {
+        if self.buffers.is_none() {
             self.read_into_heap(index, d);
+        } else if self.multishot && !self.is_tls(index) {
+            self.enter(index, d, State::Streaming);
+        } else {
+            self.enter(index, d, State::Receiving { polled: false });
         }
     }
 
@@ -163,6 +220,9 @@ impl<P> Engine<P> {
     /// it held; the direction enters its next state, or `Done`.
     pub(super) fn complete(&mut self, cqe: &cqueue::Entry) {
         let (index, d) = parse_user_data(cqe.user_data());
+        if cqe.user_data() & RECV != 0 {
+            return self.streamed(cqe, index, d);
+        }
         let res = cqe.result();
         let cancelled = res == -libc::ECANCELED && self.parks(index);
         let tunnel = self.tunnel(index);
@@ -258,6 +318,7 @@ impl<P> Engine<P> {
             State::SendingHeap { spill, len, sent } => {
                 let sent = sent + res.max(0) as u32;
                 if !aborted && res > 0 && sent < len {
+                    self.metrics.spilled_sends.add(1);
                     self.enter(index, d, State::SendingHeap { spill, len, sent });
                 } else {
                     self.spill.put(spill);
@@ -270,11 +331,124 @@ impl<P> Engine<P> {
                 tunnel.fail(side_of(waited_on), io::Error::from_raw_os_error(-res));
             }
             State::Spliced { .. } => self.splice(index, d, true),
-            State::Done | State::Parked | State::ParkedHeap { .. } => {
+            State::Streaming | State::Done | State::Parked | State::ParkedHeap { .. } => {
                 unreachable!("a completion for a direction with nothing in flight")
             }
         }
         self.finish_if_done(index);
+    }
+
+    /// Handles a completion of direction `d`'s multishot receive: its bytes are sent at
+    /// once when nothing is being sent, else queued behind the send. Once the receive ends
+    /// (no IORING_CQE_F_MORE) with nothing being sent, the direction goes on as after a
+    /// one-shot receive; an end of stream that comes while a send is in flight is found
+    /// again by the receive that follows the send.
+    fn streamed(&mut self, cqe: &cqueue::Entry, index: u32, d: usize) {
+        let res = cqe.result();
+        let flags = cqe.flags();
+        let tunnel = self.slab[index as usize]
+            .as_mut()
+            .expect("completion for a closed tunnel");
+        let aborted = tunnel.aborted;
+        let dir = &mut tunnel.dirs[d];
+        if !cqueue::more(flags) {
+            dir.recv = Recv::Off;
+        }
+        let buffers = self.buffers.as_mut().expect("a buffer ring");
+        match cqueue::buffer_select(flags) {
+            Some(id) if res > 0 => {
+                let len = res as u32;
+                let at = buffers.received(id, len, flags);
+                if aborted {
+                    buffers.give_back(id);
+                } else if matches!(dir.state, State::Streaming) && dir.queue.is_empty() {
+                    dir.state = State::Done;
+                    self.received(index, d, len);
+                    self.enter(
+                        index,
+                        d,
+                        State::SendingRing {
+                            id,
+                            len: at + len,
+                            sent: at,
+                        },
+                    );
+                } else {
+                    dir.queue
+                        .push(&mut self.spill, buffers.piece_mut(id, at, len));
+                    buffers.give_back(id);
+                    self.received(index, d, len);
+                }
+            }
+            // No bytes: as for a one-shot receive (see `complete`).
+            Some(id) if !buffers.incremental => {
+                buffers.received(id, 0, 0);
+                buffers.give_back(id);
+            }
+            _ => {}
+        }
+        let dir = &mut self.tunnel(index).dirs[d];
+        if dir.recv != Recv::Off {
+            return self.finish_if_done(index);
+        }
+        if matches!(dir.state, State::Streaming) {
+            dir.state = State::Done;
+            match res {
+                _ if aborted => {}
+                // Stopped: by this engine (splice next, a handoff) or the kernel.
+                r if r > 0 || r == -libc::ECANCELED => self.go_on(index, d),
+                e if e == -libc::ENOBUFS => self.enter(index, d, State::AwaitingReadable),
+                e if e == -libc::EINVAL && self.multishot => {
+                    tracing::warn!("no multishot receives on this kernel ({e}); one per read");
+                    self.multishot = false;
+                    self.read(index, d);
+                }
+                _ => self.read_ended(index, d, res),
+            }
+        } else if res < 0 && res != -libc::ECANCELED && res != -libc::ENOBUFS && !aborted {
+            // An end of stream (0) is found again by the receive after the send; bytes (the
+            // cap reached) were queued, and the receive is armed again after them.
+            self.tunnel(index)
+                .fail(side_of(d), io::Error::from_raw_os_error(-res));
+        }
+        self.finish_if_done(index);
+    }
+
+    /// Cancels direction `d`'s multishot receive, if armed.
+    pub(super) fn stop_receiving(&mut self, index: u32, d: usize) {
+        let dir = &mut self.tunnel(index).dirs[d];
+        if dir.recv != Recv::Armed {
+            return;
+        }
+        dir.recv = Recv::Stopping;
+        let cancel = opcode::AsyncCancel::new(user_data(index, d) | RECV).build();
+        self.push(cancel.user_data(CANCEL));
+    }
+
+    /// Plain direction `d` has nothing in flight but maybe its multishot receive: it sends
+    /// what queued up, or waits for its receive, or turns to splice, or receives anew.
+    fn go_on(&mut self, index: u32, d: usize) {
+        let tunnel = self.slab[index as usize].as_mut().expect("open tunnel");
+        let dir = &mut tunnel.dirs[d];
+        if let Some((spill, len)) = dir.queue.pop(&mut self.spill) {
+            let state = State::SendingHeap {
+                spill,
+                len,
+                sent: 0,
+            };
+            return self.enter(index, d, state);
+        }
+        if dir.recv != Recv::Off {
+            dir.state = State::Streaming;
+            // Splicing waits for the receive's last completion (`streamed` comes back here).
+            if self.turns_bulk(index, d) {
+                self.stop_receiving(index, d);
+            }
+        } else if self.start_splice(index, d) {
+            self.splice(index, d, false);
+        } else {
+            self.read(index, d);
+        }
     }
 
     /// Counts `n` bytes read by direction `d`.
@@ -333,11 +507,7 @@ impl<P> Engine<P> {
             }
             return;
         }
-        if self.start_splice(index, d) {
-            self.splice(index, d, false);
-        } else {
-            self.read(index, d);
-        }
+        self.go_on(index, d);
     }
 
     /// Direction `d`'s read ended with `res` (0: end of stream, passed on as a half-close).
@@ -368,5 +538,23 @@ impl<P> Engine<P> {
             io::Error::from_raw_os_error(-res)
         };
         self.tunnel(index).fail(side_of(1 - d), error);
+    }
+}
+
+/// Caps multishot receive `sqe` at `bytes` in all: `sqe->optlen`, which io-uring 0.6 has no
+/// setter for (the kernel then completes without IORING_CQE_F_MORE once it has delivered
+/// them).
+fn cap_total(sqe: squeue::Entry, bytes: u32) -> squeue::Entry {
+    /// `offsetof(struct io_uring_sqe, optlen)`.
+    const OPTLEN: usize = 44;
+    // SAFETY: `squeue::Entry` is a `repr(C)` wrapper of the 64-byte `io_uring_sqe` (the
+    // transmutes check the size), plain bytes with no invalid values either way.
+    #[allow(unsafe_code)]
+    let mut raw: [u8; 64] = unsafe { std::mem::transmute(sqe) };
+    raw[OPTLEN..OPTLEN + 4].copy_from_slice(&bytes.to_ne_bytes());
+    // SAFETY: as above.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::mem::transmute(raw)
     }
 }

@@ -27,6 +27,11 @@ use super::{Engine, Tunnel, Tunnels, user_data};
 /// `user_data` of the cancellations that detaching submits; their completions are ignored.
 pub(super) const CANCEL: u64 = 1 << 63;
 
+/// Held bytes an encoded tunnel carries per direction at most: the earlier ones go before
+/// it in parts of this size ([`Detached::held_parts`]), so every message stays well inside
+/// what one seqpacket message holds.
+pub const HELD_PER_MESSAGE: usize = 64 * 1024;
+
 /// A plain tunnel out of the engine, with nothing in flight.
 pub struct Detached<P> {
     /// [client, upstream].
@@ -76,15 +81,39 @@ impl<P> Detached<P> {
     }
 }
 
+impl<P> Detached<P> {
+    /// Where each direction's held bytes that go in the tunnel's own message start.
+    fn held_in_message(&self) -> [usize; 2] {
+        self.dirs
+            .each_ref()
+            .map(|d| d.held.len().saturating_sub(HELD_PER_MESSAGE))
+    }
+
+    /// The held bytes that do not fit the tunnel's message, in order, as (direction, part):
+    /// sent before it, and given back to [`Detached::decode`] in `earlier`.
+    pub fn held_parts(&self) -> impl Iterator<Item = (usize, &[u8])> {
+        let split = self.held_in_message();
+        (0..2).flat_map(move |d| {
+            self.dirs[d].held[..split[d]]
+                .chunks(HELD_PER_MESSAGE)
+                .map(move |part| (d, part))
+        })
+    }
+}
+
 impl Detached<Vec<u8>> {
-    /// Appends the tunnel to `out` (its payload already in bytes) and returns its
-    /// descriptors, in the order [`Detached::decode`] takes them back.
+    /// Appends the tunnel to `out` (its payload already in bytes, its held bytes from where
+    /// [`Detached::held_parts`] left off) and returns its descriptors, in the order
+    /// [`Detached::decode`] takes them back.
     pub fn encode(&self, out: &mut Vec<u8>) -> Vec<RawFd> {
         let mut fds = vec![self.fds[0].as_raw_fd(), self.fds[1].as_raw_fd()];
+        let split = self.held_in_message();
         let mut w = Writer(out);
         w.u8(self.quiet);
-        for dir in &self.dirs {
-            w.u64(dir.bytes).u8(u8::from(dir.ended)).bytes(&dir.held);
+        for (dir, from) in self.dirs.iter().zip(split) {
+            w.u64(dir.bytes)
+                .u8(u8::from(dir.ended))
+                .bytes(&dir.held[from..]);
             match &dir.pipe {
                 Some((ends, held)) => {
                     w.u8(1).u64(*held as u64);
@@ -99,18 +128,25 @@ impl Detached<Vec<u8>> {
         fds
     }
 
-    /// A tunnel from what [`Detached::encode`] wrote and the descriptors that came with it.
-    pub fn decode(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<Self, Malformed> {
+    /// A tunnel from what [`Detached::encode`] wrote and the descriptors that came with it;
+    /// `earlier`: the held parts that came before it, taken.
+    pub fn decode(
+        bytes: &[u8],
+        fds: Vec<OwnedFd>,
+        earlier: &mut [Vec<u8>; 2],
+    ) -> Result<Self, Malformed> {
         let mut r = Reader(bytes);
         let mut fds = fds.into_iter();
         let mut fd = || fds.next().ok_or(Malformed("descriptors missing"));
         let ends = [fd()?, fd()?];
         let quiet = r.u8()?;
         let mut dirs = [DetachedDirection::default(), DetachedDirection::default()];
-        for dir in &mut dirs {
+        for (d, dir) in dirs.iter_mut().enumerate() {
             dir.bytes = r.u64()?;
             dir.ended = r.u8()? != 0;
-            dir.held = r.bytes()?.to_vec();
+            let rest = r.bytes()?;
+            dir.held = std::mem::take(&mut earlier[d]);
+            dir.held.extend_from_slice(rest);
             let spliced = r.u8()? != 0;
             let held = r.u64()? as usize;
             if spliced {
@@ -149,10 +185,14 @@ impl<P> Tunnels<P> {
             if tunnel.tls.is_some() {
                 continue;
             }
-            let busy = [0, 1].map(|d| !matches!(tunnel.dirs[d].state, State::Done));
+            let busy =
+                [0, 1].map(|d| !matches!(tunnel.dirs[d].state, State::Done | State::Streaming));
             for d in (0..2).filter(|&d| busy[d]) {
                 let cancel = opcode::AsyncCancel::new(user_data(index as u32, d)).build();
                 engine.push(cancel.user_data(CANCEL));
+            }
+            for d in 0..2 {
+                engine.stop_receiving(index as u32, d);
             }
         }
         let _ = engine.submit();
@@ -167,23 +207,19 @@ impl<P> Tunnels<P> {
         self.engine.borrow().detaching
     }
 
-    /// Resumes a tunnel another process detached. `Err` gives it back when this engine
-    /// cannot hold its bytes (a heap buffer smaller than the other process's).
-    pub fn adopt(&self, tunnel: Detached<P>) -> Result<(), Detached<P>> {
-        self.resume(tunnel, false)
+    /// Resumes a tunnel another process detached.
+    pub fn adopt(&self, tunnel: Detached<P>) {
+        self.resume(tunnel, false);
     }
 
     /// Resumes a tunnel this engine detached for a handoff that is over: it stays, and
     /// drains here.
-    pub fn keep(&self, tunnel: Detached<P>) -> Result<(), Detached<P>> {
-        self.resume(tunnel, true)
+    pub fn keep(&self, tunnel: Detached<P>) {
+        self.resume(tunnel, true);
     }
 
-    fn resume(&self, tunnel: Detached<P>, stays: bool) -> Result<(), Detached<P>> {
+    fn resume(&self, tunnel: Detached<P>, stays: bool) {
         let mut engine = self.engine.borrow_mut();
-        if tunnel.dirs.iter().any(|d| d.held.len() > engine.spill.size) {
-            return Err(tunnel);
-        }
         let Detached {
             fds,
             mut dirs,
@@ -215,9 +251,17 @@ impl<P> Tunnels<P> {
                 continue;
             }
             if !from.held.is_empty() {
+                // Held bytes are sent first: as much as a heap buffer holds, then the rest
+                // from the direction's queue.
                 let spill = engine.spill.take();
-                let len = from.held.len();
-                engine.spill.bytes_mut(spill)[..len].copy_from_slice(&from.held);
+                let len = from.held.len().min(engine.spill.size);
+                let (first, rest) = from.held.split_at(len);
+                engine.spill.bytes_mut(spill)[..len].copy_from_slice(first);
+                let Engine {
+                    slab, spill: heap, ..
+                } = &mut *engine;
+                let tunnel = slab[index as usize].as_mut().expect("open tunnel");
+                tunnel.dirs[d].queue.push(heap, rest);
                 let len = len as u32;
                 engine.enter(
                     index,
@@ -246,7 +290,7 @@ impl<P> Tunnels<P> {
             if let Some(loop_task) = self.parked.take() {
                 loop_task.wake();
             }
-            return Ok(());
+            return;
         }
         let submitted = engine.submit();
         drop(engine);
@@ -255,7 +299,6 @@ impl<P> Tunnels<P> {
         {
             loop_task.wake();
         }
-        Ok(())
     }
 }
 
@@ -272,9 +315,10 @@ impl<P> Engine<P> {
     /// instead, keeping the bytes `state` would have sent in a heap buffer.
     pub(super) fn park(&mut self, index: u32, d: usize, state: State) {
         let parked = match state {
-            State::Receiving { .. } | State::AwaitingReadable | State::Spliced { .. } => {
-                State::Parked
-            }
+            State::Streaming
+            | State::Receiving { .. }
+            | State::AwaitingReadable
+            | State::Spliced { .. } => State::Parked,
             State::ReceivingHeap { spill, at } => {
                 debug_assert_eq!(at, 0, "only TLS reads append");
                 self.spill.put(spill);
@@ -316,7 +360,7 @@ impl<P> Engine<P> {
         } = tunnel;
         // Bytes read since the last sweep make it not quiet at all.
         let quiet = if active { 0 } else { quiet };
-        let dirs = dirs.map(|dir| {
+        let dirs = dirs.map(|mut dir| {
             let mut out = DetachedDirection {
                 bytes: dir.bytes,
                 ended: matches!(dir.state, State::Done),
@@ -326,6 +370,7 @@ impl<P> Engine<P> {
                 out.held = self.spill.bytes_mut(spill)[sent as usize..len as usize].to_vec();
                 self.spill.put(spill);
             }
+            dir.queue.drain_into(&mut self.spill, &mut out.held);
             if let Some(pipe) = dir.pipe {
                 self.pipes_left += 1;
                 let (read, write, held) = pipe.into_parts();

@@ -34,13 +34,13 @@ impl<P> Engine<P> {
     /// non-blocking so a splice never waits (io_uring operations on them do not mind).
     /// `false`: the direction stays on buffered reads (not bulk, or no pipe to be had).
     pub(super) fn start_splice(&mut self, index: u32, d: usize) -> bool {
+        if !self.turns_bulk(index, d) {
+            return false;
+        }
         let tunnel = self.slab[index as usize].as_mut().expect("open tunnel");
         let dir = &mut tunnel.dirs[d];
         if dir.pipe.is_some() {
             return true;
-        }
-        if dir.streak < BULK_STREAK || self.pipes_left == 0 {
-            return false;
         }
         dir.streak = 0;
         let pipe = match new_pipe() {
@@ -62,6 +62,13 @@ impl<P> Engine<P> {
         self.pipes_left -= 1;
         self.metrics.spliced.add(1);
         true
+    }
+
+    /// Whether direction `d` splices, or is to once it has nothing in flight.
+    pub(super) fn turns_bulk(&self, index: u32, d: usize) -> bool {
+        let tunnel = self.slab[index as usize].as_ref().expect("open tunnel");
+        let dir = &tunnel.dirs[d];
+        dir.pipe.is_some() || (dir.streak >= BULK_STREAK && self.pipes_left > 0)
     }
 
     /// Moves what direction `d` can without waiting, then waits for readiness of its source

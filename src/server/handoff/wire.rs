@@ -8,6 +8,8 @@
 //! old -> new  Listener { addr } + its socket          (one per listening socket)
 //! old -> new  Listeners { pid }                       (that was all of them)
 //! new -> old  Ready                                   (it serves; the old stops accepting)
+//! old -> new  Held { direction, bytes } ...           (held bytes that do not fit the next
+//!                                                     tunnel's message, in parts)
 //! old -> new  Tunnel + its descriptors                (one per plain tunnel)
 //! old -> new  Done { tunnels }
 //! ```
@@ -21,7 +23,7 @@ use crate::tunnel::Detached;
 use crate::tunnel::fields::{Malformed, Reader, Writer};
 
 /// The format this build speaks. Bump it whenever a message or the tunnel entry changes.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 const MAGIC: &[u8] = b"wsplice-handoff";
 
 pub enum Message {
@@ -41,9 +43,18 @@ const LISTENERS: u8 = 4;
 const READY: u8 = 5;
 const TUNNEL: u8 = 6;
 const DONE: u8 = 7;
+const HELD: u8 = 8;
 
-/// Sends `message` on `socket` (blocking).
+/// Sends `message` on `socket` (blocking): a tunnel's held bytes that do not fit its own
+/// message go in `Held` parts first.
 pub fn send(socket: &impl AsRawFd, message: &Message) -> io::Result<()> {
+    if let Message::Tunnel(tunnel) = message {
+        for (d, part) in tunnel.held_parts() {
+            let mut bytes = Vec::with_capacity(part.len() + 8);
+            Writer(&mut bytes).u8(HELD).u8(d as u8).bytes(part);
+            fd_passing::send(socket, &bytes, &[])?;
+        }
+    }
     let mut bytes = Vec::new();
     let mut fds = Vec::new();
     let mut w = Writer(&mut bytes);
@@ -76,20 +87,45 @@ pub fn send(socket: &impl AsRawFd, message: &Message) -> io::Result<()> {
 }
 
 /// Receives the next message (blocking) into `bytes`, a buffer kept across calls; `None`
-/// once the other side closed.
+/// once the other side closed. A tunnel comes with the held parts sent before it.
 pub fn recv(socket: &impl AsRawFd, bytes: &mut Vec<u8>) -> io::Result<Option<Message>> {
-    let mut fds = Vec::new();
-    if !fd_passing::recv(socket, bytes, &mut fds)? {
-        return Ok(None);
+    let mut earlier = [Vec::new(), Vec::new()];
+    loop {
+        let mut fds = Vec::new();
+        if !fd_passing::recv(socket, bytes, &mut fds)? {
+            return Ok(None);
+        }
+        match decode(bytes, fds, &mut earlier) {
+            Ok(Some(message)) => return Ok(Some(message)),
+            Ok(None) => {}
+            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+        }
     }
-    decode(bytes, fds)
-        .map(Some)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-fn decode(bytes: &[u8], mut fds: Vec<OwnedFd>) -> Result<Message, Malformed> {
+/// One message; `None` for a held part, added to `earlier`.
+fn decode(
+    bytes: &[u8],
+    mut fds: Vec<OwnedFd>,
+    earlier: &mut [Vec<u8>; 2],
+) -> Result<Option<Message>, Malformed> {
     let mut r = Reader(bytes);
-    let message = match r.u8()? {
+    let kind = r.u8()?;
+    if kind == HELD {
+        let d = usize::from(r.u8()?);
+        let part = r.bytes()?;
+        r.end()?;
+        let held = earlier.get_mut(d).ok_or(Malformed("direction"))?;
+        if !fds.is_empty() {
+            return Err(Malformed("descriptors with held bytes"));
+        }
+        held.extend_from_slice(part);
+        return Ok(None);
+    }
+    if kind != TUNNEL && earlier.iter().any(|h| !h.is_empty()) {
+        return Err(Malformed("held bytes without their tunnel"));
+    }
+    let message = match kind {
         HELLO => {
             if r.bytes()? != MAGIC {
                 return Err(Malformed("not a wsplice handoff"));
@@ -108,7 +144,9 @@ fn decode(bytes: &[u8], mut fds: Vec<OwnedFd>) -> Result<Message, Malformed> {
         },
         LISTENERS => Message::Listeners { pid: r.u32()? },
         READY => Message::Ready,
-        TUNNEL => return Detached::decode(r.0, fds).map(Message::Tunnel),
+        TUNNEL => {
+            return Detached::decode(r.0, fds, earlier).map(|t| Some(Message::Tunnel(t)));
+        }
         DONE => Message::Done { tunnels: r.u64()? },
         _ => return Err(Malformed("unknown message")),
     };
@@ -116,7 +154,7 @@ fn decode(bytes: &[u8], mut fds: Vec<OwnedFd>) -> Result<Message, Malformed> {
     if !fds.is_empty() {
         return Err(Malformed("descriptors left over"));
     }
-    Ok(message)
+    Ok(Some(message))
 }
 
 #[cfg(test)]
@@ -161,6 +199,60 @@ mod tests {
             Some(Message::Done { tunnels: 1000 })
         ));
         assert!(recv(&b, &mut buf).unwrap().is_none());
+    }
+
+    #[test]
+    fn held_bytes_larger_than_a_message_come_whole_and_in_order() {
+        use crate::tunnel::DetachedDirection;
+        let (a, b) = seqpacket_pair().unwrap();
+        let (x, y) = seqpacket_pair().unwrap();
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let small = b"just this".to_vec();
+        let tunnel = Detached {
+            fds: [x, y],
+            dirs: [
+                DetachedDirection {
+                    bytes: 1,
+                    held: big.clone(),
+                    ..DetachedDirection::default()
+                },
+                DetachedDirection {
+                    bytes: 2,
+                    held: small.clone(),
+                    ..DetachedDirection::default()
+                },
+            ],
+            quiet: 3,
+            payload: b"route".to_vec(),
+        };
+        assert_eq!(tunnel.held_parts().count(), 4, "236 KiB before the message");
+        // More than the socket buffers hold: sent while the other end reads.
+        let sender = std::thread::spawn(move || {
+            send(&a, &Message::Tunnel(tunnel)).unwrap();
+            send(&a, &Message::Done { tunnels: 1 }).unwrap();
+            a
+        });
+        let mut buf = Vec::new();
+        match recv(&b, &mut buf).unwrap() {
+            Some(Message::Tunnel(t)) => {
+                assert!(t.dirs[0].held == big, "the big held bytes differ");
+                assert_eq!(t.dirs[1].held, small);
+                assert_eq!((t.dirs[0].bytes, t.dirs[1].bytes, t.quiet), (1, 2, 3));
+                assert_eq!(t.payload, b"route");
+            }
+            _ => panic!("not the tunnel"),
+        }
+        assert!(matches!(
+            recv(&b, &mut buf).unwrap(),
+            Some(Message::Done { tunnels: 1 })
+        ));
+        let a = sender.join().unwrap();
+        // A part with no tunnel after it is refused.
+        let mut part = Vec::new();
+        Writer(&mut part).u8(HELD).u8(0).bytes(b"orphan");
+        fd_passing::send(&a, &part, &[]).unwrap();
+        send(&a, &Message::Ready).unwrap();
+        assert!(recv(&b, &mut buf).is_err());
     }
 
     #[test]
