@@ -251,6 +251,16 @@ impl<P> Tunnels<P> {
         submitted
     }
 
+    /// Whether plain tunnels receive with multishot receives (Linux 6.17+).
+    pub fn multishot(&self) -> bool {
+        self.engine.borrow().multishot
+    }
+
+    /// Receives once per read from now on, as on kernels before 6.17 (for tests).
+    pub fn one_receive_per_read(&self) {
+        self.engine.borrow_mut().multishot = false;
+    }
+
     /// Tunnels open now.
     pub fn len(&self) -> usize {
         let engine = self.engine.borrow();

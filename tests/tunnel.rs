@@ -30,6 +30,40 @@ async fn random_bytes_in_random_chunks_arrive_intact_both_ways() {
     assert_eq!(Sha1::digest(&got), Sha1::digest(&data));
 }
 
+/// Kernels before 6.17 receive once per read instead of with a multishot receive: bytes
+/// still arrive intact both ways, and a half-close still goes through after them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_receive_per_read_relays_as_multishot_does() {
+    let up = raw_upstream::start(|s, _, rest| raw_upstream::raw_echo(s, rest)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::write_files(
+        dir.path(),
+        &TestConfig::default().toml(),
+        &upstreams("backend", &[up]),
+    );
+    let mut command = std::process::Command::new(common::BIN);
+    command
+        .arg("--config")
+        .arg(&config)
+        .env("WSPLICE_FAULT", "no-multishot");
+    let proxy = Proxy::spawn(command, dir, "with WSPLICE_FAULT=no-multishot");
+    assert!(
+        proxy
+            .wait_log("tunnels receive once per read", Duration::from_secs(10))
+            .await,
+        "the fault did not switch multishot receives off"
+    );
+    let data = common::pseudo_random(2 << 20, 8);
+    let sizes = common::pseudo_random(4096, 12);
+    let stream = open_tunnel(&proxy).await;
+    let got = echo_through(stream, data.clone(), move |i| {
+        1 + (usize::from(sizes[i % sizes.len()]) * 131) % 32768
+    })
+    .await;
+    assert_eq!(got.len(), data.len());
+    assert_eq!(Sha1::digest(&got), Sha1::digest(&data));
+}
+
 /// Writes `data` into a raw-echo tunnel in chunks of `chunk(i)` bytes, half-closes, and
 /// returns everything read back until the tunnel closes.
 async fn echo_through(

@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use super::fault;
 use super::handoff::Outgoing;
@@ -78,6 +78,12 @@ pub fn spawn(
                         return;
                     }
                 };
+                if fault::on("no-multishot") {
+                    tunnels.one_receive_per_read();
+                }
+                if !tunnels.multishot() {
+                    info!("worker {id}: tunnels receive once per read (no capped multishot receives before Linux 6.17)");
+                }
                 let idle = shared.config.timeouts.idle;
                 let ctx = Rc::new(WorkerContext {
                     id,
