@@ -136,6 +136,7 @@ struct RawLimits {
     max_request_head: Option<Spanned<i64>>,
     max_connections: Option<Spanned<i64>>,
     receive_buffers: Option<Spanned<i64>>,
+    multishot_receive: Option<bool>,
     max_connections_per_ip: Option<Spanned<i64>>,
     handshake_rate_per_ip: Option<Spanned<String>>,
 }
@@ -174,6 +175,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Kernel-selected 16 KiB receive buffers per worker, shared by its tunnels.
     pub receive_buffers: u16,
+    /// Plain tunnels receive with capped multishot receives (Linux 6.17+): less CPU per
+    /// message, but higher latency when the worker is short of CPU (README, Benchmarks).
+    pub multishot_receive: bool,
     /// Open connections one client address (an IPv6 /64) may hold; 0: no limit (nginx's
     /// `limit_conn`).
     pub max_connections_per_ip: usize,
@@ -539,6 +543,7 @@ impl Config {
                 1..=MAX_RECEIVE_BUFFERS,
             )
             .map_err(|(offset, msg)| err(offset, msg))? as u16,
+            multishot_receive: raw.limits.multishot_receive.unwrap_or(false),
             max_connections_per_ip: parse_limit(
                 "limits.max_connections_per_ip",
                 &raw.limits.max_connections_per_ip,

@@ -256,7 +256,7 @@ impl<P> Tunnels<P> {
         self.engine.borrow().multishot
     }
 
-    /// Receives once per read from now on, as on kernels before 6.17 (for tests).
+    /// Receives once per read from now on, as on kernels before 6.17.
     pub fn one_receive_per_read(&self) {
         self.engine.borrow_mut().multishot = false;
     }

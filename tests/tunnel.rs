@@ -30,38 +30,40 @@ async fn random_bytes_in_random_chunks_arrive_intact_both_ways() {
     assert_eq!(Sha1::digest(&got), Sha1::digest(&data));
 }
 
-/// Kernels before 6.17 receive once per read instead of with a multishot receive: bytes
-/// still arrive intact both ways, and a half-close still goes through after them.
+/// With `limits.multishot_receive` (Linux 6.17+) a direction receives with one capped
+/// multishot receive and queues what arrives behind its send: bytes still arrive intact
+/// both ways in random chunks, a half-close after them, and many tunnels share the ring.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_receive_per_read_relays_as_multishot_does() {
+async fn multishot_receives_relay_bytes_intact_both_ways() {
     let up = raw_upstream::start(|s, _, rest| raw_upstream::raw_echo(s, rest)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = common::write_files(
-        dir.path(),
-        &TestConfig::default().toml(),
-        &upstreams("backend", &[up]),
-    );
-    let mut command = std::process::Command::new(common::BIN);
-    command
-        .arg("--config")
-        .arg(&config)
-        .env("WSPLICE_FAULT", "no-multishot");
-    let proxy = Proxy::spawn(command, dir, "with WSPLICE_FAULT=no-multishot");
+    let config = TestConfig::default().multishot();
+    let proxy = Proxy::start(&config, &upstreams("backend", &[up]));
     assert!(
         proxy
-            .wait_log("tunnels receive once per read", Duration::from_secs(10))
+            .wait_log(
+                "receive with capped multishot receives",
+                Duration::from_secs(10)
+            )
             .await,
-        "the fault did not switch multishot receives off"
+        "multishot receives are not on (this test needs Linux 6.17+)"
     );
-    let data = common::pseudo_random(2 << 20, 8);
-    let sizes = common::pseudo_random(4096, 12);
-    let stream = open_tunnel(&proxy).await;
-    let got = echo_through(stream, data.clone(), move |i| {
-        1 + (usize::from(sizes[i % sizes.len()]) * 131) % 32768
-    })
-    .await;
-    assert_eq!(got.len(), data.len());
-    assert_eq!(Sha1::digest(&got), Sha1::digest(&data));
+    let mut tunnels = Vec::new();
+    for seed in 0..4u64 {
+        let stream = open_tunnel(&proxy).await;
+        tunnels.push(tokio::spawn(async move {
+            let data = common::pseudo_random(1 << 20, seed + 20);
+            let sizes = common::pseudo_random(4096, seed + 30);
+            let got = echo_through(stream, data.clone(), move |i| {
+                1 + (usize::from(sizes[i % sizes.len()]) * 131) % 32768
+            })
+            .await;
+            assert_eq!(got.len(), data.len(), "tunnel {seed}");
+            assert_eq!(Sha1::digest(&got), Sha1::digest(&data), "tunnel {seed}");
+        }));
+    }
+    for t in tunnels {
+        t.await.unwrap();
+    }
 }
 
 /// Writes `data` into a raw-echo tunnel in chunks of `chunk(i)` bytes, half-closes, and

@@ -205,6 +205,7 @@ mod tests {
             max_request_head: 16384,
             max_connections: 9000,
             receive_buffers: 256,
+            multishot_receive: false,
             max_connections_per_ip: per_ip,
             handshake_rate_per_ip: rate.map(|requests| Rate {
                 requests,

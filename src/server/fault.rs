@@ -1,7 +1,7 @@
 //! Faults the tests can switch on in a debug build (`WSPLICE_FAULT=<name>`): to check that a
 //! worker which cannot go on takes the process down instead of accepting connections that
-//! nobody serves, that a takeover in another format is refused, and to run the tunnels as
-//! on a kernel without capped multishot receives. Release builds compile all of it away.
+//! nobody serves, and that a takeover in another format is refused. Release builds compile
+//! all of it away.
 
 use std::io;
 

@@ -78,11 +78,12 @@ pub fn spawn(
                         return;
                     }
                 };
-                if fault::on("no-multishot") {
+                if !shared.config.limits.multishot_receive {
                     tunnels.one_receive_per_read();
-                }
-                if !tunnels.multishot() {
-                    info!("worker {id}: tunnels receive once per read (no capped multishot receives before Linux 6.17)");
+                } else if tunnels.multishot() {
+                    info!("worker {id}: tunnels receive with capped multishot receives");
+                } else {
+                    warn!("worker {id}: limits.multishot_receive needs Linux 6.17+; tunnels receive once per read");
                 }
                 let idle = shared.config.timeouts.idle;
                 let ctx = Rc::new(WorkerContext {

@@ -27,6 +27,8 @@ pub struct TestConfig {
     pub workers: usize,
     pub timeouts: Vec<(&'static str, String)>,
     pub limits: Vec<(&'static str, i64)>,
+    /// `limits.multishot_receive = true`.
+    pub multishot: bool,
     pub routes: Vec<(String, String)>,
 }
 
@@ -36,6 +38,7 @@ impl Default for TestConfig {
             workers: 2,
             timeouts: Vec::new(),
             limits: Vec::new(),
+            multishot: false,
             routes: vec![("/".into(), "backend".into())],
         }
     }
@@ -49,6 +52,12 @@ impl TestConfig {
 
     pub fn limit(mut self, name: &'static str, value: i64) -> Self {
         self.limits.push((name, value));
+        self
+    }
+
+    /// Tunnels receive with capped multishot receives (`limits.multishot_receive`).
+    pub fn multishot(mut self) -> Self {
+        self.multishot = true;
         self
     }
 
@@ -78,6 +87,9 @@ impl TestConfig {
         s += "\n[limits]\n";
         for (k, v) in &self.limits {
             s += &format!("{k} = {v}\n");
+        }
+        if self.multishot {
+            s += "multishot_receive = true\n";
         }
         for (path, group) in &self.routes {
             s += &format!("\n[[route]]\npath = \"{path}\"\nupstream = \"{group}\"\n");
