@@ -125,7 +125,8 @@ impl<P> Tunnels<P> {
     /// buffers (kernels before 5.19) every read borrows a heap buffer instead.
     /// Up to `pipes` directions at a time may splice.
     /// `max_connections`: tunnels this worker may have open at most (for the queue sizes);
-    /// `metrics`: this worker's counters, `worker` its id (for logs).
+    /// `metrics`: this worker's counters, `worker` its id (for logs). `multishot`: plain
+    /// tunnels receive with capped multishot receives where the kernel has them (6.17+).
     pub fn new(
         worker: usize,
         metrics: Arc<WorkerMetrics>,
@@ -133,6 +134,7 @@ impl<P> Tunnels<P> {
         size: u32,
         count: u16,
         pipes: usize,
+        multishot: bool,
     ) -> io::Result<Self> {
         // Each direction: its multishot receive, and a send.
         let in_flight = 4 * max_connections;
@@ -152,10 +154,11 @@ impl<P> Tunnels<P> {
         Ok(Tunnels {
             engine: RefCell::new(Engine {
                 ring,
-                multishot: crate::os::kernel::at_least(
-                    direction::MULTISHOT_KERNEL.0,
-                    direction::MULTISHOT_KERNEL.1,
-                ),
+                multishot: multishot
+                    && crate::os::kernel::at_least(
+                        direction::MULTISHOT_KERNEL.0,
+                        direction::MULTISHOT_KERNEL.1,
+                    ),
                 taskrun_flag,
                 buffers,
                 // Heap buffers also hold a whole TLS record, or one sealed with its prefix.
@@ -251,14 +254,9 @@ impl<P> Tunnels<P> {
         submitted
     }
 
-    /// Whether plain tunnels receive with multishot receives (Linux 6.17+).
+    /// Whether plain tunnels receive with multishot receives (asked for, Linux 6.17+).
     pub fn multishot(&self) -> bool {
         self.engine.borrow().multishot
-    }
-
-    /// Receives once per read from now on, as on kernels before 6.17.
-    pub fn one_receive_per_read(&self) {
-        self.engine.borrow_mut().multishot = false;
     }
 
     /// Tunnels open now.

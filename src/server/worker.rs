@@ -69,7 +69,8 @@ pub fn spawn(
                 let pipes = shared.pipes_per_worker;
                 let metrics = shared.metrics.workers[id].clone();
                 let max = shared.config.limits.max_connections;
-                let tunnels = match Tunnels::new(id, metrics, max, RELAY_BUFFER as u32, count, pipes) {
+                let multishot = shared.config.limits.multishot_receive;
+                let tunnels = match Tunnels::new(id, metrics, max, RELAY_BUFFER as u32, count, pipes, multishot) {
                     Ok(t) => Rc::new(t),
                     Err(e) => {
                         let _ = ready.send(Err(format!(
@@ -78,11 +79,9 @@ pub fn spawn(
                         return;
                     }
                 };
-                if !shared.config.limits.multishot_receive {
-                    tunnels.one_receive_per_read();
-                } else if tunnels.multishot() {
+                if tunnels.multishot() {
                     info!("worker {id}: tunnels receive with capped multishot receives");
-                } else {
+                } else if multishot {
                     warn!("worker {id}: limits.multishot_receive needs Linux 6.17+; tunnels receive once per read");
                 }
                 let idle = shared.config.timeouts.idle;

@@ -427,7 +427,7 @@ impl<P> Engine<P> {
 
     /// Plain direction `d` has nothing in flight but maybe its multishot receive: it sends
     /// what queued up, or waits for its receive, or turns to splice, or receives anew.
-    fn go_on(&mut self, index: u32, d: usize) {
+    pub(super) fn go_on(&mut self, index: u32, d: usize) {
         let tunnel = self.slab[index as usize].as_mut().expect("open tunnel");
         let dir = &mut tunnel.dirs[d];
         if let Some((spill, len)) = dir.queue.pop(&mut self.spill) {

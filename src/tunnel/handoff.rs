@@ -251,27 +251,11 @@ impl<P> Tunnels<P> {
                 continue;
             }
             if !from.held.is_empty() {
-                // Held bytes are sent first: as much as a heap buffer holds, then the rest
-                // from the direction's queue.
-                let spill = engine.spill.take();
-                let len = from.held.len().min(engine.spill.size);
-                let (first, rest) = from.held.split_at(len);
-                engine.spill.bytes_mut(spill)[..len].copy_from_slice(first);
-                let Engine {
-                    slab, spill: heap, ..
-                } = &mut *engine;
+                // Held bytes queue as bytes read behind a send do, and go out first.
+                let Engine { slab, spill, .. } = &mut *engine;
                 let tunnel = slab[index as usize].as_mut().expect("open tunnel");
-                tunnel.dirs[d].queue.push(heap, rest);
-                let len = len as u32;
-                engine.enter(
-                    index,
-                    d,
-                    State::SendingHeap {
-                        spill,
-                        len,
-                        sent: 0,
-                    },
-                );
+                tunnel.dirs[d].queue.push(spill, &from.held);
+                engine.go_on(index, d);
             } else if let Some(held) = spliced {
                 let events = if held == 0 {
                     libc::POLLIN

@@ -93,7 +93,7 @@ fn pair(listener: &TcpListener) -> (TcpStream, TcpStream) {
 
 fn engine() -> Rc<Tunnels<usize>> {
     let metrics = Arc::new(WorkerMetrics::default());
-    Rc::new(Tunnels::new(0, metrics, 64, 16 * 1024, 16, 8).unwrap())
+    Rc::new(Tunnels::new(0, metrics, 64, 16 * 1024, 16, 8, true).unwrap())
 }
 
 async fn wait_until(what: &str, done: impl Fn() -> bool) {
