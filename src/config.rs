@@ -175,8 +175,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// Kernel-selected 16 KiB receive buffers per worker, shared by its tunnels.
     pub receive_buffers: u16,
-    /// Plain tunnels receive with capped multishot receives (Linux 6.17+): less CPU per
-    /// message, but higher latency when the worker is short of CPU (README, Benchmarks).
+    /// Plain tunnels receive with capped multishot receives (Linux 6.17+; on by default):
+    /// less CPU per message than one receive per read (README, Benchmarks).
     pub multishot_receive: bool,
     /// Open connections one client address (an IPv6 /64) may hold; 0: no limit (nginx's
     /// `limit_conn`).
@@ -543,7 +543,7 @@ impl Config {
                 1..=MAX_RECEIVE_BUFFERS,
             )
             .map_err(|(offset, msg)| err(offset, msg))? as u16,
-            multishot_receive: raw.limits.multishot_receive.unwrap_or(false),
+            multishot_receive: raw.limits.multishot_receive.unwrap_or(true),
             max_connections_per_ip: parse_limit(
                 "limits.max_connections_per_ip",
                 &raw.limits.max_connections_per_ip,

@@ -424,9 +424,7 @@ async fn open_tunnel(
         opened: Instant::now(),
     };
     let fds = [client.into_fd(), upstream.into_fd()];
-    if let Err(e) = ctx.tunnels.open(fds, early, tls, payload) {
-        warn!("tunnel ring submit failed (retried on the next completion): {e}");
-    }
+    ctx.tunnels.open(fds, early, tls, payload);
 }
 
 /// Runs the TLS handshake of a connection to a TLS listener within `timeouts.handshake`.

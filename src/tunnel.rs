@@ -39,6 +39,7 @@ mod direction;
 mod handoff;
 mod queue;
 mod report;
+mod ring;
 mod splice;
 mod tls;
 
@@ -50,8 +51,6 @@ use buffers::{BufferRing, Spill};
 use direction::{Direction, State};
 use tls::TlsTunnel;
 
-/// Submission queue size; a full queue is submitted and refilled, so this bounds batching only.
-const SQ_ENTRIES: u32 = 1024;
 /// Completion queue bounds. It is sized for every operation a worker may have in flight
 /// (four per tunnel: a receive and a send each way, up to `limits.max_connections`
 /// tunnels, as far as the kernel's 65,536 allows), so completions do not spill into the
@@ -68,17 +67,18 @@ const SUBMIT_RETRY: Duration = Duration::from_millis(1);
 /// The tunnels of one worker. `P` is what the owner wants back when a tunnel ends.
 pub struct Tunnels<P> {
     engine: RefCell<Engine<P>>,
-    /// The parked loop, for `open` to wake when its submission failed.
+    /// The parked loop, for `open` to wake when it queued entries or detached a tunnel.
     parked: Cell<Option<Waker>>,
+    /// Entries were queued from outside the loop (see `wake_loop`).
+    queued: Cell<bool>,
 }
 
 struct Engine<P> {
     ring: IoUring,
     /// Plain directions receive with a multishot receive (cleared if the kernel refuses it).
     multishot: bool,
-    /// The kernel flags pending completion work in the submission queue
-    /// (IORING_SETUP_TASKRUN_FLAG), so the loop enters only when it has work for the kernel.
-    taskrun_flag: bool,
+    /// When the kernel runs completion work (see `ring`).
+    work: ring::KernelWork,
     buffers: Option<BufferRing>,
     spill: Spill,
     slab: Vec<Option<Tunnel<P>>>,
@@ -141,7 +141,7 @@ impl<P> Tunnels<P> {
         let cq = u32::try_from(in_flight.next_power_of_two())
             .unwrap_or(CQ_MAX)
             .clamp(CQ_MIN, CQ_MAX);
-        let (ring, taskrun_flag) = build_ring(cq)?;
+        let (ring, work) = ring::build(cq, true)?;
         let buffers = match BufferRing::register(&ring, size, count) {
             Ok(b) => Some(b),
             Err(e) => {
@@ -159,7 +159,7 @@ impl<P> Tunnels<P> {
                         direction::MULTISHOT_KERNEL.0,
                         direction::MULTISHOT_KERNEL.1,
                     ),
-                taskrun_flag,
+                work,
                 buffers,
                 // Heap buffers also hold a whole TLS record, or one sealed with its prefix.
                 // Up to as many kept as the ring has buffers: what the worker keeps at its
@@ -183,20 +183,22 @@ impl<P> Tunnels<P> {
                 backlog: Vec::new(),
             }),
             parked: Cell::new(None),
+            queued: Cell::new(false),
         })
     }
 
     /// Starts relaying between `[client, upstream]` until both directions end. `early`:
     /// bytes already relayed each way with the heads, counted in the report.
     /// `tls`: for a client that spoke TLS, its record layer and the start of a record that
-    /// came with the request phase's last read.
+    /// came with the request phase's last read. Its first entries are submitted by the
+    /// loop's next turn.
     pub fn open(
         &self,
         fds: [OwnedFd; 2],
         early: [u64; 2],
         tls: Option<(Box<TunnelTls>, Vec<u8>)>,
         payload: P,
-    ) -> io::Result<()> {
+    ) {
         let mut engine = self.engine.borrow_mut();
         let [up, down] = early;
         let tunnel = Tunnel {
@@ -236,7 +238,7 @@ impl<P> Tunnels<P> {
             if let Some(loop_task) = self.parked.take() {
                 loop_task.wake();
             }
-            return Ok(());
+            return;
         }
         if engine.is_tls(index) {
             engine.carry_in(index, &tail);
@@ -245,13 +247,17 @@ impl<P> Tunnels<P> {
             engine.read(index, 0);
         }
         engine.read(index, 1);
-        let submitted = engine.submit().map(drop);
-        if submitted.is_err()
-            && let Some(loop_task) = self.parked.take()
-        {
+        drop(engine);
+        self.wake_loop();
+    }
+
+    /// Lets the loop submit what was queued from outside it: the entries of every tunnel
+    /// opened before the loop runs again go in with one enter, with the loop's own.
+    fn wake_loop(&self) {
+        self.queued.set(true);
+        if let Some(loop_task) = self.parked.take() {
             loop_task.wake();
         }
-        submitted
     }
 
     /// Whether plain tunnels receive with multishot receives (asked for, Linux 6.17+).
@@ -270,15 +276,20 @@ impl<P> Tunnels<P> {
     }
 
     /// The relay loop: handles completions, hands each ended tunnel's payload and report to
-    /// `on_end` and each tunnel detached for a handoff to `on_detach`, and sleeps in between until the ring has completions (its descriptor polled
-    /// by the runtime's epoll, as tokio-uring polls its own ring's). Runs for the worker's life.
+    /// `on_end` and each tunnel detached for a handoff to `on_detach`, and sleeps in between
+    /// until the kernel has work for it (the ring's eventfd, or the ring itself, polled by the
+    /// runtime's epoll as tokio-uring polls its own ring). Runs for the worker's life.
     pub async fn run(
         self: Rc<Self>,
         mut on_end: impl FnMut(P, Report),
         mut on_detach: impl FnMut(Detached<P>),
     ) -> io::Result<()> {
-        let ring = RingFd(self.engine.borrow().ring.as_raw_fd());
-        // SAFETY: the ring's descriptor stays open as long as `self`, which this loop holds.
+        let ring = {
+            let engine = self.engine.borrow();
+            RingFd(engine.work.wakes(&engine.ring))
+        };
+        // SAFETY: the descriptor (the ring's or its eventfd) stays open as long as `self`,
+        // which this loop holds.
         #[allow(unsafe_code)]
         let ready = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE)? };
         let mut ended = Vec::new();
@@ -303,9 +314,10 @@ impl<P> Tunnels<P> {
                 Turn::Drained => {
                     std::future::poll_fn(|cx| {
                         self.parked.set(Some(cx.waker().clone()));
-                        // A tunnel opened while detaching leaves without an operation, so
-                        // no completion would wake the loop for it.
-                        if !self.engine.borrow().detached.is_empty() {
+                        // Entries queued by `open` wait for the loop to submit them; a
+                        // tunnel opened while detaching leaves without an operation. No
+                        // completion would wake the loop for either.
+                        if self.queued.replace(false) || !self.engine.borrow().detached.is_empty() {
                             return Poll::Ready(Ok(()));
                         }
                         match ready.poll_read_ready(cx) {
@@ -351,12 +363,14 @@ impl<P> Tunnels<P> {
 
 impl<P> Engine<P> {
     /// Submits what is queued and handles completions until none is left, the turn's budget
-    /// is spent, or the kernel refuses submissions.
+    /// is spent, or the kernel refuses submissions. The kernel runs the completion work it
+    /// deferred only once every completion it posted is handled (see `ring`).
     fn turn(&mut self) -> Turn {
         let mut handled = 0;
         loop {
             self.refill_from_backlog();
-            if let Err(e) = self.submit() {
+            let drained = self.ring.completion().is_empty();
+            if let Err(e) = self.work.enter(&mut self.ring, drained) {
                 tracing::error!("tunnel ring submit failed (retrying): {e}");
                 return Turn::Stalled;
             }
@@ -364,8 +378,16 @@ impl<P> Engine<P> {
             let room = TURN_BUDGET - handled;
             self.cqes.extend(self.ring.completion().take(room));
             if self.cqes.is_empty() {
-                if self.backlog.is_empty() {
+                let deferred = matches!(self.work, ring::KernelWork::Deferred(_))
+                    && self.work.pending(&mut self.ring);
+                if self.backlog.is_empty() && !deferred {
                     return Turn::Drained;
+                }
+                // Work that posts nothing (a poll that found its socket empty again) still
+                // counts towards the budget.
+                handled += 1;
+                if handled >= TURN_BUDGET {
+                    return Turn::Budget;
                 }
                 continue;
             }
@@ -395,17 +417,9 @@ impl<P> Engine<P> {
         }
     }
 
-    /// Submits what is queued. Entering the kernel also runs the completion work it has for
-    /// this thread, so completions are ready to reap after it. Where the kernel flags that
-    /// work, an enter with nothing to submit, no work pending and no overflow is skipped.
+    /// Submits what is queued, outside the loop's turn (see `ring`).
     fn submit(&mut self) -> io::Result<usize> {
-        if self.taskrun_flag {
-            let sq = self.ring.submission();
-            if sq.is_empty() && !sq.taskrun() && !sq.cq_overflow() {
-                return Ok(0);
-            }
-        }
-        self.ring.submit()
+        self.work.enter(&mut self.ring, false)
     }
 
     /// Queues an entry built by `enter`; when the queue is full, submits it first, and keeps
@@ -544,27 +558,7 @@ fn parse_user_data(data: u64) -> (u32, usize) {
     ((data >> 2) as u32, (data & 1) as usize)
 }
 
-/// A ring with SINGLE_ISSUER, COOP_TASKRUN and TASKRUN_FLAG (no submit locking, no interrupt
-/// to run completion work: it runs when the thread next enters the kernel, which the flag
-/// says is needed), or a plain one; `true` with the flag.
-/// (DEFER_TASKRUN measured no better here: 7.01 vs 7.12 µs per rr message, noise.)
-fn build_ring(cq_entries: u32) -> io::Result<(IoUring, bool)> {
-    IoUring::builder()
-        .setup_cqsize(cq_entries)
-        .setup_single_issuer()
-        .setup_coop_taskrun()
-        .setup_taskrun_flag()
-        .build(SQ_ENTRIES)
-        .map(|ring| (ring, true))
-        .or_else(|_| {
-            IoUring::builder()
-                .setup_cqsize(cq_entries)
-                .build(SQ_ENTRIES)
-                .map(|ring| (ring, false))
-        })
-}
-
-/// The ring's descriptor, for the runtime's epoll.
+/// The descriptor that wakes the loop, for the runtime's epoll.
 struct RingFd(RawFd);
 
 impl AsRawFd for RingFd {

@@ -30,7 +30,7 @@ const CHECKED: usize = 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stuck_readers_do_not_push_other_tunnels_onto_heap_buffers() {
-    stuck_readers(TestConfig::default()).await;
+    stuck_readers(TestConfig::default().one_receive_per_read()).await;
 }
 
 /// The same with multishot receives: each is capped, so a stuck reader's direction holds

@@ -30,14 +30,14 @@ async fn random_bytes_in_random_chunks_arrive_intact_both_ways() {
     assert_eq!(Sha1::digest(&got), Sha1::digest(&data));
 }
 
-/// With `limits.multishot_receive` (Linux 6.17+) a direction receives with one capped
-/// multishot receive and queues what arrives behind its send: bytes still arrive intact
-/// both ways in random chunks, a half-close after them, and many tunnels share the ring.
+/// With `limits.multishot_receive` (the default, Linux 6.17+) a direction receives with one
+/// capped multishot receive and queues what arrives behind its send: bytes still arrive
+/// intact both ways in random chunks, a half-close after them, and many tunnels share the
+/// ring.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multishot_receives_relay_bytes_intact_both_ways() {
     let up = raw_upstream::start(|s, _, rest| raw_upstream::raw_echo(s, rest)).await;
-    let config = TestConfig::default().multishot();
-    let proxy = Proxy::start(&config, &upstreams("backend", &[up]));
+    let proxy = Proxy::start(&TestConfig::default(), &upstreams("backend", &[up]));
     assert!(
         proxy
             .wait_log(
@@ -47,9 +47,29 @@ async fn multishot_receives_relay_bytes_intact_both_ways() {
             .await,
         "multishot receives are not on (this test needs Linux 6.17+)"
     );
+    random_chunks_both_ways(&proxy).await;
+}
+
+/// The same with one receive per read (`limits.multishot_receive = false`, older kernels,
+/// and every `wss://` tunnel).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_receive_per_read_relays_bytes_intact_both_ways() {
+    let up = raw_upstream::start(|s, _, rest| raw_upstream::raw_echo(s, rest)).await;
+    let config = TestConfig::default().one_receive_per_read();
+    let proxy = Proxy::start(&config, &upstreams("backend", &[up]));
+    random_chunks_both_ways(&proxy).await;
+    assert!(
+        !proxy.log().contains("multishot receives"),
+        "multishot receives were on:\n{}",
+        proxy.log()
+    );
+}
+
+/// Four tunnels at once, each echoing 1 MiB written in random chunks, then half-closed.
+async fn random_chunks_both_ways(proxy: &Proxy) {
     let mut tunnels = Vec::new();
     for seed in 0..4u64 {
-        let stream = open_tunnel(&proxy).await;
+        let stream = open_tunnel(proxy).await;
         tunnels.push(tokio::spawn(async move {
             let data = common::pseudo_random(1 << 20, seed + 20);
             let sizes = common::pseudo_random(4096, seed + 30);

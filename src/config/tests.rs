@@ -75,7 +75,7 @@ fn minimal_config_gets_defaults() {
             max_request_head: DEFAULT_MAX_REQUEST_HEAD,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             receive_buffers: DEFAULT_RECEIVE_BUFFERS as u16,
-            multishot_receive: false,
+            multishot_receive: true,
             max_connections_per_ip: 0,
             handshake_rate_per_ip: None,
         }
@@ -153,7 +153,7 @@ upstream = "backend"
             max_request_head: 4096,
             max_connections: 100,
             receive_buffers: DEFAULT_RECEIVE_BUFFERS as u16,
-            multishot_receive: false,
+            multishot_receive: true,
             max_connections_per_ip: 8,
             handshake_rate_per_ip: Some(Rate {
                 requests: 20,
@@ -643,10 +643,10 @@ fn rejects_h2c_in_extra_upgrades() {
 }
 
 #[test]
-fn multishot_receive_is_off_unless_asked_for() {
-    let on = format!("{MAIN}\n[limits]\nmultishot_receive = true\n");
-    assert!(parse(&on).unwrap().limits.multishot_receive);
-    assert!(!parse(MAIN).unwrap().limits.multishot_receive);
+fn multishot_receive_is_on_unless_turned_off() {
+    let off = format!("{MAIN}\n[limits]\nmultishot_receive = false\n");
+    assert!(!parse(&off).unwrap().limits.multishot_receive);
+    assert!(parse(MAIN).unwrap().limits.multishot_receive);
     let bad = format!("{MAIN}\n[limits]\nmultishot_receive = \"yes\"\n");
     assert_error(parse(&bad), "wsplice.toml", 9, "expected a boolean");
 }

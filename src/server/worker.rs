@@ -82,7 +82,7 @@ pub fn spawn(
                 if tunnels.multishot() {
                     info!("worker {id}: tunnels receive with capped multishot receives");
                 } else if multishot {
-                    warn!("worker {id}: limits.multishot_receive needs Linux 6.17+; tunnels receive once per read");
+                    info!("worker {id}: tunnels receive once per read (capped multishot receives need Linux 6.17+)");
                 }
                 let idle = shared.config.timeouts.idle;
                 let ctx = Rc::new(WorkerContext {

@@ -276,13 +276,8 @@ impl<P> Tunnels<P> {
             }
             return;
         }
-        let submitted = engine.submit();
         drop(engine);
-        if submitted.is_err()
-            && let Some(loop_task) = self.parked.take()
-        {
-            loop_task.wake();
-        }
+        self.wake_loop();
     }
 }
 

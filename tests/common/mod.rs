@@ -27,8 +27,8 @@ pub struct TestConfig {
     pub workers: usize,
     pub timeouts: Vec<(&'static str, String)>,
     pub limits: Vec<(&'static str, i64)>,
-    /// `limits.multishot_receive = true`.
-    pub multishot: bool,
+    /// `limits.multishot_receive`, where set (on by default).
+    pub multishot: Option<bool>,
     pub routes: Vec<(String, String)>,
 }
 
@@ -38,7 +38,7 @@ impl Default for TestConfig {
             workers: 2,
             timeouts: Vec::new(),
             limits: Vec::new(),
-            multishot: false,
+            multishot: None,
             routes: vec![("/".into(), "backend".into())],
         }
     }
@@ -55,9 +55,16 @@ impl TestConfig {
         self
     }
 
-    /// Tunnels receive with capped multishot receives (`limits.multishot_receive`).
+    /// Tunnels receive with capped multishot receives (`limits.multishot_receive`, the
+    /// default; said, for tests that are about them).
     pub fn multishot(mut self) -> Self {
-        self.multishot = true;
+        self.multishot = Some(true);
+        self
+    }
+
+    /// Tunnels receive once per read (`limits.multishot_receive = false`).
+    pub fn one_receive_per_read(mut self) -> Self {
+        self.multishot = Some(false);
         self
     }
 
@@ -88,8 +95,8 @@ impl TestConfig {
         for (k, v) in &self.limits {
             s += &format!("{k} = {v}\n");
         }
-        if self.multishot {
-            s += "multishot_receive = true\n";
+        if let Some(on) = self.multishot {
+            s += &format!("multishot_receive = {on}\n");
         }
         for (path, group) in &self.routes {
             s += &format!("\n[[route]]\npath = \"{path}\"\nupstream = \"{group}\"\n");

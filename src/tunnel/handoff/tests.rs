@@ -172,7 +172,7 @@ fn hand_over_mid_stream(
             |_| panic!("detached from the new engine"),
         ));
         for (t, pair) in fds.into_iter().enumerate() {
-            old.open(pair, [0, 0], None, t).unwrap();
+            old.open(pair, [0, 0], None, t);
         }
         // Every writer whose reader reads is halfway (a stalled upstream's client may be
         // stuck before that, its bytes piling up in the proxy).
@@ -278,7 +278,7 @@ fn a_tunnel_opened_while_detaching_leaves_an_idle_engine() {
         // Let the loop park on an empty ring first.
         tokio::time::sleep(Duration::from_millis(50)).await;
         let fds = [proxy_client.into(), proxy_upstream.into()];
-        old.open(fds, [0, 0], None, 7).unwrap();
+        old.open(fds, [0, 0], None, 7);
         wait_until("the tunnel to leave", || detached.borrow().len() == 1).await;
         assert_eq!(detached.borrow()[0].payload, 7);
     });
@@ -307,7 +307,7 @@ fn a_kept_tunnel_relays_on_while_the_engine_detaches() {
             move |d| into.borrow_mut().push(d),
         ));
         let fds = [proxy_client.into(), proxy_upstream.into()];
-        old.open(fds, [0, 0], None, 3).unwrap();
+        old.open(fds, [0, 0], None, 3);
         old.detach_all();
         wait_until("the tunnel to leave", || detached.borrow().len() == 1).await;
         let tunnel = detached.borrow_mut().pop().unwrap();

@@ -136,6 +136,14 @@ pub struct Options {
     /// The wsplice binary of the `baseline` target (an older build, for before/after).
     #[arg(long, default_value = "wsplice-baseline")]
     pub baseline_bin: PathBuf,
+    /// A `KEY = VALUE` line added to the `wsplice` target's `[limits]` (repeatable), e.g.
+    /// `multishot_receive = true`: with `--baseline-bin` the same binary, one run compares
+    /// two settings side by side.
+    #[arg(long)]
+    pub wsplice_limit: Vec<String>,
+    /// A `KEY = VALUE` line added to the `baseline` target's `[limits]` (repeatable).
+    #[arg(long)]
+    pub baseline_limit: Vec<String>,
     #[arg(long, default_value = "nginx")]
     pub nginx_bin: PathBuf,
     #[arg(long, default_value = "haproxy")]
@@ -382,6 +390,8 @@ pub fn run(options: &Options) -> Result<Summary, CompareError> {
         haproxy: options.haproxy_bin.clone(),
         wsplice: options.wsplice_bin.clone(),
         baseline: options.baseline_bin.clone(),
+        wsplice_limits: options.wsplice_limit.clone(),
+        baseline_limits: options.baseline_limit.clone(),
         tls: None,
     };
 

@@ -69,6 +69,9 @@ pub struct Setup {
     pub haproxy: PathBuf,
     pub wsplice: PathBuf,
     pub baseline: PathBuf,
+    /// Extra `[limits]` lines of the `wsplice` and the `baseline` target.
+    pub wsplice_limits: Vec<String>,
+    pub baseline_limits: Vec<String>,
     /// Listen with TLS (and only with TLS), with this certificate.
     pub tls: Option<CertFiles>,
 }
@@ -133,7 +136,12 @@ impl Target {
                     "upstreams.toml",
                     &format!("[backend]\nservers = [\"{}\"]\n", setup.upstream),
                 )?;
-                let conf = write(d, "wsplice.toml", &wsplice_conf(setup, addr))?;
+                let limits = if kind == Kind::Wsplice {
+                    &setup.wsplice_limits
+                } else {
+                    &setup.baseline_limits
+                };
+                let conf = write(d, "wsplice.toml", &wsplice_conf(setup, addr, limits))?;
                 let args = vec!["--config".into(), path_arg(&conf)];
                 let bin = if kind == Kind::Wsplice {
                     &setup.wsplice
@@ -374,7 +382,7 @@ backend upstream
     )
 }
 
-pub fn wsplice_conf(setup: &Setup, addr: SocketAddr) -> String {
+pub fn wsplice_conf(setup: &Setup, addr: SocketAddr, limits: &[String]) -> String {
     let (listen, tls) = match &setup.tls {
         None => (format!("\"{addr}\""), String::new()),
         Some(t) => (
@@ -396,13 +404,14 @@ idle = \"1h\"
 
 [limits]
 max_connections = {max}
-{tls}
+{limits}{tls}
 [[route]]
 path = \"/\"
 upstream = \"backend\"
 ",
         workers = setup.workers,
-        max = max_connections(setup.nofile)
+        max = max_connections(setup.nofile),
+        limits = limits.iter().map(|l| format!("{l}\n")).collect::<String>(),
     )
 }
 
@@ -420,6 +429,8 @@ mod tests {
             haproxy: "haproxy".into(),
             wsplice: "wsplice".into(),
             baseline: "wsplice".into(),
+            wsplice_limits: vec!["multishot_receive = true".into()],
+            baseline_limits: Vec::new(),
             tls: None,
         }
     }
@@ -445,7 +456,8 @@ mod tests {
         assert!(haproxy.contains("timeout tunnel 3600s"));
         assert!(haproxy.contains("nbthread 1"));
         assert!(haproxy.contains("maxconn 9000"));
-        let wsplice = wsplice_conf(&setup(), addr);
+        let wsplice = wsplice_conf(&setup(), addr, &setup().wsplice_limits);
+        assert!(wsplice.contains("max_connections = 9000\nmultishot_receive = true\n"));
         assert!(wsplice.contains("workers = 1"));
         assert!(wsplice.contains("max_connections = 9000"));
         assert!(!nginx.contains("ssl") && !haproxy.contains("ssl") && !wsplice.contains("tls"));
@@ -477,7 +489,7 @@ mod tests {
         assert!(haproxy.contains(
             "bind 127.0.0.1:8443 ssl crt /r/cert+key.pem ssl-min-ver TLSv1.3 ciphersuites TLS_AES_128_GCM_SHA256\n"
         ), "{haproxy}");
-        let wsplice = wsplice_conf(&setup, addr);
+        let wsplice = wsplice_conf(&setup, addr, &[]);
         for line in [
             "listen = [{ addr = \"127.0.0.1:8443\", tls = true }]",
             "certificates = [{ cert = \"/r/cert.pem\", key = \"/r/key.pem\" }]",
