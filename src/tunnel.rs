@@ -19,6 +19,7 @@
 //! are closed only once both directions are `Done`.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -89,7 +90,7 @@ struct Engine<P> {
     detached: Vec<Detached<P>>,
     cqes: Vec<cqueue::Entry>,
     /// Entries the submission queue had no room for while the kernel refused to take any.
-    backlog: Vec<squeue::Entry>,
+    backlog: VecDeque<squeue::Entry>,
     /// Pipes this worker may still open for spliced directions (their descriptors come out
     /// of the open-files headroom left over `limits.max_connections`).
     pipes_left: usize,
@@ -180,7 +181,7 @@ impl<P> Tunnels<P> {
                 cqes: Vec::with_capacity(256),
                 pipes_left: pipes,
                 metrics,
-                backlog: Vec::new(),
+                backlog: VecDeque::new(),
             }),
             parked: Cell::new(None),
             queued: Cell::new(false),
@@ -404,16 +405,17 @@ impl<P> Engine<P> {
         }
     }
 
-    /// Moves entries that found the submission queue full back into it, as far as they fit.
+    /// Moves entries that found the submission queue full into it, oldest first, as far as
+    /// they fit.
     fn refill_from_backlog(&mut self) {
-        while let Some(sqe) = self.backlog.pop() {
+        while let Some(sqe) = self.backlog.front() {
             // SAFETY: every backlog entry was built by `enter`, whose state still holds what
             // it points at (see `push_sqe`).
             #[allow(unsafe_code)]
-            if !unsafe { push_sqe(&mut self.ring, &sqe) } {
-                self.backlog.push(sqe);
+            if !unsafe { push_sqe(&mut self.ring, sqe) } {
                 return;
             }
+            self.backlog.pop_front();
         }
     }
 
@@ -423,20 +425,22 @@ impl<P> Engine<P> {
     }
 
     /// Queues an entry built by `enter`; when the queue is full, submits it first, and keeps
-    /// the entry for `turn` if the kernel takes none.
+    /// the entry for `turn` if the kernel takes none. Entries reach the kernel in the order
+    /// they were pushed (a cancellation after what it cancels).
     fn push(&mut self, sqe: squeue::Entry) {
         // SAFETY: `enter` built the entry from the state it stored, which holds the buffer
         // (ring memory is never freed, a spill buffer stays lent to the state) until this
         // completion is handled; the descriptors stay open until both directions are `Done`.
         #[allow(unsafe_code)]
-        if unsafe { push_sqe(&mut self.ring, &sqe) } {
+        if self.backlog.is_empty() && unsafe { push_sqe(&mut self.ring, &sqe) } {
             return;
         }
         let _ = self.submit();
+        self.refill_from_backlog();
         // SAFETY: as above.
         #[allow(unsafe_code)]
-        if !unsafe { push_sqe(&mut self.ring, &sqe) } {
-            self.backlog.push(sqe);
+        if !self.backlog.is_empty() || !unsafe { push_sqe(&mut self.ring, &sqe) } {
+            self.backlog.push_back(sqe);
         }
     }
 

@@ -203,13 +203,7 @@ impl Drop for Slot {
 impl Shared {
     /// Resolves once the process serves (see `serving`).
     pub async fn started(&self) {
-        let notified = self.go.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if self.serving.load(Ordering::SeqCst) {
-            return;
-        }
-        notified.await;
+        until(&self.go, &self.serving).await;
     }
 
     /// Starts serving: accept loops go.
@@ -220,13 +214,18 @@ impl Shared {
 
     /// Resolves once the process is stopping.
     pub async fn stopped(&self) {
-        let notified = self.stop.notified();
-        tokio::pin!(notified);
-        // Registered before the check, so a stop between the two is not missed.
-        notified.as_mut().enable();
-        if self.stopping.load(Ordering::SeqCst) {
-            return;
-        }
-        notified.await;
+        until(&self.stop, &self.stopping).await;
     }
+}
+
+/// Resolves once `flag` is set; whoever sets it then notifies the waiters of `notify`.
+async fn until(notify: &tokio::sync::Notify, flag: &AtomicBool) {
+    let notified = notify.notified();
+    tokio::pin!(notified);
+    // Registered before the check, so a notice between the two is not missed.
+    notified.as_mut().enable();
+    if flag.load(Ordering::SeqCst) {
+        return;
+    }
+    notified.await;
 }
