@@ -37,6 +37,7 @@ use crate::observe::metrics::WorkerMetrics;
 
 mod buffers;
 mod direction;
+mod files;
 mod handoff;
 mod queue;
 mod report;
@@ -80,6 +81,8 @@ struct Engine<P> {
     multishot: bool,
     /// When the kernel runs completion work (see `ring`).
     work: ring::KernelWork,
+    /// The tunnels' slots in the ring's file table.
+    files: files::Files,
     buffers: Option<BufferRing>,
     spill: Spill,
     slab: Vec<Option<Tunnel<P>>>,
@@ -143,6 +146,7 @@ impl<P> Tunnels<P> {
             .unwrap_or(CQ_MAX)
             .clamp(CQ_MIN, CQ_MAX);
         let (ring, work) = ring::build(cq, true)?;
+        let files = files::Files::register(&ring, max_connections);
         let buffers = match BufferRing::register(&ring, size, count) {
             Ok(b) => Some(b),
             Err(e) => {
@@ -161,6 +165,7 @@ impl<P> Tunnels<P> {
                         direction::MULTISHOT_KERNEL.1,
                     ),
                 work,
+                files,
                 buffers,
                 // Heap buffers also hold a whole TLS record, or one sealed with its prefix.
                 // Up to as many kept as the ring has buffers: what the worker keeps at its
@@ -394,8 +399,14 @@ impl<P> Engine<P> {
             }
             for i in 0..self.cqes.len() {
                 let cqe = self.cqes[i].clone();
-                if cqe.user_data() != handoff::CANCEL {
-                    self.complete(&cqe);
+                match cqe.user_data() {
+                    handoff::CANCEL => {}
+                    files::UPDATED if cqe.result() < 0 => {
+                        let e = io::Error::from_raw_os_error(-cqe.result());
+                        tracing::warn!("tunnel file table update failed: {e}");
+                    }
+                    files::UPDATED => {}
+                    _ => self.complete(&cqe),
                 }
             }
             handled += self.cqes.len();
@@ -470,6 +481,7 @@ impl<P> Engine<P> {
     fn finish(&mut self, index: u32) {
         let mut tunnel = self.slab[index as usize].take().expect("open tunnel");
         self.free.push(index);
+        self.clear_slots(index);
         if let Some((spill, _)) = tunnel.tls.as_ref().and_then(|t| t.carry) {
             self.spill.put(spill);
         }

@@ -86,6 +86,83 @@ async fn random_chunks_both_ways(proxy: &Proxy) {
     }
 }
 
+/// Each tunnel's sockets sit in its worker ring's file table while it is open, and leave
+/// it when it closes (a slot left filled would keep the socket alive without a descriptor).
+/// Read from the kernel's own view: `/proc/PID/fdinfo` of a ring lists its filled slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnel_sockets_fill_registered_slots_and_leave_them_on_close() {
+    let up = raw_upstream::start(|s, _, rest| raw_upstream::raw_echo(s, rest)).await;
+    let proxy = Proxy::start(
+        &TestConfig::default().workers(1),
+        &upstreams("backend", &[up]),
+    );
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        let mut stream = open_tunnel(&proxy).await;
+        stream.write_all(b"ping").await.unwrap();
+        let mut got = [0; 4];
+        stream.read_exact(&mut got).await.unwrap();
+        streams.push(stream);
+    }
+    let pid = proxy.pid();
+    assert_eq!(
+        registered_sockets(pid),
+        10,
+        "each open tunnel's two sockets are registered"
+    );
+    for mut stream in streams {
+        stream.shutdown().await.unwrap();
+        common::read_to_close(&mut stream, Duration::from_secs(10)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while registered_sockets(pid) != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "slots still filled after every tunnel closed: {}",
+            registered_sockets(pid)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Filled file-table slots of every io_uring ring of process `pid` that has such a table.
+#[allow(clippy::disallowed_methods)] // small /proc reads on the test's own runtime
+fn registered_sockets(pid: u32) -> usize {
+    let mut filled = 0;
+    let mut tables = 0;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let is_ring = std::fs::read_link(entry.path())
+            .is_ok_and(|target| target.to_string_lossy().contains("io_uring"));
+        if !is_ring {
+            continue;
+        }
+        let fd = entry.file_name();
+        let Ok(info) =
+            std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.to_string_lossy()))
+        else {
+            continue;
+        };
+        let mut lines = info.lines().skip_while(|l| !l.starts_with("UserFiles:"));
+        let Some(header) = lines.next() else { continue };
+        if header.trim_end().ends_with(":\t0") || header.split_whitespace().nth(1) == Some("0") {
+            continue;
+        }
+        tables += 1;
+        filled += lines
+            .take_while(|l| l.starts_with(' '))
+            .filter(|l| l.contains("socket:["))
+            .count();
+    }
+    assert_eq!(
+        tables, 1,
+        "one ring with a file table (the worker's tunnels')"
+    );
+    filled
+}
+
 /// Writes `data` into a raw-echo tunnel in chunks of `chunk(i)` bytes, half-closes, and
 /// returns everything read back until the tunnel closes.
 async fn echo_through(

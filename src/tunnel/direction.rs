@@ -23,6 +23,7 @@ use io_uring::{cqueue, opcode, squeue};
 use socket2::SockRef;
 
 use super::buffers::GROUP;
+use super::files::on_slot;
 use super::handoff::CANCEL;
 use super::queue::Queue;
 use super::splice::Pipe;
@@ -188,6 +189,16 @@ impl<P> Engine<P> {
             State::Done | State::Parked | State::ParkedHeap { .. } => {
                 unreachable!("no operation to submit")
             }
+        };
+        let writes = match state {
+            State::SendingRing { .. } | State::SendingHeap { .. } => true,
+            State::Spliced { events } => events != libc::POLLIN,
+            _ => false,
+        };
+        let side = if writes { 1 - d } else { d };
+        let sqe = match self.files.slot(index, side) {
+            Some(slot) => on_slot(sqe, slot),
+            None => sqe,
         };
         let dir = &mut tunnel.dirs[d];
         debug_assert!(matches!(dir.state, State::Done), "two operations in flight");

@@ -329,6 +329,7 @@ impl<P> Engine<P> {
     pub(super) fn detach(&mut self, index: u32) {
         let tunnel = self.slab[index as usize].take().expect("open tunnel");
         self.free.push(index);
+        self.clear_slots(index);
         let Tunnel {
             fds,
             dirs,
@@ -366,8 +367,11 @@ impl<P> Engine<P> {
     }
 
     /// Puts `tunnel` in a free slot of the slab.
+    /// Puts `tunnel` in a free place of the table, and its descriptors in that place's
+    /// slots of the ring's file table (ahead of its first operation).
     pub(super) fn insert(&mut self, tunnel: Tunnel<P>) -> u32 {
-        match self.free.pop() {
+        let fds = tunnel.fds.each_ref().map(|fd| fd.as_raw_fd());
+        let index = match self.free.pop() {
             Some(i) => {
                 self.slab[i as usize] = Some(tunnel);
                 i
@@ -376,6 +380,18 @@ impl<P> Engine<P> {
                 self.slab.push(Some(tunnel));
                 (self.slab.len() - 1) as u32
             }
+        };
+        if let Some(update) = self.files.update(index, Some(fds)) {
+            self.push(update);
+        }
+        index
+    }
+
+    /// Tunnel `index` left the table: its slots let go of its sockets (after its last
+    /// operation).
+    pub(super) fn clear_slots(&mut self, index: u32) {
+        if let Some(update) = self.files.update(index, None) {
+            self.push(update);
         }
     }
 }
