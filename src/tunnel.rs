@@ -549,6 +549,20 @@ enum Turn {
     Stalled,
 }
 
+#[cfg(test)]
+impl<P> Tunnels<P> {
+    /// Sockets in the ring's file table, from the kernel's own listing of its slots.
+    #[allow(clippy::disallowed_methods)] // a small /proc read in a test
+    fn registered(&self) -> usize {
+        let fd = self.engine.borrow().ring.as_raw_fd();
+        std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+            .unwrap()
+            .lines()
+            .filter(|line| line.starts_with(' ') && line.contains("socket:["))
+            .count()
+    }
+}
+
 impl<P> std::fmt::Debug for Tunnels<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tunnels")

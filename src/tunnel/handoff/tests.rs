@@ -174,6 +174,10 @@ fn hand_over_mid_stream(
         for (t, pair) in fds.into_iter().enumerate() {
             old.open(pair, [0, 0], None, t);
         }
+        wait_until("every socket in the old ring's file table", || {
+            old.registered() == 2 * count
+        })
+        .await;
         // Every writer whose reader reads is halfway (a stalled upstream's client may be
         // stuck before that, its bytes piling up in the proxy).
         let halfway = || gate.halfway.load(Ordering::SeqCst) >= 2 * count - stall;
@@ -186,6 +190,12 @@ fn hand_over_mid_stream(
         })
         .await;
         assert!(old.is_empty());
+        // The old ring lets go of the sockets that left (or the new process could not
+        // close them).
+        wait_until("the old ring's file table to empty", || {
+            old.registered() == 0
+        })
+        .await;
         let dirs = detached
             .borrow()
             .iter()
@@ -216,6 +226,10 @@ fn hand_over_mid_stream(
             new.adopt(tunnel);
         }
         wait_until("every tunnel to end", || ended.borrow().len() == count).await;
+        wait_until("the new ring's file table to empty", || {
+            new.registered() == 0
+        })
+        .await;
         (ended.take(), held, piped)
     });
     for (write, read) in threads {
