@@ -69,7 +69,7 @@ const SUBMIT_RETRY: Duration = Duration::from_millis(1);
 /// The tunnels of one worker. `P` is what the owner wants back when a tunnel ends.
 pub struct Tunnels<P> {
     engine: RefCell<Engine<P>>,
-    /// The parked loop, for `open` to wake when it queued entries or detached a tunnel.
+    /// The parked loop, for `wake_loop`.
     parked: Cell<Option<Waker>>,
     /// Entries were queued from outside the loop (see `wake_loop`).
     queued: Cell<bool>,
@@ -241,10 +241,7 @@ impl<P> Tunnels<P> {
             tunnel.dirs[1].state = State::Parked;
             engine.detach(index);
             drop(engine);
-            if let Some(loop_task) = self.parked.take() {
-                loop_task.wake();
-            }
-            return;
+            return self.wake_loop();
         }
         if engine.is_tls(index) {
             engine.carry_in(index, &tail);
@@ -257,8 +254,9 @@ impl<P> Tunnels<P> {
         self.wake_loop();
     }
 
-    /// Lets the loop submit what was queued from outside it: the entries of every tunnel
-    /// opened before the loop runs again go in with one enter, with the loop's own.
+    /// Lets the loop submit what was queued from outside it (the entries of every tunnel
+    /// opened before the loop runs again go in with one enter, with the loop's own) and
+    /// hand on what was detached.
     fn wake_loop(&self) {
         self.queued.set(true);
         if let Some(loop_task) = self.parked.take() {
@@ -384,9 +382,7 @@ impl<P> Engine<P> {
             let room = TURN_BUDGET - handled;
             self.cqes.extend(self.ring.completion().take(room));
             if self.cqes.is_empty() {
-                let deferred = matches!(self.work, ring::KernelWork::Deferred(_))
-                    && self.work.pending(&mut self.ring);
-                if self.backlog.is_empty() && !deferred {
+                if self.backlog.is_empty() && !self.work.deferred(&mut self.ring) {
                     return Turn::Drained;
                 }
                 // Work that posts nothing (a poll that found its socket empty again) still
@@ -586,6 +582,21 @@ const RECV: u64 = 2;
 
 fn parse_user_data(data: u64) -> (u32, usize) {
     ((data >> 2) as u32, (data & 1) as usize)
+}
+
+/// `sqe` with the 4-byte field at byte `offset` of its `io_uring_sqe` set to `value`: for
+/// the fields io-uring 0.6 has no setter for.
+fn with_field(sqe: squeue::Entry, offset: usize, value: u32) -> squeue::Entry {
+    // SAFETY: `squeue::Entry` is a `repr(C)` wrapper of the 64-byte `io_uring_sqe` (the
+    // transmutes check the size), plain bytes with no invalid values either way.
+    #[allow(unsafe_code)]
+    let mut raw: [u8; 64] = unsafe { std::mem::transmute(sqe) };
+    raw[offset..offset + 4].copy_from_slice(&value.to_ne_bytes());
+    // SAFETY: as above.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::mem::transmute(raw)
+    }
 }
 
 /// The descriptor that wakes the loop, for the runtime's epoll.

@@ -147,7 +147,7 @@ fn registered_sockets(pid: u32) -> usize {
         };
         let mut lines = info.lines().skip_while(|l| !l.starts_with("UserFiles:"));
         let Some(header) = lines.next() else { continue };
-        if header.trim_end().ends_with(":\t0") || header.split_whitespace().nth(1) == Some("0") {
+        if header.split_whitespace().nth(1) == Some("0") {
             continue;
         }
         tables += 1;

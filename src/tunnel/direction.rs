@@ -27,7 +27,7 @@ use super::files::on_slot;
 use super::handoff::CANCEL;
 use super::queue::Queue;
 use super::splice::Pipe;
-use super::{Engine, RECV, parse_user_data, side_of, user_data};
+use super::{Engine, RECV, parse_user_data, side_of, user_data, with_field};
 
 /// Reads of at least this many bytes in a row count towards switching a direction to
 /// splice (see `splice::BULK_STREAK`).
@@ -558,14 +558,5 @@ impl<P> Engine<P> {
 fn cap_total(sqe: squeue::Entry, bytes: u32) -> squeue::Entry {
     /// `offsetof(struct io_uring_sqe, optlen)`.
     const OPTLEN: usize = 44;
-    // SAFETY: `squeue::Entry` is a `repr(C)` wrapper of the 64-byte `io_uring_sqe` (the
-    // transmutes check the size), plain bytes with no invalid values either way.
-    #[allow(unsafe_code)]
-    let mut raw: [u8; 64] = unsafe { std::mem::transmute(sqe) };
-    raw[OPTLEN..OPTLEN + 4].copy_from_slice(&bytes.to_ne_bytes());
-    // SAFETY: as above.
-    #[allow(unsafe_code)]
-    unsafe {
-        std::mem::transmute(raw)
-    }
+    with_field(sqe, OPTLEN, bytes)
 }

@@ -15,6 +15,7 @@ use std::os::fd::RawFd;
 use io_uring::{IoUring, opcode, squeue};
 
 use super::handoff::CANCEL;
+use super::with_field;
 
 /// The `user_data` of a table update (its completion is only checked for an error).
 pub(super) const UPDATED: u64 = CANCEL | 1;
@@ -82,15 +83,7 @@ impl Files {
 pub(super) fn on_slot(sqe: squeue::Entry, slot: u32) -> squeue::Entry {
     /// `offsetof(struct io_uring_sqe, fd)`.
     const FD: usize = 4;
-    // SAFETY: `squeue::Entry` is a `repr(C)` wrapper of the 64-byte `io_uring_sqe` (the
-    // transmutes check the size), plain bytes with no invalid values either way.
-    #[allow(unsafe_code)]
-    let mut raw: [u8; 64] = unsafe { std::mem::transmute(sqe) };
-    raw[FD..FD + 4].copy_from_slice(&(slot as i32).to_ne_bytes());
-    // SAFETY: as above.
-    #[allow(unsafe_code)]
-    let sqe: squeue::Entry = unsafe { std::mem::transmute(raw) };
-    sqe.flags(squeue::Flags::FIXED_FILE)
+    with_field(sqe, FD, slot).flags(squeue::Flags::FIXED_FILE)
 }
 
 /// The soft open-files limit (a table may not be larger).

@@ -197,9 +197,7 @@ impl<P> Tunnels<P> {
         }
         let _ = engine.submit();
         drop(engine);
-        if let Some(loop_task) = self.parked.take() {
-            loop_task.wake();
-        }
+        self.wake_loop();
     }
 
     /// Whether tunnels are being handed over (see [`Tunnels::detach_all`]).
@@ -271,10 +269,7 @@ impl<P> Tunnels<P> {
             // Adopted while this engine hands its own tunnels on: it leaves again.
             engine.finish_if_done(index);
             drop(engine);
-            if let Some(loop_task) = self.parked.take() {
-                loop_task.wake();
-            }
-            return;
+            return self.wake_loop();
         }
         drop(engine);
         self.wake_loop();
@@ -366,7 +361,6 @@ impl<P> Engine<P> {
         });
     }
 
-    /// Puts `tunnel` in a free slot of the slab.
     /// Puts `tunnel` in a free place of the table, and its descriptors in that place's
     /// slots of the ring's file table (ahead of its first operation).
     pub(super) fn insert(&mut self, tunnel: Tunnel<P>) -> u32 {

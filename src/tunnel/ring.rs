@@ -80,12 +80,10 @@ impl KernelWork {
         }
     }
 
-    /// Whether completion work may be waiting for an enter: always where it is not flagged.
-    pub(super) fn pending(&self, ring: &mut IoUring) -> bool {
-        match self {
-            KernelWork::Inline { flagged: false } => true,
-            _ => ring.submission().taskrun(),
-        }
+    /// Whether deferred work waits for the loop's next enter (inline work never does: the
+    /// kernel runs it on its own).
+    pub(super) fn deferred(&self, ring: &mut IoUring) -> bool {
+        matches!(self, KernelWork::Deferred(_)) && ring.submission().taskrun()
     }
 
     /// Submits what is queued; `drained`: the loop has handled every completion, so the
@@ -205,14 +203,14 @@ mod tests {
             readable(work.wakes(&ring)),
             "no eventfd signal for deferred work"
         );
-        assert!(work.pending(&mut ring));
+        assert!(work.deferred(&mut ring));
         // Neither a system call nor an enter of a loop that is still busy runs it.
         assert_eq!(work.enter(&mut ring, false).unwrap(), 0);
         assert!(ring.completion().is_empty());
         work.enter(&mut ring, true).unwrap();
         let cqe = ring.completion().next().expect("the poll's completion");
         assert_eq!(cqe.user_data(), POLLED);
-        assert!(!work.pending(&mut ring));
+        assert!(!work.deferred(&mut ring));
     }
 
     /// Without DEFER_TASKRUN (kernels before 6.1) the loop still gets its completions.
