@@ -43,6 +43,8 @@ mod queue;
 mod report;
 mod ring;
 mod splice;
+#[cfg(test)]
+mod testing;
 mod tls;
 
 pub use handoff::{Detached, DetachedDirection, fields};

@@ -176,6 +176,9 @@ pub struct WorkerMetrics {
     /// Tunnel sends that found the reader's socket full: the unsent rest moved to a heap
     /// buffer so the ring buffer could go back at once.
     pub spilled_sends: Meter,
+    /// Sends of relayed bytes (splices not counted): bytes per send says how well bytes
+    /// that arrive together go out together.
+    pub sends: Meter,
     /// Tunnels that came over from the process this one replaced (binary upgrade).
     pub handed_over: Meter,
     upgrades: [Meter; 4],
@@ -200,6 +203,7 @@ impl Default for WorkerMetrics {
             spliced: Meter::default(),
             heap_reads: Meter::default(),
             spilled_sends: Meter::default(),
+            sends: Meter::default(),
             handed_over: Meter::default(),
             upgrades: Default::default(),
             limited: Default::default(),
@@ -485,8 +489,15 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
         &mut out,
         "wsplice_tunnel_spilled_sends_total",
         "counter",
-        "Tunnel sends the reader's socket could not take whole at once (the unsent rest was copied to a heap buffer so the receive buffer went back to the ring), and times a direction's receiving paused because 64 KiB queued behind a send the reader had not taken. Counts slow or stuck readers.",
+        "Tunnel sends the reader's socket could not take whole at once (the unsent rest was copied to a heap buffer so the receive buffer went back to the ring). Counts slow or stuck readers.",
         m.sum(|w| &w.spilled_sends),
+    );
+    single(
+        &mut out,
+        "wsplice_tunnel_sends_total",
+        "counter",
+        "Sends of relayed bytes by tunnels (splices not counted); wsplice_relayed_bytes_total over this is the mean bytes per send.",
+        m.sum(|w| &w.sends),
     );
 
     header(

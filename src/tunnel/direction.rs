@@ -11,7 +11,10 @@
 //! (IORING_RECV_MSHOT_LIM, Linux 6.17) and armed again only once everything it delivered
 //! is sent, so a reader slower than its writer makes the worker hold at most that much
 //! more than a one-shot receive would: a cancellation would come too late, after the kernel
-//! had read on for as long as the socket had bytes. `wss://` tunnels, and older kernels
+//! had read on for as long as the socket had bytes. A piece cut short by its ring buffer's
+//! end or by the cap while bytes still wait in the socket (IORING_CQE_F_SOCK_NONEMPTY) is
+//! queued until the rest comes, up to one heap buffer: bytes that arrived together leave in
+//! one send, not two (one TCP segment, and one wake of the reader, fewer). `wss://` tunnels, and older kernels
 //! (where the cap would be ignored), use one receive per read.
 
 use std::io;
@@ -191,7 +194,10 @@ impl<P> Engine<P> {
             }
         };
         let writes = match state {
-            State::SendingRing { .. } | State::SendingHeap { .. } => true,
+            State::SendingRing { .. } | State::SendingHeap { .. } => {
+                self.metrics.sends.add(1);
+                true
+            }
             State::Spliced { events } => events != libc::POLLIN,
             _ => false,
         };
@@ -357,6 +363,7 @@ impl<P> Engine<P> {
     fn streamed(&mut self, cqe: &cqueue::Entry, index: u32, d: usize) {
         let res = cqe.result();
         let flags = cqe.flags();
+        let buffer = self.spill.size;
         let tunnel = self.slab[index as usize]
             .as_mut()
             .expect("completion for a closed tunnel");
@@ -366,13 +373,18 @@ impl<P> Engine<P> {
             dir.recv = Recv::Off;
         }
         let buffers = self.buffers.as_mut().expect("a buffer ring");
+        // Bytes are still waiting in the socket: this piece was cut short (by its ring
+        // buffer's end or the receive's cap) and the rest follows, so it waits for the rest
+        // rather than go out in a send (and a TCP segment) of its own.
+        let cut = cqueue::sock_nonempty(flags);
+        let streaming = matches!(dir.state, State::Streaming);
         match cqueue::buffer_select(flags) {
             Some(id) if res > 0 => {
                 let len = res as u32;
                 let at = buffers.received(id, len, flags);
                 if aborted {
                     buffers.give_back(id);
-                } else if matches!(dir.state, State::Streaming) && dir.queue.is_empty() {
+                } else if streaming && dir.queue.is_empty() && !cut {
                     dir.state = State::Done;
                     self.received(index, d, len);
                     self.enter(
@@ -389,6 +401,13 @@ impl<P> Engine<P> {
                         .push(&mut self.spill, buffers.piece_mut(id, at, len));
                     buffers.give_back(id);
                     self.received(index, d, len);
+                    let dir = &mut self.tunnel(index).dirs[d];
+                    let wait = cut && dir.queue.partial(buffer);
+                    if streaming && dir.recv == Recv::Armed && !wait {
+                        // The rest is in (or a whole buffer waits): all of it goes in one send.
+                        dir.state = State::Done;
+                        self.go_on(index, d);
+                    }
                 }
             }
             // No bytes: as for a one-shot receive (see `complete`).
@@ -404,16 +423,25 @@ impl<P> Engine<P> {
         }
         if matches!(dir.state, State::Streaming) {
             dir.state = State::Done;
+            // Bytes held for the rest of a cut piece go out before anything the receive's
+            // end means: an end of stream or an empty ring is found again after them.
+            let held = !dir.queue.is_empty();
+            let wait = cut && dir.queue.partial(buffer);
             match res {
                 _ if aborted => {}
+                // The cap cut a piece: the next receive brings the rest to go with it.
+                r if r > 0 && wait => {
+                    self.enter(index, d, State::Streaming);
+                }
                 // Stopped: by this engine (splice next, a handoff) or the kernel.
                 r if r > 0 || r == -libc::ECANCELED => self.go_on(index, d),
-                e if e == -libc::ENOBUFS => self.enter(index, d, State::AwaitingReadable),
                 e if e == -libc::EINVAL && self.multishot => {
                     tracing::warn!("no multishot receives on this kernel ({e}); one per read");
                     self.multishot = false;
-                    self.read(index, d);
+                    self.go_on(index, d);
                 }
+                e if (e == 0 || e == -libc::ENOBUFS) && held => self.go_on(index, d),
+                e if e == -libc::ENOBUFS => self.enter(index, d, State::AwaitingReadable),
                 _ => self.read_ended(index, d, res),
             }
         } else if res < 0 && res != -libc::ECANCELED && res != -libc::ENOBUFS && !aborted {
@@ -560,3 +588,6 @@ fn cap_total(sqe: squeue::Entry, bytes: u32) -> squeue::Entry {
     const OPTLEN: usize = 44;
     with_field(sqe, OPTLEN, bytes)
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,4 +1,5 @@
-//! Bytes a direction's multishot receive delivered while its send was still in flight.
+//! Bytes a direction's multishot receive delivered while its send was still in flight, or
+//! a piece of a read cut short that waits for its rest.
 //!
 //! A multishot receive keeps delivering while the bytes before are being written on, and
 //! they must go out in order, after those. They are copied into heap buffers chained in
@@ -30,6 +31,11 @@ impl Queue {
 
     pub(super) fn is_empty(&self) -> bool {
         self.head == NONE
+    }
+
+    /// Holds bytes, less than one whole heap buffer (of `size` bytes) of them.
+    pub(super) fn partial(&self, size: usize) -> bool {
+        self.head != NONE && self.head == self.tail && (self.tail_len as usize) < size
     }
 
     /// Copies `data` in after what is queued.

@@ -10,8 +10,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use super::super::testing::{pair, wait_until};
 use super::super::{Report, Tunnels};
 use super::Detached;
 use crate::observe::metrics::WorkerMetrics;
@@ -85,23 +86,9 @@ struct Gate {
     halfway: AtomicUsize,
 }
 
-fn pair(listener: &TcpListener) -> (TcpStream, TcpStream) {
-    let outside = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let (inside, _) = listener.accept().unwrap();
-    (outside, inside)
-}
-
 fn engine() -> Rc<Tunnels<usize>> {
     let metrics = Arc::new(WorkerMetrics::default());
     Rc::new(Tunnels::new(0, metrics, 64, 16 * 1024, 16, 8, true).unwrap())
-}
-
-async fn wait_until(what: &str, done: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// `count` tunnels, each streaming `total` bytes both ways; `stall` tunnels' upstream starts
