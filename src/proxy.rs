@@ -151,7 +151,8 @@ pub async fn serve(
     mut slot: Slot,
     proxy_protocol: bool,
 ) {
-    let _ = client.set_nodelay(true);
+    // TCP_NODELAY came with the socket: accepted sockets inherit it from the listener
+    // (`server::listener`).
     // A TLS handshake reads into a buffer of its own: the request buffer comes after it, so
     // a connection costs one buffer whatever it sends first.
     let mut a = if proxy_protocol || !info.tls {

@@ -19,6 +19,8 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
+    // Accepted sockets inherit TCP_NODELAY from the listener, so clients need no
+    // setsockopt of their own.
     socket.set_tcp_nodelay(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
@@ -82,6 +84,10 @@ pub fn adopt_all(
         taken = rest;
         let count = mine.len();
         for (i, (_, listener)) in mine.into_iter().enumerate() {
+            // Set by whichever process bound it; set again, as clients inherit it.
+            socket2::SockRef::from(&listener)
+                .set_tcp_nodelay(true)
+                .map_err(|e| (addr, e))?;
             per_worker[i % workers].push((listener, bound));
         }
         for listeners in per_worker.iter_mut().skip(count) {
@@ -101,6 +107,17 @@ mod tests {
     fn addrs(per_worker: &[WorkerListeners]) -> Vec<Vec<SocketAddr>> {
         let of = |l: &WorkerListeners| l.iter().map(|(s, _)| s.local_addr().unwrap()).collect();
         per_worker.iter().map(of).collect()
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // a blocking connect and accept on loopback
+    fn clients_inherit_tcp_nodelay_from_the_listener() {
+        // The proxy sets no TCP option on a client socket: it relies on this.
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        listener.set_nonblocking(false).unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert!(accepted.nodelay().unwrap());
     }
 
     #[test]

@@ -53,12 +53,14 @@ pub async fn connect(
     addr: &UpstreamAddr,
     timeout: Option<Duration>,
 ) -> Result<Stream, ConnectError> {
+    // Non-blocking from the start (the tunnel's splices need it): no fcntl round trips.
     let socket =
-        Socket::new(addr.domain(), Type::STREAM, None).map_err(|e| match e.raw_os_error() {
-            Some(libc::EMFILE | libc::ENFILE) => ConnectError::NoDescriptor(e),
-            _ => ConnectError::Failed(e),
+        Socket::new(addr.domain(), Type::STREAM.nonblocking(), None).map_err(|e| {
+            match e.raw_os_error() {
+                Some(libc::EMFILE | libc::ENFILE) => ConnectError::NoDescriptor(e),
+                _ => ConnectError::Failed(e),
+            }
         })?;
-    socket.set_nonblocking(true)?;
     if addr.is_tcp() {
         socket.set_tcp_nodelay(true)?;
     }
