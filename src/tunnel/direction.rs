@@ -13,9 +13,9 @@
 //! more than a one-shot receive would: a cancellation would come too late, after the kernel
 //! had read on for as long as the socket had bytes. A piece cut short by its ring buffer's
 //! end or by the cap while bytes still wait in the socket (IORING_CQE_F_SOCK_NONEMPTY) is
-//! queued until the rest comes, up to one heap buffer: bytes that arrived together leave in
-//! one send, not two (one TCP segment, and one wake of the reader, fewer). `wss://` tunnels, and older kernels
-//! (where the cap would be ignored), use one receive per read.
+//! queued until the rest comes, up to one heap buffer: bytes that arrived together leave
+//! in one send, not two (a TCP segment and a wake of the reader fewer). `wss://` tunnels,
+//! and older kernels (where the cap would be ignored), use one receive per read.
 
 use std::io;
 use std::net::Shutdown;
@@ -373,9 +373,9 @@ impl<P> Engine<P> {
             dir.recv = Recv::Off;
         }
         let buffers = self.buffers.as_mut().expect("a buffer ring");
-        // Bytes are still waiting in the socket: this piece was cut short (by its ring
-        // buffer's end or the receive's cap) and the rest follows, so it waits for the rest
-        // rather than go out in a send (and a TCP segment) of its own.
+        // Bytes (or an end of stream) still wait in the socket: this piece was cut short
+        // (by its ring buffer's end or the receive's cap) and the rest follows at once, so
+        // it waits for the rest rather than go out in a send (and a TCP segment) of its own.
         let cut = cqueue::sock_nonempty(flags);
         let streaming = matches!(dir.state, State::Streaming);
         match cqueue::buffer_select(flags) {
