@@ -851,13 +851,16 @@ async fn handshakes(addr: SocketAddr, k: usize, shared: Arc<Shared>, done: Arc<A
 }
 
 /// Opens a tunnel, echoes a few KB through it, half-closes and reads to its end; what went
-/// wrong, if anything (within 10 s).
+/// wrong, if anything (within 10 s, naming the step it was stuck in and what had come back).
 async fn echo_once(addr: SocketAddr, seed: u64) -> Result<(), String> {
     let data = common::pseudo_random(1024 + (seed % 4096) as usize, seed + 1);
+    let step = std::sync::Mutex::new(("connect", 0usize));
+    let at = |name: &'static str, got: usize| *step.lock().unwrap() = (name, got);
     let exchange = async {
         let mut stream = TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
+        at("the 101", 0);
         let request = common::upgrade_request("/tunnel");
         stream
             .write_all(request.as_bytes())
@@ -875,6 +878,7 @@ async fn echo_once(addr: SocketAddr, seed: u64) -> Result<(), String> {
         if !head.starts_with(b"HTTP/1.1 101") {
             return Err(format!("not a 101: {:?}", text(&head)));
         }
+        at("sending", 0);
         stream
             .write_all(&data)
             .await
@@ -883,9 +887,25 @@ async fn echo_once(addr: SocketAddr, seed: u64) -> Result<(), String> {
             .shutdown()
             .await
             .map_err(|e| format!("half-close: {e}"))?;
+        at("the echo", 0);
         let mut back = Vec::new();
-        let read = stream.read_to_end(&mut back).await;
-        read.map_err(|e| format!("echo: {e} after {} of {} bytes", back.len(), data.len()))?;
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    back.extend_from_slice(&buf[..n]);
+                    at("the echo", back.len());
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "echo: {e} after {} of {} bytes",
+                        back.len(),
+                        data.len()
+                    ));
+                }
+            }
+        }
         if back != data {
             return Err(format!(
                 "echo of {} bytes differs ({} back)",
@@ -895,9 +915,14 @@ async fn echo_once(addr: SocketAddr, seed: u64) -> Result<(), String> {
         }
         Ok(())
     };
-    tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .map_err(|_| "no whole echo within 10 s".to_string())?
+    let result = tokio::time::timeout(Duration::from_secs(10), exchange).await;
+    result.map_err(|_| {
+        let (name, got) = *step.lock().unwrap();
+        format!(
+            "no whole echo within 10 s: stuck at {name} ({got} of {} bytes back)",
+            data.len()
+        )
+    })?
 }
 
 fn text(bytes: &[u8]) -> String {
