@@ -22,13 +22,13 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io;
 use std::net::Shutdown;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use io_uring::{IoUring, cqueue, squeue};
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -404,6 +404,11 @@ impl<P> Engine<P> {
                         tracing::warn!("tunnel file table update failed: {e}");
                     }
                     files::UPDATED => {}
+                    CLOSED if cqe.result() < 0 => {
+                        let e = io::Error::from_raw_os_error(-cqe.result());
+                        tracing::warn!("closing a tunnel socket failed: {e}");
+                    }
+                    CLOSED => {}
                     _ => self.complete(&cqe),
                 }
             }
@@ -503,8 +508,20 @@ impl<P> Engine<P> {
             upstream_to_client: tunnel.dirs[1].bytes,
             end,
         };
-        drop(tunnel.fds);
+        for fd in tunnel.fds {
+            self.close(fd);
+        }
         self.ended.push((tunnel.payload, report));
+    }
+}
+
+impl<P> Engine<P> {
+    /// Closes `fd` with the ring's next enter rather than a system call of its own (sockets
+    /// have no flush, so the kernel closes them inline), after the entries queued before,
+    /// the file-table update that lets go of its slot included.
+    fn close(&mut self, fd: OwnedFd) {
+        let sqe = opcode::Close::new(types::Fd(fd.into_raw_fd())).build();
+        self.push(sqe.user_data(CLOSED));
     }
 }
 
@@ -581,6 +598,8 @@ fn user_data(index: u32, d: usize) -> u64 {
 
 /// The bit of a multishot receive's `user_data`.
 const RECV: u64 = 2;
+/// The user data of a close (see `Engine::close`), which no direction waits for.
+const CLOSED: u64 = handoff::CANCEL | 2;
 
 fn parse_user_data(data: u64) -> (u32, usize) {
     ((data >> 2) as u32, (data & 1) as usize)
@@ -620,6 +639,7 @@ mod tests {
             assert_eq!(parse_user_data(user_data(index, d)), (index, d));
             assert_eq!(parse_user_data(user_data(index, d) | RECV), (index, d));
             assert_ne!(user_data(index, d) | RECV, handoff::CANCEL);
+            assert_ne!(user_data(index, d) | RECV, CLOSED);
         }
     }
 }

@@ -87,8 +87,9 @@ async fn random_chunks_both_ways(proxy: &Proxy) {
 }
 
 /// Each tunnel's sockets sit in its worker ring's file table while it is open, and leave
-/// it when it closes (a slot left filled would keep the socket alive without a descriptor).
-/// Read from the kernel's own view: `/proc/PID/fdinfo` of a ring lists its filled slots.
+/// it when it closes (a slot left filled would keep the socket alive without a descriptor),
+/// and its descriptors are closed (through the ring). Read from the kernel's own view:
+/// `/proc/PID/fdinfo` of a ring lists its filled slots, `/proc/PID/fd` the open sockets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tunnel_sockets_fill_registered_slots_and_leave_them_on_close() {
     let up = raw_upstream::start(|s, _, rest| raw_upstream::raw_echo(s, rest)).await;
@@ -96,6 +97,8 @@ async fn tunnel_sockets_fill_registered_slots_and_leave_them_on_close() {
         &TestConfig::default().workers(1),
         &upstreams("backend", &[up]),
     );
+    let pid = proxy.pid();
+    let before = open_sockets(pid);
     let mut streams = Vec::new();
     for _ in 0..5 {
         let mut stream = open_tunnel(&proxy).await;
@@ -104,7 +107,7 @@ async fn tunnel_sockets_fill_registered_slots_and_leave_them_on_close() {
         stream.read_exact(&mut got).await.unwrap();
         streams.push(stream);
     }
-    let pid = proxy.pid();
+    assert!(open_sockets(pid) >= before + 10, "two sockets per tunnel");
     assert_eq!(
         registered_sockets(pid),
         10,
@@ -123,6 +126,27 @@ async fn tunnel_sockets_fill_registered_slots_and_leave_them_on_close() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    while open_sockets(pid) != before {
+        assert!(
+            Instant::now() < deadline,
+            "{} sockets open after every tunnel closed, {before} before they opened",
+            open_sockets(pid)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Socket descriptors process `pid` has open.
+#[allow(clippy::disallowed_methods)] // small /proc reads on the test's own runtime
+fn open_sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter(|entry| {
+            std::fs::read_link(entry.path())
+                .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"))
+        })
+        .count()
 }
 
 /// Filled file-table slots of every io_uring ring of process `pid` that has such a table.
