@@ -513,9 +513,7 @@ impl<P> Engine<P> {
         }
         self.ended.push((tunnel.payload, report));
     }
-}
 
-impl<P> Engine<P> {
     /// Closes `fd` with the ring's next enter rather than a system call of its own (sockets
     /// have no flush, so the kernel closes them inline), after the entries queued before,
     /// the file-table update that lets go of its slot included.

@@ -136,16 +136,25 @@ async fn tunnel_sockets_fill_registered_slots_and_leave_them_on_close() {
     }
 }
 
-/// Socket descriptors process `pid` has open.
+/// Each open descriptor of process `pid` (its number) and what it points at.
 #[allow(clippy::disallowed_methods)] // small /proc reads on the test's own runtime
-fn open_sockets(pid: u32) -> usize {
+fn descriptors(pid: u32) -> Vec<(String, String)> {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .flatten()
-        .filter(|entry| {
-            std::fs::read_link(entry.path())
-                .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"))
+        .filter_map(|entry| {
+            let target = std::fs::read_link(entry.path()).ok()?;
+            let fd = entry.file_name().to_string_lossy().into_owned();
+            Some((fd, target.to_string_lossy().into_owned()))
         })
+        .collect()
+}
+
+/// Socket descriptors process `pid` has open.
+fn open_sockets(pid: u32) -> usize {
+    descriptors(pid)
+        .iter()
+        .filter(|(_, target)| target.starts_with("socket:"))
         .count()
 }
 
@@ -154,19 +163,11 @@ fn open_sockets(pid: u32) -> usize {
 fn registered_sockets(pid: u32) -> usize {
     let mut filled = 0;
     let mut tables = 0;
-    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .flatten()
-    {
-        let is_ring = std::fs::read_link(entry.path())
-            .is_ok_and(|target| target.to_string_lossy().contains("io_uring"));
-        if !is_ring {
+    for (fd, target) in descriptors(pid) {
+        if !target.contains("io_uring") {
             continue;
         }
-        let fd = entry.file_name();
-        let Ok(info) =
-            std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.to_string_lossy()))
-        else {
+        let Ok(info) = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")) else {
             continue;
         };
         let mut lines = info.lines().skip_while(|l| !l.starts_with("UserFiles:"));

@@ -37,7 +37,10 @@ impl Files {
     /// A sparse table for `max_connections` tunnels, as far as the open-files limit allows
     /// (the kernel refuses a bigger one); none if the kernel has no sparse tables (5.19).
     pub(super) fn register(ring: &IoUring, max_connections: usize) -> Files {
-        let slots = (2 * max_connections).min(MAX_SLOTS).min(nofile()) & !1;
+        // The soft open-files limit: a table may not be larger.
+        let nofile =
+            crate::os::fdlimit::current().map_or(0, |n| usize::try_from(n).unwrap_or(MAX_SLOTS));
+        let slots = (2 * max_connections).min(MAX_SLOTS).min(nofile) & !1;
         match ring.submitter().register_files_sparse(slots as u32) {
             Ok(()) => Files {
                 tunnels: (slots / 2) as u32,
@@ -84,22 +87,6 @@ pub(super) fn on_slot(sqe: squeue::Entry, slot: u32) -> squeue::Entry {
     /// `offsetof(struct io_uring_sqe, fd)`.
     const FD: usize = 4;
     with_field(sqe, FD, slot).flags(squeue::Flags::FIXED_FILE)
-}
-
-/// The soft open-files limit (a table may not be larger).
-fn nofile() -> usize {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one `rlimit`.
-    #[allow(unsafe_code)]
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
-    if ok {
-        usize::try_from(limit.rlim_cur).unwrap_or(MAX_SLOTS)
-    } else {
-        0
-    }
 }
 
 #[cfg(test)]
