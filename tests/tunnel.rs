@@ -465,6 +465,34 @@ async fn a_spliced_upload_leaves_slow_replies_flowing() {
     assert_eq!(spliced_directions(&proxy, 1).await, 1, "the upload only");
 }
 
+/// Each message that arrives whole leaves in one send each way, and
+/// `wsplice_tunnel_sends_total` counts them: 5 round trips of 100 bytes are 10 sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_leaves_in_one_send_each_way_and_sends_are_counted() {
+    let up = raw_upstream::start(|s, _, rest| raw_upstream::raw_echo(s, rest)).await;
+    let proxy = Proxy::start_raw(&observed("1h"), &upstreams("backend", &[up]));
+    let mut stream = open_tunnel(&proxy).await;
+    for round in 0..5u8 {
+        let message = [round; 100];
+        stream.write_all(&message).await.unwrap();
+        let mut back = [0u8; 100];
+        tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut back))
+            .await
+            .expect("the echo within 10 s")
+            .unwrap();
+        assert_eq!(back, message);
+    }
+    let key = "wsplice_tunnel_sends_total";
+    let sends = common::wait_metric(
+        proxy.admin_addr(),
+        key,
+        |v| v >= 10.0,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(sends, 10.0, "5 messages each way");
+}
+
 /// `wsplice_spliced_directions_total` from the proxy's admin endpoint.
 /// Polled until it reaches `want` (for up to 10 s): a direction switches once the proxy has
 /// read 256 KiB of it, which may be after the client's last write returned.
