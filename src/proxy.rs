@@ -1055,7 +1055,23 @@ fn failed_report(side: Side, source: std::io::Error) -> Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::observe::metrics::WorkerMetrics;
     use crate::tunnel::Tunnels;
+
+    /// Runs `work` as a worker runs its handshakes: on a thread whose ring's loop runs.
+    fn on_a_worker_ring(work: impl std::future::Future<Output = ()>) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&runtime, async {
+            let metrics = std::sync::Arc::new(WorkerMetrics::default());
+            let tunnels = Tunnels::<()>::new(0, metrics, 16, 4096, 4, 0, true).unwrap();
+            let ring = tokio::task::spawn_local(std::rc::Rc::new(tunnels).run(|_, _| {}, |_| {}));
+            work.await;
+            ring.abort();
+        });
+    }
 
     /// An idle tunnel's table entry, with this payload, stays small. (280: the slot also
     /// names its client's bucket of the per-client limits, 8 bytes with padding, and each
@@ -1072,7 +1088,7 @@ mod tests {
     /// allowed. Here the sender's buffer is fixed small.)
     #[test]
     fn a_write_the_peer_does_not_take_ends_at_its_deadline() {
-        tokio_uring::start(async {
+        on_a_worker_ring(async {
             let socket = || {
                 socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap()
             };

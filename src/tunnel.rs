@@ -1,5 +1,5 @@
-//! Every open tunnel of one worker, relayed by one task over a second io_uring ring of the
-//! worker's own. A tunnel is one slab entry (its two descriptors, where each direction
+//! Every open tunnel of one worker, relayed by one task over the worker's io_uring ring, whose
+//! loop also carries the handshake side's operations ([`crate::uring::op`]). A tunnel is one slab entry (its two descriptors, where each direction
 //! stands, its byte counts): no task, future or waker per tunnel, so an idle upgraded
 //! connection costs a few hundred bytes, and completions are handled in batches straight
 //! off the completion queue. Receives take kernel-selected buffers from a ring-mapped buffer
@@ -34,6 +34,7 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 use crate::observe::metrics::WorkerMetrics;
+use crate::uring::op;
 
 mod buffers;
 mod direction;
@@ -94,6 +95,9 @@ struct Engine<P> {
     detaching: bool,
     detached: Vec<Detached<P>>,
     cqes: Vec<cqueue::Entry>,
+    /// The handshake side's entries, on their way into the submission queue (see
+    /// [`crate::uring::op`]).
+    handshakes: Vec<squeue::Entry>,
     /// Entries the submission queue had no room for while the kernel refused to take any.
     backlog: VecDeque<squeue::Entry>,
     /// Pipes this worker may still open for spliced directions (their descriptors come out
@@ -186,6 +190,7 @@ impl<P> Tunnels<P> {
                 detaching: false,
                 detached: Vec::new(),
                 cqes: Vec::with_capacity(256),
+                handshakes: Vec::new(),
                 pipes_left: pipes,
                 metrics,
                 backlog: VecDeque::new(),
@@ -284,7 +289,7 @@ impl<P> Tunnels<P> {
     /// The relay loop: handles completions, hands each ended tunnel's payload and report to
     /// `on_end` and each tunnel detached for a handoff to `on_detach`, and sleeps in between
     /// until the kernel has work for it (the ring's eventfd, or the ring itself, polled by the
-    /// runtime's epoll as tokio-uring polls its own ring). Runs for the worker's life.
+    /// runtime's epoll) or the handshake side queued entries. Runs for the worker's life.
     pub async fn run(
         self: Rc<Self>,
         mut on_end: impl FnMut(P, Report),
@@ -320,6 +325,9 @@ impl<P> Tunnels<P> {
                 Turn::Drained => {
                     std::future::poll_fn(|cx| {
                         self.parked.set(Some(cx.waker().clone()));
+                        if op::park(cx.waker()) {
+                            return Poll::Ready(Ok(()));
+                        }
                         // Entries queued by `open` wait for the loop to submit them; a
                         // tunnel opened while detaching leaves without an operation. No
                         // completion would wake the loop for either.
@@ -375,6 +383,7 @@ impl<P> Engine<P> {
         let mut handled = 0;
         loop {
             self.refill_from_backlog();
+            self.take_handshakes();
             let drained = self.ring.completion().is_empty();
             if let Err(e) = self.work.enter(&mut self.ring, drained) {
                 tracing::error!("tunnel ring submit failed (retrying): {e}");
@@ -409,6 +418,7 @@ impl<P> Engine<P> {
                         tracing::warn!("closing a tunnel socket failed: {e}");
                     }
                     CLOSED => {}
+                    data if data & op::TAG != 0 => op::complete(&cqe),
                     _ => self.complete(&cqe),
                 }
             }
@@ -424,13 +434,23 @@ impl<P> Engine<P> {
     fn refill_from_backlog(&mut self) {
         while let Some(sqe) = self.backlog.front() {
             // SAFETY: every backlog entry was built by `enter`, whose state still holds what
-            // it points at (see `push_sqe`).
+            // it points at, or came through `op::submit` (see `push`).
             #[allow(unsafe_code)]
             if !unsafe { push_sqe(&mut self.ring, sqe) } {
                 return;
             }
             self.backlog.pop_front();
         }
+    }
+
+    /// Queues the entries the handshake side started since the last turn.
+    fn take_handshakes(&mut self) {
+        op::queued_into(&mut self.handshakes);
+        let mut entries = std::mem::take(&mut self.handshakes);
+        for sqe in entries.drain(..) {
+            self.push(sqe);
+        }
+        self.handshakes = entries;
     }
 
     /// Submits what is queued, outside the loop's turn (see `ring`).
@@ -445,6 +465,7 @@ impl<P> Engine<P> {
         // SAFETY: `enter` built the entry from the state it stored, which holds the buffer
         // (ring memory is never freed, a spill buffer stays lent to the state) until this
         // completion is handled; the descriptors stay open until both directions are `Done`.
+        // A handshake's entry keeps what it points at alive by `op::submit`'s contract.
         #[allow(unsafe_code)]
         if self.backlog.is_empty() && unsafe { push_sqe(&mut self.ring, &sqe) } {
             return;

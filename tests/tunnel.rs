@@ -136,6 +136,25 @@ async fn tunnel_sockets_fill_registered_slots_and_leave_them_on_close() {
     }
 }
 
+/// Handshakes run on the tunnels' ring: one io_uring instance per worker, not two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_worker_has_one_ring_for_handshakes_and_tunnels() {
+    let up = raw_upstream::start(|s, _, rest| raw_upstream::raw_echo(s, rest)).await;
+    let proxy = Proxy::start(
+        &TestConfig::default().workers(2),
+        &upstreams("backend", &[up]),
+    );
+    let mut stream = open_tunnel(&proxy).await;
+    stream.write_all(b"ping").await.unwrap();
+    let mut got = [0; 4];
+    stream.read_exact(&mut got).await.unwrap();
+    let rings: Vec<_> = descriptors(proxy.pid())
+        .into_iter()
+        .filter(|(_, target)| target.contains("io_uring"))
+        .collect();
+    assert_eq!(rings.len(), 2, "rings of 2 workers: {rings:?}");
+}
+
 /// Each open descriptor of process `pid` (its number) and what it points at.
 #[allow(clippy::disallowed_methods)] // small /proc reads on the test's own runtime
 fn descriptors(pid: u32) -> Vec<(String, String)> {

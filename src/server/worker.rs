@@ -1,5 +1,6 @@
-//! A worker: one thread pinned to one CPU, with its own io_uring runtime, its own listeners and
-//! its own buffer pool. Workers share only the upstream table (one arc-swap load per
+//! A worker: one thread pinned to one CPU, with its own io_uring ring (handshakes and tunnels
+//! share it, see [`crate::uring::op`]) under a single-threaded tokio runtime, its own
+//! listeners and its own buffer pool. Workers share only the upstream table (one arc-swap load per
 //! connection) and the connection count (one atomic add per accept); nothing per message.
 
 use std::io;
@@ -29,8 +30,6 @@ use crate::uring::stream;
 pub const RELAY_BUFFER: usize = 16 * 1024;
 /// Free buffers a worker keeps for reuse.
 const POOL_KEEP: usize = 64;
-/// io_uring submission queue size per worker.
-const RING_ENTRIES: u32 = 1024;
 /// Exit status when a running worker cannot go on (systemd restarts on it).
 pub const EXIT_WORKER_FAILED: i32 = 3;
 
@@ -52,16 +51,14 @@ pub fn spawn(
             {
                 warn!("worker {id}: cannot pin to CPU {cpu}: {e}");
             }
-            let runtime = match build_runtime() {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
-                    let _ = ready.send(Err(format!(
-                        "worker {id}: cannot create an io_uring instance: {e} (is io_uring disabled, e.g. by kernel.io_uring_disabled or a seccomp profile?)"
-                    )));
+                    let _ = ready.send(Err(format!("worker {id}: cannot start its runtime: {e}")));
                     return;
                 }
             };
-            runtime.block_on(async move {
+            tokio::task::LocalSet::new().block_on(&runtime, async move {
                 let buffer = RELAY_BUFFER.max(shared.config.limits.max_request_head);
                 // Enough for that many reads in flight to a writer at once; beyond it,
                 // tunnels borrow heap buffers.
@@ -74,7 +71,7 @@ pub fn spawn(
                     Ok(t) => Rc::new(t),
                     Err(e) => {
                         let _ = ready.send(Err(format!(
-                            "worker {id}: cannot create the tunnels' io_uring instance: {e}"
+                            "worker {id}: cannot create an io_uring instance: {e} (is io_uring disabled, e.g. by kernel.io_uring_disabled or a seccomp profile?)"
                         )));
                         return;
                     }
@@ -101,7 +98,7 @@ pub fn spawn(
                     },
                     move |tunnel| carry(&carrier, out.as_ref(), tunnel),
                 );
-                tokio_uring::spawn(async move {
+                tokio::task::spawn_local(async move {
                     let e = match fault::injected_error("tunnel-loop-error") {
                         Some(e) => e,
                         None => relay.await.err().unwrap_or_else(|| io::Error::other("it returned")),
@@ -112,38 +109,22 @@ pub fn spawn(
                     std::process::exit(EXIT_WORKER_FAILED);
                 });
                 if let Some(idle) = idle {
-                    tokio_uring::spawn(tunnels.sweep_idle(idle));
+                    tokio::task::spawn_local(tunnels.sweep_idle(idle));
                 }
                 let listeners: Vec<_> = listeners.into_iter().map(|(l, e)| (Rc::new(l), e)).collect();
                 for (listener, entry) in &listeners {
                     let running = Accepting::new(&ctx.shared);
-                    tokio_uring::spawn(accept_loop(ctx.clone(), listener.clone(), *entry, running));
+                    tokio::task::spawn_local(accept_loop(ctx.clone(), listener.clone(), *entry, running));
                 }
                 let sockets = listeners.into_iter().map(|(l, _)| l).collect();
-                tokio_uring::spawn(hand_over_on_stop(ctx.clone(), sockets));
+                tokio::task::spawn_local(hand_over_on_stop(ctx.clone(), sockets));
                 if let Some(adopt) = adopt {
-                    tokio_uring::spawn(resume(ctx.clone(), adopt));
+                    tokio::task::spawn_local(resume(ctx.clone(), adopt));
                 }
                 let _ = ready.send(Ok(()));
                 std::future::pending::<()>().await;
             });
         })
-}
-
-/// A ring with COOP_TASKRUN and SINGLE_ISSUER (fewer interrupts, no submit locking), or a plain
-/// one on kernels without them. DEFER_TASKRUN is left out: tokio-uring's driver hangs with it.
-fn build_runtime() -> io::Result<tokio_uring::Runtime> {
-    let tuned = tokio_uring::Runtime::new(
-        tokio_uring::builder().entries(RING_ENTRIES).uring_builder(
-            tokio_uring::uring_builder()
-                .setup_coop_taskrun()
-                .setup_single_issuer(),
-        ),
-    );
-    match tuned {
-        Ok(rt) => Ok(rt),
-        Err(_) => tokio_uring::Runtime::new(tokio_uring::builder().entries(RING_ENTRIES)),
-    }
 }
 
 /// A worker's part in a binary upgrade.
@@ -287,11 +268,11 @@ async fn accept_loop(
                     let ctx = ctx.clone();
                     let away =
                         proxy::turn_away(ctx, client, info, err, proxy::SHORT_LINGER, Some(slot));
-                    tokio_uring::spawn(away);
+                    tokio::task::spawn_local(away);
                     continue;
                 }
                 let serve = proxy::serve(ctx.clone(), client, info, slot, entry.proxy_protocol);
-                tokio_uring::spawn(serve);
+                tokio::task::spawn_local(serve);
             }
             Err(_) if ctx.shared.stopping.load(Ordering::SeqCst) => return,
             Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
@@ -312,7 +293,7 @@ async fn accept_loop(
                     let err = HandshakeError::OutOfFiles;
                     let linger = proxy::SHORT_LINGER;
                     let away = proxy::turn_away(ctx.clone(), client, info, err, linger, None);
-                    tokio_uring::spawn(away);
+                    tokio::task::spawn_local(away);
                 }
                 // The next free descriptor goes to the spare, not to an accept that would
                 // hand it to a client we could not serve; meanwhile clients wait in the backlog.

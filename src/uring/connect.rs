@@ -1,7 +1,7 @@
 //! Connecting to one upstream address with a timeout that really ends the attempt.
-//! tokio-uring's own connect cannot be aborted (a dropped connect keeps its socket until the
-//! kernel gives up, minutes later), so this submits IORING_OP_CONNECT on a socket we own and,
-//! on timeout, shuts the socket down, which aborts a SYN_SENT connect at once. A unix socket
+//! A connect that is merely dropped keeps its socket until the kernel gives up, minutes
+//! later, so this submits IORING_OP_CONNECT on a socket we own and, on timeout, shuts the
+//! socket down, which aborts a SYN_SENT connect at once. A unix socket
 //! server goes through the same op with a `sockaddr_un`: a missing path (ENOENT) or a refusal
 //! fails the attempt like a TCP refusal, so the group fails over the same way.
 
@@ -9,12 +9,12 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use io_uring::{cqueue, opcode, types};
+use io_uring::{opcode, types};
 use socket2::{SockAddr, Socket, Type};
-use tokio_uring::OneshotOutputTransform;
 
 use super::deadline::with_deadline;
-use super::stream::{self, Stream};
+use super::op;
+use super::stream::Stream;
 use crate::upstream::UpstreamAddr;
 
 /// Why one connect attempt failed.
@@ -29,22 +29,11 @@ pub enum ConnectError {
     Failed(#[from] io::Error),
 }
 
-/// Data the kernel uses until the completion arrives. tokio-uring keeps it alive until then,
-/// even if the future is dropped, so the address pointer and the fd stay valid.
+/// Data the kernel uses until the completion arrives, kept alive until then even if the
+/// future is dropped, so the address pointer and the fd stay valid.
 struct ConnectData {
     socket: Socket,
     _addr: Box<SockAddr>,
-}
-
-struct ConnectTransform;
-
-impl OneshotOutputTransform for ConnectTransform {
-    type Output = (io::Result<()>, Socket);
-    type StoredData = ConnectData;
-
-    fn transform_oneshot_output(self, data: ConnectData, cqe: cqueue::Entry) -> Self::Output {
-        (stream::result(&cqe).map(drop), data.socket)
-    }
 }
 
 /// Connects to `addr` (TCP with TCP_NODELAY set, or a unix socket), giving up after `timeout`
@@ -74,8 +63,8 @@ pub async fn connect(
     // SAFETY: the entry reads `addr`'s heap allocation and uses `fd`; both are the op's data
     // (see ConnectData), which outlives the kernel's use of them.
     #[allow(unsafe_code)]
-    let op = unsafe { stream::oneshot(data, ConnectTransform, sqe) }.submit();
-    let ((res, socket), timed_out) = with_deadline(timeout, op, || {
+    let op = unsafe { op::submit(data, sqe) };
+    let ((done, data), timed_out) = with_deadline(timeout, op, || {
         // Aborts a connect in SYN_SENT; the pending op then completes with an error.
         // SAFETY: `fd` is open: ConnectData owns the socket until the op completes, and the op
         // is still pending here. shutdown(2) touches no memory of ours.
@@ -85,9 +74,9 @@ pub async fn connect(
         }
     })
     .await;
-    match res {
+    match done.result() {
         _ if timed_out => Err(ConnectError::TimedOut),
-        Ok(()) => Ok(Stream::from_fd(socket.into())),
+        Ok(_) => Ok(Stream::from_fd(data.socket.into())),
         Err(e) => Err(ConnectError::Failed(e)),
     }
 }

@@ -1,22 +1,22 @@
-//! A TCP connection that owns a plain descriptor. tokio-uring's `TcpStream` keeps its fd to
-//! itself; this one gives it up ([`Stream::into_fd`]), so that after the handshake a
-//! connection can be handed to other code with its own ring. Operations go through
-//! tokio-uring's `UnsubmittedOneshot` escape hatch, always by way of `oneshot` (also for
-//! [`super::connect`]), with tokio-uring's own semantics: the buffer is the op's stable data,
-//! kept alive until the kernel is done with it even if the future is dropped.
+//! A TCP connection that owns a plain descriptor, which it gives up
+//! ([`Stream::into_fd`]) when the handshake is over and the connection becomes a tunnel.
+//! Operations are [`super::op`]'s, on the worker's ring, made by [`op::submit`] (as
+//! [`super::connect`]'s): the buffer is the operation's data, kept alive until the kernel is
+//! done with it even if the future is dropped. Buffers are tokio-uring's owned-buffer types
+//! (`BoundedBuf`), which say where the kernel may read and write.
 //!
 //! The descriptor is not: dropping a `Stream` closes it at once, so its pending operations
 //! must be awaited to the end first (as everything here does, see [`super::deadline`]).
 
 use std::io;
-use std::marker::PhantomData;
 use std::net::{Shutdown, SocketAddr, TcpListener};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-use io_uring::{cqueue, opcode, squeue, types};
+use io_uring::{opcode, types};
 use socket2::{SockAddr, SockAddrStorage, SockRef};
 use tokio_uring::buf::{BoundedBuf, BoundedBufMut};
-use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
+
+use super::op;
 
 /// A connected TCP socket.
 #[derive(Debug)]
@@ -44,8 +44,9 @@ impl Stream {
         // SAFETY: the entry writes at most `bytes_total()` bytes at `buf`'s stable pointer,
         // and `buf` is the op's data.
         #[allow(unsafe_code)]
-        let op = unsafe { oneshot(buf, WithBuf(PhantomData), sqe) };
-        let (res, mut buf) = op.submit().await;
+        let op = unsafe { op::submit(buf, sqe) };
+        let (done, mut buf) = op.await;
+        let res = done.result().map(|n| n as usize);
         if let Ok(n) = res {
             // SAFETY: the kernel wrote `n` bytes from `stable_mut_ptr()` on.
             #[allow(unsafe_code)]
@@ -72,9 +73,9 @@ impl Stream {
             // SAFETY: the entry reads `bytes_init()` bytes at `slice`'s stable pointer, and
             // `slice` is the op's data.
             #[allow(unsafe_code)]
-            let op = unsafe { oneshot(slice, WithBuf(PhantomData), sqe) };
-            let (res, done) = op.submit().await;
-            slice = match res {
+            let op = unsafe { op::submit(slice, sqe) };
+            let (res, done) = op.await;
+            slice = match res.result().map(|n| n as usize) {
                 Ok(0) => {
                     let err =
                         io::Error::new(io::ErrorKind::WriteZero, "failed to write whole buffer");
@@ -134,8 +135,20 @@ pub async fn accept(listener: &TcpListener) -> io::Result<(Stream, SocketAddr)> 
     // SAFETY: the entry writes the peer's address and its length into `peer`'s heap
     // allocation, and `peer` is the op's data.
     #[allow(unsafe_code)]
-    let op = unsafe { oneshot(peer, Accepted, sqe) };
-    op.submit().await
+    let op = unsafe { op::submit(peer, sqe) };
+    let (done, peer) = op.await;
+    let fd = done.result()?;
+    // SAFETY: a successful accept returns a new descriptor that nothing else owns.
+    #[allow(unsafe_code)]
+    let stream = Stream::from_fd(unsafe { OwnedFd::from_raw_fd(fd) });
+    let Peer { storage, len } = *peer;
+    // SAFETY: the kernel wrote a socket address of `len` bytes into `storage`.
+    #[allow(unsafe_code)]
+    let addr = unsafe { SockAddr::new(storage, len) };
+    let addr = addr
+        .as_socket()
+        .ok_or_else(|| io::Error::other("Could not get socket IP address"))?;
+    Ok((stream, addr))
 }
 
 /// Cancels what this worker's ring has pending on `listener` (its accept), leaving the
@@ -147,10 +160,10 @@ pub async fn cancel_accepts(listener: &TcpListener) -> io::Result<usize> {
     // SAFETY: the entry touches no memory; `listener` outlives the call, which waits for
     // the cancellation to complete.
     #[allow(unsafe_code)]
-    let op = unsafe { oneshot((), WithBuf(PhantomData), sqe) };
-    match op.submit().await.0 {
+    let op = unsafe { op::submit((), sqe) };
+    match op.await.0.result() {
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(0),
-        other => other,
+        other => other.map(|n| n as usize),
     }
 }
 
@@ -173,72 +186,8 @@ pub fn cancels_by_fd() -> bool {
         .is_some_and(|cqe| cqe.result() != -libc::EINVAL)
 }
 
-/// A tokio-uring operation from a raw entry: every raw entry for a worker's tokio-uring ring
-/// is made into an operation here.
-///
-/// # Safety
-/// The memory `sqe` reads or writes must lie inside `data`'s heap allocation or stable
-/// buffer (tokio-uring keeps `data`, unmoved, until the kernel completes the operation, even
-/// if its future is dropped), or otherwise outlive the operation; nothing else may touch the
-/// memory the kernel writes until then. Its descriptor must stay open until the operation
-/// completes (else the kernel may act on whatever file reuses the number).
-#[allow(unsafe_code)]
-pub(crate) unsafe fn oneshot<D, T>(
-    data: D,
-    transform: T,
-    sqe: squeue::Entry,
-) -> UnsubmittedOneshot<D, T>
-where
-    T: OneshotOutputTransform<StoredData = D>,
-{
-    UnsubmittedOneshot::new(data, transform, sqe)
-}
-
 /// Where the kernel writes an accepted peer's address; boxed, so it stays put.
 struct Peer {
     storage: SockAddrStorage,
     len: libc::socklen_t,
-}
-
-/// Maps a completion to the byte count, handing the buffer back either way.
-struct WithBuf<T>(PhantomData<T>);
-
-impl<T> OneshotOutputTransform for WithBuf<T> {
-    type Output = (io::Result<usize>, T);
-    type StoredData = T;
-
-    fn transform_oneshot_output(self, buf: T, cqe: cqueue::Entry) -> Self::Output {
-        (result(&cqe).map(|n| n as usize), buf)
-    }
-}
-
-struct Accepted;
-
-impl OneshotOutputTransform for Accepted {
-    type Output = io::Result<(Stream, SocketAddr)>;
-    type StoredData = Box<Peer>;
-
-    fn transform_oneshot_output(self, peer: Box<Peer>, cqe: cqueue::Entry) -> Self::Output {
-        let fd = result(&cqe)?;
-        // SAFETY: a successful accept returns a new descriptor that nothing else owns.
-        #[allow(unsafe_code)]
-        let stream = Stream::from_fd(unsafe { OwnedFd::from_raw_fd(fd) });
-        let Peer { storage, len } = *peer;
-        // SAFETY: the kernel wrote a socket address of `len` bytes into `storage`.
-        #[allow(unsafe_code)]
-        let addr = unsafe { SockAddr::new(storage, len) };
-        let addr = addr
-            .as_socket()
-            .ok_or_else(|| io::Error::other("Could not get socket IP address"))?;
-        Ok((stream, addr))
-    }
-}
-
-/// A completion's result: the count or descriptor, or the error the kernel reported.
-pub(crate) fn result(cqe: &cqueue::Entry) -> io::Result<i32> {
-    if cqe.result() >= 0 {
-        Ok(cqe.result())
-    } else {
-        Err(io::Error::from_raw_os_error(-cqe.result()))
-    }
 }
