@@ -624,11 +624,12 @@ async fn send_proxy_protocol_v2_passes_the_proxy_client_on() {
 }
 
 /// On a plain listener, a trusted proxy's `X-Forwarded-For` is walked from the right past
-/// trusted addresses, and extended with the proxy.
+/// trusted addresses, and extended with the proxy; its `X-Forwarded-Proto` (the scheme its
+/// client used, e.g. where it terminated TLS) goes up as it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x_forwarded_for_from_a_trusted_proxy_names_the_client() {
     let up = upstream("a", None).await;
-    let request = b"GET /headers HTTP/1.1\r\nHost: test\r\nX-Forwarded-For: 203.0.113.9, 127.0.0.5\r\nConnection: close\r\n\r\n";
+    let request = b"GET /headers HTTP/1.1\r\nHost: test\r\nX-Forwarded-For: 203.0.113.9, 127.0.0.5\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n";
 
     // 127.0.0.5 is trusted too: the client is the next address to its left.
     let top = "trusted_proxies = [\"127.0.0.0/8\"]";
@@ -636,7 +637,7 @@ async fn x_forwarded_for_from_a_trusted_proxy_names_the_client() {
     let text = exchange(proxy.addr, b"", request, true).await;
     assert!(
         text.contains(
-            "\r\nX-Forwarded-For: 203.0.113.9, 127.0.0.5, 127.0.0.1\r\nX-Real-IP: 203.0.113.9\r\n"
+            "\r\nX-Forwarded-For: 203.0.113.9, 127.0.0.5, 127.0.0.1\r\nX-Real-IP: 203.0.113.9\r\nX-Forwarded-Proto: https\r\n"
         ),
         "{text}"
     );
@@ -659,10 +660,13 @@ async fn x_forwarded_for_from_a_trusted_proxy_names_the_client() {
     let (proxy, _admin) = start(PLAIN, "", "", &group(&[up.addr], "")).await;
     let text = exchange(proxy.addr, b"", request, true).await;
     assert!(
-        text.contains("\r\nX-Forwarded-For: 127.0.0.1\r\nX-Real-IP: 127.0.0.1\r\n"),
+        text.contains(
+            "\r\nX-Forwarded-For: 127.0.0.1\r\nX-Real-IP: 127.0.0.1\r\nX-Forwarded-Proto: http\r\n"
+        ),
         "{text}"
     );
     assert!(!text.contains("203.0.113.9"), "{text}");
+    assert!(!text.contains("https"), "{text}");
 }
 
 /// Behind a trusted proxy, the per-client limits are the forwarded client's: a connection is

@@ -524,10 +524,35 @@ impl<'b> RequestHead<'_, 'b> {
             client.client.ip()
         };
         let _ = write!(out, "{}\r\nX-Real-IP: {}\r\n", last, client.client.ip());
-        let proto: &[u8] = if client.tls { b"https" } else { b"http" };
+        let own: &[u8] = if client.tls { b"https" } else { b"http" };
+        let proto = match self.forwarded_proto() {
+            Some(said) if client.forwarded_trusted => said,
+            _ => own,
+        };
         out.extend_from_slice(b"X-Forwarded-Proto: ");
         out.extend_from_slice(proto);
         out.extend_from_slice(b"\r\n\r\n");
+    }
+
+    /// The scheme an `X-Forwarded-Proto` says the client used: only from exactly one such
+    /// header whose value is `http` or `https` (any case); a list or anything else is
+    /// ambiguous, and wsplice's own scheme goes up instead.
+    fn forwarded_proto(&self) -> Option<&'static [u8]> {
+        let mut said = self
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-proto"));
+        let value = trim(said.next()?.value);
+        if said.next().is_some() {
+            return None;
+        }
+        if value.eq_ignore_ascii_case(b"https") {
+            Some(b"https")
+        } else if value.eq_ignore_ascii_case(b"http") {
+            Some(b"http")
+        } else {
+            None
+        }
     }
 
     /// Hop-by-hop headers, the ones `Connection` names, and the forwarding headers (the proxy

@@ -356,6 +356,44 @@ fn forwarding_headers_from_the_client_are_replaced() {
     assert!(text.ends_with("\r\nX-Real-IP: 203.0.113.7\r\nX-Forwarded-Proto: http\r\n\r\n"));
 }
 
+/// A trusted proxy (one that terminated TLS, say) tells the scheme its client used; from
+/// anyone else the header is a forgery. A list or an unknown scheme is not believed either.
+#[test]
+fn a_trusted_proxys_x_forwarded_proto_is_kept() {
+    let proto_sent = |head: &[u8], trusted: bool| {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let Parsed::Complete(req) = parse_request(head, &mut headers).unwrap() else {
+            panic!("incomplete");
+        };
+        let client = ClientInfo {
+            forwarded_trusted: trusted,
+            ..client()
+        };
+        let mut out = Vec::new();
+        req.write_upstream(&client, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text.to_ascii_lowercase()
+                .matches("x-forwarded-proto")
+                .count(),
+            1,
+            "{text}"
+        );
+        let at = text.find("X-Forwarded-Proto: ").expect(&text) + 19;
+        text[at..].split("\r\n").next().unwrap().to_string()
+    };
+    let https = b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto:  HTTPS \r\n\r\n";
+    assert_eq!(proto_sent(https, true), "https");
+    assert_eq!(proto_sent(https, false), "http");
+    for ambiguous in [
+        &b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: https, http\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: wss\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: https\r\nx-forwarded-proto: https\r\n\r\n",
+    ] {
+        assert_eq!(proto_sent(ambiguous, true), "http");
+    }
+}
+
 #[test]
 fn ipv6_peer_is_written_without_brackets_or_port() {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
