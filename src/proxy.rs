@@ -60,6 +60,9 @@ struct Request {
     table: Arc<UpstreamTable>,
     /// The client this request is from, as wsplice reports it (see [`ClientInfo::client`]).
     client: SocketAddr,
+    /// The client came over https (here, or to a trusted proxy that says so): a sticky
+    /// cookie gets `Secure`.
+    https: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -627,7 +630,7 @@ async fn proxy(
     // Cloned out (no allocation) so the table is not held for a long response.
     let set_cookie = group
         .balancer
-        .set_cookie(affinity, connected.index, info.tls);
+        .set_cookie(affinity, connected.index, request.https);
     let send_proxy_protocol = group.send_proxy_protocol;
     drop(table);
     let upstream = connected.stream;
@@ -875,7 +878,9 @@ fn route_request(
             .balancer
             .affinity(&head, &out[path], info.client.ip());
     head.write_fields(info, out);
+    let https = head.scheme(info) == b"https";
     Ok(Request {
+        https,
         affinity,
         table,
         head_len: head.len,

@@ -216,6 +216,42 @@ fn cookie_of(fields: &HashMap<String, String>) -> Option<String> {
     Some(id.to_string())
 }
 
+/// Behind a trusted proxy that says its client came over https, the sticky cookie is
+/// `Secure`, as on a TLS listener; anyone else saying so is not believed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sticky_cookie_is_secure_behind_a_trusted_proxy_that_says_https() {
+    let ups = echoes(1).await;
+    let servers = [ups[0].0];
+    let settings = "sticky_cookie = \"wsplice_srv\"";
+    let https = "X-Forwarded-Proto: https\r\n";
+    let attributes = |fields: &HashMap<String, String>| {
+        let line = fields
+            .get("set-cookie")
+            .expect("a new client gets the cookie");
+        line.split_once(';').unwrap().1.to_string()
+    };
+    let trusting = TestConfig::default().toml().replacen(
+        "workers =",
+        "trusted_proxies = [\"127.0.0.1\"]\nworkers =",
+        1,
+    );
+    let proxy = Proxy::start_raw(&trusting, &group(&servers, settings));
+    assert_eq!(
+        attributes(&get(&proxy, LOCAL, https).await),
+        " Path=/; HttpOnly; Secure"
+    );
+    assert_eq!(
+        attributes(&get(&proxy, LOCAL, "").await),
+        " Path=/; HttpOnly"
+    );
+    drop(proxy);
+    let proxy = Proxy::start_raw(&TestConfig::default().toml(), &group(&servers, settings));
+    assert_eq!(
+        attributes(&get(&proxy, LOCAL, https).await),
+        " Path=/; HttpOnly"
+    );
+}
+
 /// `sticky_cookie`: a new client gets a cookie naming its server, on a plain response and on
 /// a 101; with it, it goes back there (across a reload that keeps the server) and gets no new
 /// one; once its server is gone it is balanced and told its new server.

@@ -524,14 +524,20 @@ impl<'b> RequestHead<'_, 'b> {
             client.client.ip()
         };
         let _ = write!(out, "{}\r\nX-Real-IP: {}\r\n", last, client.client.ip());
-        let own: &[u8] = if client.tls { b"https" } else { b"http" };
-        let proto = match self.forwarded_proto() {
-            Some(said) if client.forwarded_trusted => said,
-            _ => own,
-        };
         out.extend_from_slice(b"X-Forwarded-Proto: ");
-        out.extend_from_slice(proto);
+        out.extend_from_slice(self.scheme(client));
         out.extend_from_slice(b"\r\n\r\n");
+    }
+
+    /// The scheme the client used, `http` or `https`, as `X-Forwarded-Proto` tells the
+    /// upstream: the one a trusted proxy says (see `forwarded_proto`), else whether the
+    /// connection to wsplice is TLS.
+    pub fn scheme(&self, client: &ClientInfo) -> &'static [u8] {
+        match self.forwarded_proto() {
+            Some(said) if client.forwarded_trusted => said,
+            _ if client.tls => b"https",
+            _ => b"http",
+        }
     }
 
     /// The scheme an `X-Forwarded-Proto` says the client used: only from exactly one such

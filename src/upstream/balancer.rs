@@ -206,7 +206,8 @@ impl Balancer {
 
     /// The `Set-Cookie` line to send when a request with `affinity` was served by server
     /// `index`: none without a sticky cookie, or when the request's cookie named that server.
-    /// `secure`: the client came over TLS (the cookie gets `Secure`).
+    /// `secure`: the client came over https, to wsplice or to a trusted proxy (the cookie
+    /// gets `Secure`).
     pub fn set_cookie(&self, affinity: &Affinity, index: usize, secure: bool) -> Option<Arc<[u8]>> {
         let sticky = self.sticky.as_ref()?;
         if affinity.cookie.and_then(|id| sticky.server(id)) == Some(index) {

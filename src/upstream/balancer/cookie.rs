@@ -64,7 +64,7 @@ impl Sticky {
     }
 
     /// The `Set-Cookie` line (CRLF included) naming server `index`.
-    /// Server `index`'s `Set-Cookie` line; `secure` for a client on a TLS listener.
+    /// Server `index`'s `Set-Cookie` line; `secure` for a client that came over https.
     pub fn line(&self, index: usize, secure: bool) -> &Arc<[u8]> {
         &self.lines[index][usize::from(secure)]
     }
