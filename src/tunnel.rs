@@ -1,7 +1,7 @@
 //! Every open tunnel of one worker, relayed by one task over the worker's io_uring ring, whose
-//! loop also carries the handshake side's operations ([`crate::uring::op`]). A tunnel is one slab entry (its two descriptors, where each direction
-//! stands, its byte counts): no task, future or waker per tunnel, so an idle upgraded
-//! connection costs a few hundred bytes, and completions are handled in batches straight
+//! loop also carries the handshake side's operations ([`crate::uring::op`]). A tunnel is one
+//! slab entry (its two descriptors, where each direction stands, its byte counts): no task,
+//! future or waker per tunnel, so an idle upgraded connection costs a few hundred bytes, and completions are handled in batches straight
 //! off the completion queue. Receives take kernel-selected buffers from a ring-mapped buffer
 //! ring (IORING_REGISTER_PBUF_RING): a waiting receive consumes no buffer, one is taken when
 //! bytes arrive and handed back with one store once they are written on, so an idle tunnel

@@ -1,7 +1,8 @@
 //! A worker: one thread pinned to one CPU, with its own io_uring ring (handshakes and tunnels
 //! share it, see [`crate::uring::op`]) under a single-threaded tokio runtime, its own
-//! listeners and its own buffer pool. Workers share only the upstream table (one arc-swap load per
-//! connection) and the connection count (one atomic add per accept); nothing per message.
+//! listeners and its own buffer pool. Workers share only the upstream table (one arc-swap
+//! load per connection) and the connection count (one atomic add per accept); nothing per
+//! message.
 
 use std::io;
 use std::net::TcpListener;

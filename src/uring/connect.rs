@@ -1,9 +1,9 @@
 //! Connecting to one upstream address with a timeout that really ends the attempt.
 //! A connect that is merely dropped keeps its socket until the kernel gives up, minutes
 //! later, so this submits IORING_OP_CONNECT on a socket we own and, on timeout, shuts the
-//! socket down, which aborts a SYN_SENT connect at once. A unix socket
-//! server goes through the same op with a `sockaddr_un`: a missing path (ENOENT) or a refusal
-//! fails the attempt like a TCP refusal, so the group fails over the same way.
+//! socket down, which aborts a SYN_SENT connect at once. A unix socket server goes through
+//! the same op with a `sockaddr_un`: a missing path (ENOENT) or a refusal fails the attempt
+//! like a TCP refusal, so the group fails over the same way.
 
 use std::io;
 use std::os::fd::AsRawFd;

@@ -44,6 +44,11 @@ impl Completion {
             Err(io::Error::from_raw_os_error(-self.result))
         }
     }
+
+    /// The result as a count (bytes moved, operations cancelled).
+    pub fn count(self) -> io::Result<usize> {
+        self.result().map(|n| n as usize)
+    }
 }
 
 enum Slot {
@@ -226,13 +231,7 @@ pub fn park(waker: &Waker) -> bool {
 /// Operations started on this thread and not yet completed (for tests).
 #[cfg(test)]
 pub fn in_flight() -> usize {
-    TABLE.with_borrow(|table| {
-        table
-            .slots
-            .iter()
-            .filter(|s| matches!(s, Slot::Waiting(_) | Slot::Done(_) | Slot::Abandoned(_)))
-            .count()
-    })
+    TABLE.with_borrow(|table| table.slots.len() - table.free.len())
 }
 
 #[cfg(test)]

@@ -46,7 +46,7 @@ impl Stream {
         #[allow(unsafe_code)]
         let op = unsafe { op::submit(buf, sqe) };
         let (done, mut buf) = op.await;
-        let res = done.result().map(|n| n as usize);
+        let res = done.count();
         if let Ok(n) = res {
             // SAFETY: the kernel wrote `n` bytes from `stable_mut_ptr()` on.
             #[allow(unsafe_code)]
@@ -74,15 +74,15 @@ impl Stream {
             // `slice` is the op's data.
             #[allow(unsafe_code)]
             let op = unsafe { op::submit(slice, sqe) };
-            let (res, done) = op.await;
-            slice = match res.result().map(|n| n as usize) {
+            let (done, sent) = op.await;
+            slice = match done.count() {
                 Ok(0) => {
                     let err =
                         io::Error::new(io::ErrorKind::WriteZero, "failed to write whole buffer");
-                    return (Err(err), T::from_buf_bounds(done.into_inner(), bounds));
+                    return (Err(err), T::from_buf_bounds(sent.into_inner(), bounds));
                 }
-                Ok(n) => done.slice(n..),
-                Err(e) => return (Err(e), T::from_buf_bounds(done.into_inner(), bounds)),
+                Ok(n) => sent.slice(n..),
+                Err(e) => return (Err(e), T::from_buf_bounds(sent.into_inner(), bounds)),
             };
         }
         (Ok(()), T::from_buf_bounds(slice.into_inner(), bounds))
@@ -161,9 +161,9 @@ pub async fn cancel_accepts(listener: &TcpListener) -> io::Result<usize> {
     // the cancellation to complete.
     #[allow(unsafe_code)]
     let op = unsafe { op::submit((), sqe) };
-    match op.await.0.result() {
+    match op.await.0.count() {
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(0),
-        other => other.map(|n| n as usize),
+        other => other,
     }
 }
 
