@@ -261,7 +261,7 @@ impl<P> Engine<P> {
                         if aborted {
                             buffers.give_back(id);
                         } else {
-                            self.received(index, d, len);
+                            self.received(index, d, len, cqueue::sock_nonempty(cqe.flags()));
                             match (self.is_tls(index), d) {
                                 (true, 0) => self.opened_ring(index, id, at, len),
                                 (true, _) => self.seal_ring(index, id, at, len),
@@ -297,7 +297,7 @@ impl<P> Engine<P> {
             }
             State::ReceivingHeap { spill, at } => {
                 if res > 0 && !aborted {
-                    self.received(index, d, res as u32);
+                    self.received(index, d, res as u32, cqueue::sock_nonempty(cqe.flags()));
                     let len = res as u32;
                     match (self.is_tls(index), d) {
                         (true, 0) => self.opened_heap(index, spill, at + len),
@@ -386,7 +386,7 @@ impl<P> Engine<P> {
                     buffers.give_back(id);
                 } else if streaming && dir.queue.is_empty() && !cut {
                     dir.state = State::Done;
-                    self.received(index, d, len);
+                    self.received(index, d, len, cut);
                     self.enter(
                         index,
                         d,
@@ -400,7 +400,7 @@ impl<P> Engine<P> {
                     dir.queue
                         .push(&mut self.spill, buffers.piece_mut(id, at, len));
                     buffers.give_back(id);
-                    self.received(index, d, len);
+                    self.received(index, d, len, cut);
                     let dir = &mut self.tunnel(index).dirs[d];
                     let wait = cut && dir.queue.partial(buffer);
                     if streaming && dir.recv == Recv::Armed && !wait {
@@ -490,13 +490,16 @@ impl<P> Engine<P> {
         }
     }
 
-    /// Counts `n` bytes read by direction `d`.
-    fn received(&mut self, index: u32, d: usize, n: u32) {
+    /// Counts `n` bytes read by direction `d`. `cut`: bytes were still waiting in the socket
+    /// (IORING_CQE_F_SOCK_NONEMPTY), so the read was as short as its buffer (the end of an
+    /// incrementally consumed ring buffer, say), not as the stream's flow: it keeps a bulk
+    /// streak going however few bytes it took.
+    fn received(&mut self, index: u32, d: usize, n: u32, cut: bool) {
         self.metrics.bytes[d].add(u64::from(n));
         let tunnel = self.tunnel(index);
         tunnel.active = true;
         let dir = &mut tunnel.dirs[d];
-        dir.streak = if n >= BULK_READ {
+        dir.streak = if n >= BULK_READ || cut {
             dir.streak.saturating_add(n)
         } else {
             0
