@@ -211,6 +211,7 @@ fn bench_client_limits(c: &mut Criterion) {
         max_connections: 9000,
         receive_buffers: 256,
         multishot_receive: false,
+        defer_taskrun: None,
         max_connections_per_ip: 100,
         handshake_rate_per_ip: Some(wsplice::config::Rate {
             requests: 1_000_000,

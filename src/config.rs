@@ -137,6 +137,7 @@ struct RawLimits {
     max_connections: Option<Spanned<i64>>,
     receive_buffers: Option<Spanned<i64>>,
     multishot_receive: Option<bool>,
+    defer_taskrun: Option<bool>,
     max_connections_per_ip: Option<Spanned<i64>>,
     handshake_rate_per_ip: Option<Spanned<String>>,
 }
@@ -178,6 +179,10 @@ pub struct Limits {
     /// Plain tunnels receive with capped multishot receives (Linux 6.17+; on by default):
     /// less CPU per message than one receive per read (README, Benchmarks).
     pub multishot_receive: bool,
+    /// The tunnels' rings defer the kernel's completion work to the loop
+    /// (`IORING_SETUP_DEFER_TASKRUN`). Unset: where the kernel signals that work promptly,
+    /// checked at start by each worker (README, How it works).
+    pub defer_taskrun: Option<bool>,
     /// Open connections one client address (an IPv6 /64) may hold; 0: no limit (nginx's
     /// `limit_conn`).
     pub max_connections_per_ip: usize,
@@ -544,6 +549,7 @@ impl Config {
             )
             .map_err(|(offset, msg)| err(offset, msg))? as u16,
             multishot_receive: raw.limits.multishot_receive.unwrap_or(true),
+            defer_taskrun: raw.limits.defer_taskrun,
             max_connections_per_ip: parse_limit(
                 "limits.max_connections_per_ip",
                 &raw.limits.max_connections_per_ip,

@@ -1071,7 +1071,19 @@ mod tests {
             .unwrap();
         tokio::task::LocalSet::new().block_on(&runtime, async {
             let metrics = std::sync::Arc::new(WorkerMetrics::default());
-            let tunnels = Tunnels::<()>::new(0, metrics, 16, 4096, 4, 0, true).unwrap();
+            let tunnels = Tunnels::<()>::new(
+                0,
+                metrics,
+                16,
+                4096,
+                4,
+                0,
+                crate::tunnel::Receive {
+                    multishot: true,
+                    defer: None,
+                },
+            )
+            .unwrap();
             let ring = tokio::task::spawn_local(std::rc::Rc::new(tunnels).run(|_, _| {}, |_| {}));
             work.await;
             ring.abort();

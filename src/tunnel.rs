@@ -69,6 +69,17 @@ const TURN_BUDGET: usize = 1024;
 /// How long the loop waits before retrying a submission the kernel refused.
 const SUBMIT_RETRY: Duration = Duration::from_millis(1);
 
+/// How a worker's tunnels receive.
+#[derive(Debug, Clone, Copy)]
+pub struct Receive {
+    /// Capped multishot receives (`limits.multishot_receive`), where the kernel has them
+    /// and the ring defers its completion work.
+    pub multishot: bool,
+    /// `limits.defer_taskrun`: None defers where the kernel signals deferred work promptly
+    /// (see `ring`).
+    pub defer: Option<bool>,
+}
+
 /// The tunnels of one worker. `P` is what the owner wants back when a tunnel ends.
 pub struct Tunnels<P> {
     engine: RefCell<Engine<P>>,
@@ -144,14 +155,14 @@ impl<P> Tunnels<P> {
         size: u32,
         count: u16,
         pipes: usize,
-        multishot: bool,
+        receive: Receive,
     ) -> io::Result<Self> {
         // Each direction: its multishot receive, and a send.
         let in_flight = 4 * max_connections;
         let cq = u32::try_from(in_flight.next_power_of_two())
             .unwrap_or(CQ_MAX)
             .clamp(CQ_MIN, CQ_MAX);
-        let (ring, work) = ring::build(cq, true)?;
+        let (ring, work) = ring::build(cq, receive.defer)?;
         let files = files::Files::register(&ring, max_connections);
         let buffers = match BufferRing::register(&ring, size, count) {
             Ok(b) => Some(b),
@@ -165,7 +176,11 @@ impl<P> Tunnels<P> {
         Ok(Tunnels {
             engine: RefCell::new(Engine {
                 ring,
-                multishot: multishot
+                // Multishot receives need the loop to say when the kernel may post more
+                // (see `ring`): inline work would queue one completion per message behind
+                // a loop that fell behind.
+                multishot: receive.multishot
+                    && matches!(work, ring::KernelWork::Deferred(_))
                     && crate::os::kernel::at_least(
                         direction::MULTISHOT_KERNEL.0,
                         direction::MULTISHOT_KERNEL.1,
@@ -274,6 +289,12 @@ impl<P> Tunnels<P> {
     /// Whether plain tunnels receive with multishot receives (asked for, Linux 6.17+).
     pub fn multishot(&self) -> bool {
         self.engine.borrow().multishot
+    }
+
+    /// Whether the kernel runs the ring's completion work only when the loop asks (see
+    /// `ring`).
+    pub fn deferred(&self) -> bool {
+        matches!(self.engine.borrow().work, ring::KernelWork::Deferred(_))
     }
 
     /// Tunnels open now.

@@ -36,18 +36,11 @@ async fn random_bytes_in_random_chunks_arrive_intact_both_ways() {
 /// ring.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multishot_receives_relay_bytes_intact_both_ways() {
-    let up = raw_upstream::start(|s, _, rest| raw_upstream::raw_echo(s, rest)).await;
-    let proxy = Proxy::start(&TestConfig::default(), &upstreams("backend", &[up]));
-    assert!(
-        proxy
-            .wait_log(
-                "receive with capped multishot receives",
-                Duration::from_secs(10)
-            )
-            .await,
-        "multishot receives are not on (this test needs Linux 6.17+)"
-    );
-    random_chunks_both_ways(&proxy).await;
+    relay_intact_after_saying(
+        &TestConfig::default().multishot().toml(),
+        "receive with capped multishot receives",
+    )
+    .await;
 }
 
 /// The same with one receive per read (`limits.multishot_receive = false`, older kernels,
@@ -63,6 +56,33 @@ async fn one_receive_per_read_relays_bytes_intact_both_ways() {
         "multishot receives were on:\n{}",
         proxy.log()
     );
+}
+
+/// `limits.defer_taskrun = false` (what a worker picks where the kernel signals deferred
+/// completion work late): the kernel runs that work inline, so tunnels receive once per
+/// read whatever `multishot_receive` says, the log says why, and bytes arrive intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inline_ring_receives_once_per_read_and_says_why() {
+    let config = TestConfig::default()
+        .toml()
+        .replace("[limits]\n", "[limits]\ndefer_taskrun = false\n");
+    relay_intact_after_saying(
+        &config,
+        "once per read (capped multishot receives need a ring whose completion work waits for the loop",
+    )
+    .await;
+}
+
+/// A proxy on `config` that logs `said` as it starts relays bytes intact both ways.
+async fn relay_intact_after_saying(config: &str, said: &str) {
+    let up = raw_upstream::start(|s, _, rest| raw_upstream::raw_echo(s, rest)).await;
+    let proxy = Proxy::start_raw(config, &upstreams("backend", &[up]));
+    assert!(
+        proxy.wait_log(said, Duration::from_secs(10)).await,
+        "the proxy never said {said:?} (multishot receives need Linux 6.17+):\n{}",
+        proxy.log()
+    );
+    random_chunks_both_ways(&proxy).await;
 }
 
 /// Four tunnels at once, each echoing 1 MiB written in random chunks, then half-closed.

@@ -76,6 +76,7 @@ fn minimal_config_gets_defaults() {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             receive_buffers: DEFAULT_RECEIVE_BUFFERS as u16,
             multishot_receive: true,
+            defer_taskrun: None,
             max_connections_per_ip: 0,
             handshake_rate_per_ip: None,
         }
@@ -114,6 +115,7 @@ max_request_head = 4096
 max_connections = 100
 max_connections_per_ip = 8
 handshake_rate_per_ip = "20/s"
+defer_taskrun = false
 
 [[route]]
 path = "/"
@@ -154,6 +156,7 @@ upstream = "backend"
             max_connections: 100,
             receive_buffers: DEFAULT_RECEIVE_BUFFERS as u16,
             multishot_receive: true,
+            defer_taskrun: Some(false),
             max_connections_per_ip: 8,
             handshake_rate_per_ip: Some(Rate {
                 requests: 20,
@@ -166,7 +169,7 @@ upstream = "backend"
         .iter()
         .map(|r| (r.path.as_str(), r.upstream.as_str(), r.line))
         .collect();
-    assert_eq!(routes, [("/websocket", "backend", 24), ("/", "web", 20)]);
+    assert_eq!(routes, [("/websocket", "backend", 25), ("/", "web", 21)]);
 }
 
 #[test]

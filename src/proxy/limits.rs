@@ -206,6 +206,7 @@ mod tests {
             max_connections: 9000,
             receive_buffers: 256,
             multishot_receive: false,
+            defer_taskrun: None,
             max_connections_per_ip: per_ip,
             handshake_rate_per_ip: rate.map(|requests| Rate {
                 requests,

@@ -23,7 +23,7 @@ use crate::http::{ClientInfo, HandshakeError};
 use crate::observe::metrics::Limit;
 use crate::os::{cpus, fdlimit, spare_fd::SpareFd};
 use crate::proxy::{self, Shared, Slot, TunnelEnd, WorkerContext};
-use crate::tunnel::{Detached, Tunnels};
+use crate::tunnel::{Detached, Receive, Tunnels};
 use crate::uring::buffers::BufferPool;
 use crate::uring::stream;
 
@@ -68,7 +68,8 @@ pub fn spawn(
                 let metrics = shared.metrics.workers[id].clone();
                 let max = shared.config.limits.max_connections;
                 let multishot = shared.config.limits.multishot_receive;
-                let tunnels = match Tunnels::new(id, metrics, max, RELAY_BUFFER as u32, count, pipes, multishot) {
+                let receive = Receive { multishot, defer: shared.config.limits.defer_taskrun };
+                let tunnels = match Tunnels::new(id, metrics, max, RELAY_BUFFER as u32, count, pipes, receive) {
                     Ok(t) => Rc::new(t),
                     Err(e) => {
                         let _ = ready.send(Err(format!(
@@ -79,6 +80,8 @@ pub fn spawn(
                 };
                 if tunnels.multishot() {
                     info!("worker {id}: tunnels receive with capped multishot receives");
+                } else if multishot && !tunnels.deferred() {
+                    info!("worker {id}: tunnels receive once per read (capped multishot receives need a ring whose completion work waits for the loop: `limits.defer_taskrun`)");
                 } else if multishot {
                     info!("worker {id}: tunnels receive once per read (capped multishot receives need Linux 6.17+)");
                 }

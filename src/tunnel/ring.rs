@@ -15,6 +15,12 @@
 //! registered with it (and it does so for posted completions too), so that is what the
 //! runtime's epoll watches. The eventfd is never read: epoll reports every signal as a new
 //! edge, and its count only grows.
+//!
+//! Some kernels signal that eventfd late: work queued from the network stack has its signal
+//! punted to an RCU callback, which runs a grace period later (Linux 6.18.44 here: 4-16 ms
+//! per wake, and relayed messages fell to 1-10% of nginx's rate, handshakes to 15%). So the
+//! deferred ring is kept only where a byte sent over loopback signals the eventfd before
+//! its `send` returns ([`signals_promptly`]); elsewhere the kernel runs the work inline.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -36,25 +42,30 @@ pub(super) enum KernelWork {
     Inline { flagged: bool },
 }
 
-/// A ring with DEFER_TASKRUN, SINGLE_ISSUER and TASKRUN_FLAG and an eventfd (where `defer`);
-/// else one with COOP_TASKRUN instead (no interrupt to run completion work: it runs when the
+/// A ring with DEFER_TASKRUN, SINGLE_ISSUER and TASKRUN_FLAG and an eventfd (where `defer`
+/// is true, or None and the kernel signals that eventfd promptly); else one with COOP_TASKRUN instead (no interrupt to run completion work: it runs when the
 /// thread next enters the kernel); else a plain one. Must be built on the thread that runs
 /// the loop.
-pub(super) fn build(cq_entries: u32, defer: bool) -> io::Result<(IoUring, KernelWork)> {
-    if defer
-        && let Ok(ring) = IoUring::builder()
-            .setup_cqsize(cq_entries)
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .setup_taskrun_flag()
-            .build(SQ_ENTRIES)
-        && let Ok(eventfd) = eventfd()
-        && ring
-            .submitter()
-            .register_eventfd(eventfd.as_raw_fd())
-            .is_ok()
+pub(super) fn build(cq_entries: u32, defer: Option<bool>) -> io::Result<(IoUring, KernelWork)> {
+    if defer != Some(false)
+        && let Some((mut ring, eventfd)) = deferred(cq_entries)
     {
-        return Ok((ring, KernelWork::Deferred(eventfd)));
+        if defer == Some(true) {
+            return Ok((ring, KernelWork::Deferred(eventfd)));
+        }
+        match signals_promptly(&mut ring, &eventfd) {
+            Ok(true) => return Ok((ring, KernelWork::Deferred(eventfd))),
+            Ok(false) => LATE_SIGNAL.call_once(|| {
+                tracing::warn!(
+                    "this kernel signals io_uring's eventfd late for deferred completion work (a loopback byte's signal came after its send returned, {PROBES} times in a row), so the tunnels' rings run that work inline (COOP_TASKRUN) and receive once per read: a loop asleep on that signal would wait a grace period per wake (`limits.defer_taskrun = true` defers it anyway)"
+                );
+            }),
+            Err(e) => LATE_SIGNAL.call_once(|| {
+                tracing::warn!(
+                    "could not check how this kernel signals io_uring's eventfd ({e}); the tunnels' rings run completion work inline (COOP_TASKRUN)"
+                );
+            }),
+        }
     }
     IoUring::builder()
         .setup_cqsize(cq_entries)
@@ -69,6 +80,23 @@ pub(super) fn build(cq_entries: u32, defer: bool) -> io::Result<(IoUring, Kernel
                 .build(SQ_ENTRIES)
                 .map(|ring| (ring, KernelWork::Inline { flagged: false }))
         })
+}
+
+/// A ring with DEFER_TASKRUN, SINGLE_ISSUER and TASKRUN_FLAG, and the eventfd registered
+/// with it; None where the kernel has no DEFER_TASKRUN (before 6.1).
+fn deferred(cq_entries: u32) -> Option<(IoUring, OwnedFd)> {
+    let ring = IoUring::builder()
+        .setup_cqsize(cq_entries)
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_taskrun_flag()
+        .build(SQ_ENTRIES)
+        .ok()?;
+    let eventfd = eventfd().ok()?;
+    ring.submitter()
+        .register_eventfd(eventfd.as_raw_fd())
+        .ok()?;
+    Some((ring, eventfd))
 }
 
 impl KernelWork {
@@ -120,6 +148,78 @@ impl KernelWork {
     }
 }
 
+/// How many loopback bytes [`signals_promptly`] sends before it calls the signal late: one
+/// prompt signal is proof enough, and a late one can be bad luck (the stack's receive work
+/// handed to ksoftirqd), never the norm.
+const PROBES: usize = 3;
+/// The probe's poll; the probe reaps it before the ring carries anything else.
+const PROBE: u64 = u64::MAX;
+static LATE_SIGNAL: std::sync::Once = std::sync::Once::new();
+
+/// Whether the kernel signals `eventfd` for deferred work before the system call that made
+/// the work returns: a poll on one end of a loopback TCP connection is armed on `ring`, this
+/// thread sends a byte from the other end (the stack delivers it, and queues the poll's
+/// work, inside that `send`), and the eventfd must be readable right after. Leaves the ring
+/// as it found it.
+fn signals_promptly(ring: &mut IoUring, eventfd: &OwnedFd) -> io::Result<bool> {
+    use std::io::{Read, Write};
+    use std::net::{Ipv4Addr, TcpListener, TcpStream};
+
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    let mut client = TcpStream::connect(listener.local_addr()?)?;
+    let (mut server, _) = listener.accept()?;
+    for _ in 0..PROBES {
+        let poll = io_uring::opcode::PollAdd::new(
+            io_uring::types::Fd(server.as_raw_fd()),
+            libc::POLLIN as u32,
+        )
+        .build()
+        .user_data(PROBE);
+        // SAFETY: the poll points at no memory; the socket outlives it, as the poll
+        // completes (below) before this function returns.
+        #[allow(unsafe_code)]
+        unsafe {
+            ring.submission()
+                .push(&poll)
+                .map_err(|_| io::Error::other("a new ring's submission queue is full"))?;
+        }
+        ring.submit()?;
+        while readable_within(eventfd.as_raw_fd(), 0) {
+            let mut n = [0u8; 8];
+            // SAFETY: reads the 8-byte count into `n`.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::read(eventfd.as_raw_fd(), n.as_mut_ptr().cast(), 8);
+            }
+        }
+        client.write_all(b"x")?;
+        let prompt = readable_within(eventfd.as_raw_fd(), 0);
+        ring.submit_and_wait(1)?;
+        let reaped = ring.completion().any(|cqe| cqe.user_data() == PROBE);
+        if !reaped {
+            return Err(io::Error::other("the probe's poll did not complete"));
+        }
+        server.read_exact(&mut [0u8; 1])?;
+        if prompt {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Whether `fd` is readable within `ms` milliseconds (0: at this instant).
+fn readable_within(fd: RawFd, ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    #[allow(unsafe_code)]
+    let n = unsafe { libc::poll(&mut p, 1, ms) };
+    n == 1
+}
+
 fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: plain system call; a descriptor it returns is ours alone.
     #[allow(unsafe_code)]
@@ -166,25 +266,14 @@ mod tests {
         assert_eq!(n, 1);
     }
 
-    fn readable(fd: RawFd) -> bool {
-        let mut p = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        #[allow(unsafe_code)]
-        let n = unsafe { libc::poll(&mut p, 1, 2000) };
-        n == 1
-    }
-
     /// What the loop relies on: deferred work waits for an enter of a drained loop, flags
     /// itself in the submission queue and signals the eventfd, which the loop polls.
     #[test]
     fn deferred_work_runs_only_when_the_loop_asks_and_signals_the_eventfd() {
-        let (mut ring, work) = build(4096, true).unwrap();
+        let (mut ring, eventfd) = deferred(4096).expect("no DEFER_TASKRUN here (Linux 6.1+)");
+        let work = KernelWork::Deferred(eventfd);
         let KernelWork::Deferred(eventfd) = &work else {
-            panic!("no DEFER_TASKRUN here (Linux 6.1+)");
+            unreachable!()
         };
         let pipe = polled_pipe(&mut ring);
         assert_eq!(work.enter(&mut ring, false).unwrap(), 1);
@@ -200,7 +289,7 @@ mod tests {
         assert_eq!(signals, -1, "the eventfd was signalled before any work");
         write_byte(&pipe[1]);
         assert!(
-            readable(work.wakes(&ring)),
+            readable_within(work.wakes(&ring), 2000),
             "no eventfd signal for deferred work"
         );
         assert!(work.deferred(&mut ring));
@@ -213,10 +302,30 @@ mod tests {
         assert!(!work.deferred(&mut ring));
     }
 
+    /// The probe reaps what it submitted, and a deferred ring is only ever handed out where
+    /// a loopback byte signals the eventfd before its send returns: the loop sleeps on that
+    /// signal, and a late one costs every wake its delay.
+    #[test]
+    fn a_deferred_ring_is_one_whose_eventfd_is_signalled_promptly() {
+        let (mut ring, eventfd) = deferred(4096).expect("no DEFER_TASKRUN here (Linux 6.1+)");
+        signals_promptly(&mut ring, &eventfd).unwrap();
+        assert!(ring.completion().is_empty());
+        assert!(ring.submission().is_empty());
+        assert!(!ring.submission().taskrun());
+        let (mut ring, work) = build(4096, None).unwrap();
+        match &work {
+            KernelWork::Deferred(eventfd) => assert!(
+                signals_promptly(&mut ring, eventfd).unwrap(),
+                "a deferred ring whose eventfd is signalled late"
+            ),
+            KernelWork::Inline { flagged } => assert!(flagged),
+        }
+    }
+
     /// Without DEFER_TASKRUN (kernels before 6.1) the loop still gets its completions.
     #[test]
     fn inline_work_completes_too() {
-        let (mut ring, work) = build(4096, false).unwrap();
+        let (mut ring, work) = build(4096, Some(false)).unwrap();
         assert!(matches!(work, KernelWork::Inline { flagged: true }));
         assert_eq!(work.wakes(&ring), ring.as_raw_fd());
         let pipe = polled_pipe(&mut ring);

@@ -4,6 +4,15 @@
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+use super::Receive;
+
+/// Multishot receives on a deferred ring, whatever the kernel's eventfd does: these tests
+/// exercise the engine, not how promptly its loop wakes.
+pub(super) const MULTISHOT: Receive = Receive {
+    multishot: true,
+    defer: Some(true),
+};
+
 /// A connected pair: the peer's end, and the end the engine relays.
 pub(super) fn pair(listener: &TcpListener) -> (TcpStream, TcpStream) {
     let outside = TcpStream::connect(listener.local_addr().unwrap()).unwrap();

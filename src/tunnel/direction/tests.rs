@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use super::super::testing::{pair, wait_until};
+use super::super::testing::{MULTISHOT, pair, wait_until};
 use super::super::{Report, Tunnels};
 use super::RECV_CAP;
 use crate::observe::metrics::WorkerMetrics;
@@ -104,7 +104,8 @@ fn sends_for_the_last_write(same_tunnel: bool) -> Option<u64> {
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async {
         let metrics = Arc::new(WorkerMetrics::default());
-        let tunnels = Rc::new(Tunnels::new(0, metrics.clone(), 16, BUFFER, 4, 0, true).unwrap());
+        let tunnels =
+            Rc::new(Tunnels::new(0, metrics.clone(), 16, BUFFER, 4, 0, MULTISHOT).unwrap());
         if !tunnels.multishot() {
             eprintln!("skipped: no capped multishot receives on this kernel");
             return None;

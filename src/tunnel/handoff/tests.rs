@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::super::testing::{pair, wait_until};
+use super::super::testing::{MULTISHOT, pair, wait_until};
 use super::super::{Report, Tunnels};
 use super::Detached;
 use crate::observe::metrics::WorkerMetrics;
@@ -88,7 +88,7 @@ struct Gate {
 
 fn engine() -> Rc<Tunnels<usize>> {
     let metrics = Arc::new(WorkerMetrics::default());
-    Rc::new(Tunnels::new(0, metrics, 64, 16 * 1024, 16, 8, true).unwrap())
+    Rc::new(Tunnels::new(0, metrics, 64, 16 * 1024, 16, 8, MULTISHOT).unwrap())
 }
 
 /// `count` tunnels, each streaming `total` bytes both ways; `stall` tunnels' upstream starts
