@@ -655,6 +655,17 @@ fn multishot_receive_is_on_unless_turned_off() {
 }
 
 #[test]
+fn defer_taskrun_is_checked_at_start_unless_set() {
+    assert_eq!(parse(MAIN).unwrap().limits.defer_taskrun, None);
+    for on in [true, false] {
+        let set = format!("{MAIN}\n[limits]\ndefer_taskrun = {on}\n");
+        assert_eq!(parse(&set).unwrap().limits.defer_taskrun, Some(on));
+    }
+    let bad = format!("{MAIN}\n[limits]\ndefer_taskrun = \"auto\"\n");
+    assert_error(parse(&bad), "wsplice.toml", 9, "expected a boolean");
+}
+
+#[test]
 fn receive_buffers_is_read_and_bounded() {
     let good = format!("{MAIN}\n[limits]\nreceive_buffers = 8\n");
     assert_eq!(parse(&good).unwrap().limits.receive_buffers, 8);
